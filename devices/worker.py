@@ -1,0 +1,70 @@
+"""A local device: a worker process that runs one job at a time.
+
+The dispatcher sends `JobOrder`s over a pipe and gets `JobOutcome`s back. The worker
+never touches the database: if it dies mid-job, the dispatcher sees its pipe close and
+gives the job back to the queue; nothing it half-did is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+
+@dataclass(frozen=True)
+class JobOrder:
+    job_id: int
+    fencing_token: int
+    kind: str
+    input: Any
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    job_id: int
+    fencing_token: int
+    succeeded: bool
+    result: Any
+    error: str
+    duration: float
+
+
+def run_order(order: JobOrder) -> JobOutcome:
+    """Run one job through its handler and time it."""
+    from jobs.handlers import resolve_handler
+
+    started = time.monotonic()
+    try:
+        result = resolve_handler(order.kind)(order.input)
+        json.dumps(result)  # a result the API cannot return is a failure of the handler
+        succeeded, error = True, ""
+    except Exception as exc:  # a handler's failure is the job's failure, not the worker's
+        result, succeeded = None, False
+        error = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+    return JobOutcome(order.job_id, order.fencing_token, succeeded, result, error, time.monotonic() - started)
+
+
+def worker_main(connection: Connection) -> None:
+    """Entry point of a worker process (started with the 'spawn' method)."""
+    # Ctrl-C reaches the whole process group: the dispatcher decides what happens
+    # to running jobs, so the workers ignore it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "zypher.settings")
+    import django
+
+    django.setup()
+    while True:
+        try:
+            order = connection.recv()
+        except (EOFError, OSError):
+            return
+        if order is None:
+            return
+        connection.send(run_order(order))

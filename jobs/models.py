@@ -1,0 +1,142 @@
+"""The queue's tables: users with weights, jobs, and the fair-share bookkeeping.
+
+Claiming the next job must stay a few index lookups whatever the backlog, so the
+scheduler does not look at the jobs table to choose a user: it reads `FairShareAccount`
+(one row per user and pool, only the backlogged ones indexed by virtual time) and then
+the head of that user's queue through the partial index `job_queue_head`.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.contrib.auth.models import AbstractUser
+from django.db import models
+from django.db.models import Q
+
+
+class User(AbstractUser):
+    """An account of the gateway. Its weight is its share of device time."""
+
+    weight = models.FloatField(default=1.0, help_text="Share of device time relative to others.")
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(weight__gt=0), name="user_weight_positive")]
+
+    def __str__(self) -> str:
+        return self.username
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class Job(models.Model):
+    """One unit of work for one device. `public_id` is what users see: unguessable."""
+
+    # The integer key orders jobs by age (cheap, monotone); it is never shown to users.
+    id = models.BigAutoField(primary_key=True)
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    owner = models.ForeignKey(User, on_delete=models.CASCADE, related_name="jobs")
+    kind = models.CharField(max_length=64, default="limited_f")
+    input = models.JSONField(null=True)
+    device_type = models.CharField(max_length=64, default="cpu")
+    priority = models.SmallIntegerField(default=0)
+    status = models.CharField(
+        max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=False
+    )
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    device = models.CharField(max_length=128, blank=True, default="", help_text="Device that ran it.")
+    # Claim bookkeeping: `attempts` doubles as the fencing token of the current claim.
+    attempts = models.PositiveIntegerField(default=0)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    charged_cost = models.FloatField(default=0.0)
+    charged_weight = models.FloatField(default=1.0)
+    duration = models.FloatField(null=True, blank=True, help_text="Device seconds used.")
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    cancelled_by = models.CharField(max_length=150, blank=True, default="")
+
+    class Meta:
+        indexes = [
+            # The head of each user's queue in a pool: priority first, then age.
+            models.Index(
+                "device_type",
+                "owner",
+                models.F("priority").desc(),
+                "id",
+                condition=Q(status="queued"),
+                name="job_queue_head",
+            ),
+            models.Index(
+                fields=["lease_expires_at"],
+                condition=Q(status="running"),
+                name="job_running_lease",
+            ),
+            models.Index(fields=["owner", "-id"], name="job_owner_newest"),
+            models.Index(fields=["status", "-id"], name="job_status_newest"),
+            models.Index(fields=["finished_at"], name="job_finished_at"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="job_idempotency_key_per_owner",
+            ),
+            models.CheckConstraint(
+                condition=Q(priority__gte=-100) & Q(priority__lte=100), name="job_priority_range"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.public_id} ({self.status})"
+
+
+class FairPool(models.Model):
+    """Scheduler state of one device pool (all devices of one `device_type`)."""
+
+    device_type = models.CharField(max_length=64, unique=True)
+    # The largest start tag dispatched so far: where a returning user starts.
+    virtual_time = models.FloatField(default=0.0)
+    # Running mean of job durations: the cost charged at dispatch, settled at the end.
+    cost_estimate = models.FloatField(default=1.0)
+
+    def __str__(self) -> str:
+        return self.device_type
+
+
+class FairShareAccount(models.Model):
+    """One user's standing in one pool: virtual time and counts of its work there."""
+
+    pool = models.ForeignKey(FairPool, on_delete=models.CASCADE, related_name="accounts")
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="accounts")
+    virtual_time = models.FloatField(default=0.0)
+    queued_count = models.IntegerField(default=0)
+    running_count = models.IntegerField(default=0)
+    served_seconds = models.FloatField(default=0.0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["pool", "user"], name="account_pool_user"),
+        ]
+        indexes = [
+            # Only backlogged users are in this index: the claim reads its first entry.
+            models.Index(
+                fields=["pool", "virtual_time", "id"],
+                condition=Q(queued_count__gt=0),
+                name="account_backlogged",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.pool}"

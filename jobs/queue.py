@@ -1,0 +1,363 @@
+"""Submit, claim, settle, requeue and cancel: the queue's state changes, on the database.
+
+This is the ORM translation of `jobs.fairshare` (read that first). Every change of a
+job's status goes through a function here, so the counters in `FairShareAccount` stay
+in step with the jobs table, each in one short transaction.
+
+Claiming is a compare-and-set: the pool row is locked (claims of one pool are
+serialised, which keeps the fair order exact across dispatchers), the job row is taken
+with `FOR UPDATE SKIP LOCKED`, and its `attempts` becomes the fencing token: a result or
+a heartbeat carrying an older token is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from jobs.models import FairPool, FairShareAccount, Job, JobStatus, User
+
+log = logging.getLogger("zypher.queue")
+
+NOTIFY_CHANNEL = "zypher_work"
+COST_SMOOTHING = 0.2  # weight of the newest duration in the pool's running mean
+
+_pool_ids: dict[str, int] = {}
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a user asks for; validated by the API before it gets here."""
+
+    kind: str
+    input: Any
+    device_type: str = "cpu"
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job handed to a device, with what the dispatcher needs to settle it."""
+
+    id: int
+    public_id: str
+    owner_id: int
+    owner: str
+    kind: str
+    input: Any
+    device_type: str
+    pool_id: int
+    fencing_token: int
+    charged_cost: float
+    charged_weight: float
+
+
+def pool_id_for(device_type: str) -> int:
+    """The id of the pool row for `device_type`, created on first use (rows are never deleted)."""
+    pool_id = _pool_ids.get(device_type)
+    if pool_id is None:
+        pool, _ = FairPool.objects.get_or_create(
+            device_type=device_type,
+            defaults={"cost_estimate": settings.ZYPHER_DEFAULT_COST_SECONDS},
+        )
+        pool_id = _pool_ids[device_type] = pool.pk
+    return pool_id
+
+
+# Add queued work to an account. A user that had nothing queued is lifted to the pool's
+# virtual time (idle time banks no credit). Plain SQL that PostgreSQL and SQLite share.
+_ENQUEUE_SQL = """
+INSERT INTO jobs_fairshareaccount
+    (pool_id, user_id, virtual_time, queued_count, running_count, served_seconds)
+VALUES (%s, %s, (SELECT virtual_time FROM jobs_fairpool WHERE id = %s), %s, 0, 0)
+ON CONFLICT (pool_id, user_id) DO UPDATE SET
+    virtual_time = CASE
+        WHEN jobs_fairshareaccount.queued_count = 0
+         AND jobs_fairshareaccount.virtual_time < excluded.virtual_time
+        THEN excluded.virtual_time ELSE jobs_fairshareaccount.virtual_time END,
+    queued_count = jobs_fairshareaccount.queued_count + excluded.queued_count
+RETURNING queued_count
+"""
+
+
+def _enqueue(pool_id: int, user_id: int, count: int, device_type: str) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(_ENQUEUE_SQL, [pool_id, user_id, pool_id, count])
+        (queued_now,) = cursor.fetchone()
+        # Wake idle dispatchers only when a user becomes backlogged: while it already
+        # had work queued the pool was busy anyway. One NOTIFY per job would serialise
+        # commits under a burst (NOTIFY takes a database-wide lock at commit).
+        if queued_now == count and connection.vendor == "postgresql":
+            cursor.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, device_type])
+
+
+def submit_jobs(
+    owner: User, specs: list[JobSpec], *, idempotency_key: str | None = None
+) -> tuple[list[Job], bool]:
+    """Queue `specs` for `owner` in one transaction, all or nothing.
+
+    Returns the jobs and whether they were created now (False: the idempotency key
+    was used before and these are the jobs it created then).
+    """
+    keys: list[str | None]
+    if idempotency_key is None:
+        keys = [None] * len(specs)
+    elif len(specs) == 1:
+        keys = [idempotency_key]
+    else:
+        keys = [f"{idempotency_key}#{index}" for index in range(len(specs))]
+    if idempotency_key is not None:
+        existing = _jobs_for_keys(owner, keys)
+        if existing:
+            return existing, False
+    try:
+        with transaction.atomic():
+            jobs = Job.objects.bulk_create(
+                Job(
+                    owner=owner,
+                    kind=spec.kind,
+                    input=spec.input,
+                    device_type=spec.device_type,
+                    priority=spec.priority,
+                    idempotency_key=key,
+                )
+                for spec, key in zip(specs, keys, strict=True)
+            )
+            per_pool: dict[str, int] = {}
+            for spec in specs:
+                per_pool[spec.device_type] = per_pool.get(spec.device_type, 0) + 1
+            for device_type, count in sorted(per_pool.items()):
+                _enqueue(pool_id_for(device_type), owner.pk, count, device_type)
+    except IntegrityError:
+        # A concurrent retry with the same key won the race: answer with its jobs.
+        if idempotency_key is not None and (existing := _jobs_for_keys(owner, keys)):
+            return existing, False
+        raise
+    return jobs, True
+
+
+def _jobs_for_keys(owner: User, keys: list[str | None]) -> list[Job]:
+    found = {job.idempotency_key: job for job in Job.objects.filter(owner=owner, idempotency_key__in=keys)}
+    return [found[key] for key in keys if key in found]
+
+
+def claim_next(device_type: str, device_name: str) -> ClaimedJob | None:
+    """Take the next job of `device_type` by the fair-share policy, or None if none waits."""
+    lease = timedelta(seconds=settings.ZYPHER_LEASE_SECONDS)
+    with transaction.atomic():
+        pool = FairPool.objects.select_for_update().filter(device_type=device_type).first()
+        if pool is None:
+            return None
+        for _ in range(3):
+            account = (
+                FairShareAccount.objects.filter(pool=pool, queued_count__gt=0)
+                .order_by("virtual_time", "id")
+                .select_related("user")
+                .first()
+            )
+            if account is None:
+                return None
+            job = (
+                Job.objects.filter(device_type=device_type, owner_id=account.user_id, status=JobStatus.QUEUED)
+                .order_by("-priority", "id")
+                .select_for_update(skip_locked=True)
+                .only("id", "public_id", "kind", "input", "attempts")
+                .first()
+            )
+            if job is None:
+                _recount_queued(account)
+                continue
+            weight = account.user.weight
+            now = timezone.now()
+            token = job.attempts + 1
+            Job.objects.filter(pk=job.pk).update(
+                status=JobStatus.RUNNING,
+                started_at=now,
+                device=device_name,
+                attempts=token,
+                lease_expires_at=now + lease,
+                charged_cost=pool.cost_estimate,
+                charged_weight=weight,
+            )
+            FairShareAccount.objects.filter(pk=account.pk).update(
+                virtual_time=F("virtual_time") + pool.cost_estimate / weight,
+                queued_count=F("queued_count") - 1,
+                running_count=F("running_count") + 1,
+            )
+            if account.virtual_time > pool.virtual_time:
+                FairPool.objects.filter(pk=pool.pk).update(virtual_time=account.virtual_time)
+            return ClaimedJob(
+                id=job.pk,
+                public_id=str(job.public_id),
+                owner_id=account.user_id,
+                owner=account.user.username,
+                kind=job.kind,
+                input=job.input,
+                device_type=device_type,
+                pool_id=pool.pk,
+                fencing_token=token,
+                charged_cost=pool.cost_estimate,
+                charged_weight=weight,
+            )
+    return None
+
+
+def _recount_queued(account: FairShareAccount) -> None:
+    """Repair a counter that says work is queued when none can be taken."""
+    actual = Job.objects.filter(
+        owner_id=account.user_id, device_type=account.pool.device_type, status=JobStatus.QUEUED
+    ).count()
+    log.warning("account %s: queued_count %s, found %s; repaired", account, account.queued_count, actual)
+    FairShareAccount.objects.filter(pk=account.pk).update(queued_count=actual)
+
+
+def finish_job(
+    claim: ClaimedJob,
+    *,
+    succeeded: bool,
+    duration: float,
+    result: Any = None,
+    error: str = "",
+) -> bool:
+    """Record a job's outcome and settle its cost. False: the claim was lost (fenced off)."""
+    with transaction.atomic():
+        updated = Job.objects.filter(
+            pk=claim.id, status=JobStatus.RUNNING, attempts=claim.fencing_token
+        ).update(
+            status=JobStatus.SUCCEEDED if succeeded else JobStatus.FAILED,
+            result=result if succeeded else None,
+            error="" if succeeded else error,
+            finished_at=timezone.now(),
+            duration=duration,
+            lease_expires_at=None,
+        )
+        if not updated:
+            return False
+        FairShareAccount.objects.filter(pool_id=claim.pool_id, user_id=claim.owner_id).update(
+            virtual_time=F("virtual_time") + (duration - claim.charged_cost) / claim.charged_weight,
+            running_count=F("running_count") - 1,
+            served_seconds=F("served_seconds") + duration,
+        )
+        FairPool.objects.filter(pk=claim.pool_id).update(
+            cost_estimate=F("cost_estimate") * (1 - COST_SMOOTHING) + duration * COST_SMOOTHING
+        )
+    return True
+
+
+def renew_leases(claims: list[ClaimedJob]) -> int:
+    """Extend the leases of jobs this dispatcher still holds; returns how many it holds."""
+    if not claims:
+        return 0
+    held = Q()
+    for claim in claims:
+        held |= Q(pk=claim.id, attempts=claim.fencing_token)
+    expires = timezone.now() + timedelta(seconds=settings.ZYPHER_LEASE_SECONDS)
+    return Job.objects.filter(held, status=JobStatus.RUNNING).update(lease_expires_at=expires)
+
+
+def release_job(job_id: int, fencing_token: int, reason: str) -> str | None:
+    """Give a running job back: requeue it, or fail it after too many attempts.
+
+    Returns the new status, or None when the job was no longer held with that token.
+    """
+    with transaction.atomic():
+        job = (
+            Job.objects.select_for_update()
+            .filter(pk=job_id, status=JobStatus.RUNNING, attempts=fencing_token)
+            .only("id", "owner_id", "device_type", "attempts", "charged_cost", "charged_weight")
+            .first()
+        )
+        if job is None:
+            return None
+        pool_id = pool_id_for(job.device_type)
+        account = FairShareAccount.objects.filter(pool_id=pool_id, user_id=job.owner_id)
+        refund = job.charged_cost / job.charged_weight
+        if job.attempts >= settings.ZYPHER_MAX_ATTEMPTS:
+            Job.objects.filter(pk=job.pk).update(
+                status=JobStatus.FAILED,
+                error=f"{reason}; gave up after {job.attempts} attempts",
+                finished_at=timezone.now(),
+                lease_expires_at=None,
+            )
+            account.update(virtual_time=F("virtual_time") - refund, running_count=F("running_count") - 1)
+            return JobStatus.FAILED
+        Job.objects.filter(pk=job.pk).update(
+            status=JobStatus.QUEUED, started_at=None, device="", lease_expires_at=None, error=reason
+        )
+        account.update(
+            virtual_time=F("virtual_time") - refund,
+            running_count=F("running_count") - 1,
+            queued_count=F("queued_count") + 1,
+        )
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, job.device_type])
+        return JobStatus.QUEUED
+
+
+def requeue_expired_leases(limit: int = 100) -> list[tuple[str, str]]:
+    """Release running jobs whose lease ran out (their dispatcher died or hung)."""
+    expired = list(
+        Job.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=timezone.now())
+        .order_by("lease_expires_at")
+        .values_list("id", "attempts", "public_id")[:limit]
+    )
+    outcomes = []
+    for job_id, attempts, public_id in expired:
+        status = release_job(job_id, attempts, "lease expired: the dispatcher holding it stopped")
+        if status is not None:
+            outcomes.append((str(public_id), status))
+    return outcomes
+
+
+def cancel_job(job: Job, *, cancelled_by: str = "") -> bool:
+    """Cancel a queued job. False when it is no longer queued."""
+    with transaction.atomic():
+        updated = Job.objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(
+            status=JobStatus.CANCELLED, finished_at=timezone.now(), cancelled_by=cancelled_by
+        )
+        if updated:
+            FairShareAccount.objects.filter(
+                pool_id=pool_id_for(job.device_type), user_id=job.owner_id
+            ).update(queued_count=F("queued_count") - 1)
+    return bool(updated)
+
+
+def queue_position(job: Job) -> int | None:
+    """Estimate how many jobs the policy will dispatch before `job` (None if not queued).
+
+    The owner's jobs ahead of it are exact; each other backlogged user is expected to
+    get the dispatches it needs to catch up with the virtual time at which this job
+    starts, at most its queued count.
+    """
+    if job.status != JobStatus.QUEUED:
+        return None
+    own_ahead = Job.objects.filter(
+        Q(priority__gt=job.priority) | Q(priority=job.priority, id__lt=job.pk),
+        owner_id=job.owner_id,
+        device_type=job.device_type,
+        status=JobStatus.QUEUED,
+    ).count()
+    pool = FairPool.objects.filter(device_type=job.device_type).first()
+    account = FairShareAccount.objects.filter(pool=pool, user_id=job.owner_id).select_related("user").first()
+    if pool is None or account is None:
+        return own_ahead
+    cost = max(pool.cost_estimate, 1e-9)
+    start = account.virtual_time + own_ahead * cost / account.user.weight
+    others = (
+        FairShareAccount.objects.filter(pool=pool, queued_count__gt=0, virtual_time__lt=start)
+        .exclude(pk=account.pk)
+        .values_list("virtual_time", "queued_count", "user__weight")
+    )
+    ahead = own_ahead
+    for virtual_time, queued, weight in others:
+        ahead += min(queued, math.ceil((start - virtual_time) * weight / cost))
+    return ahead

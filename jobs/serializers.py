@@ -1,0 +1,155 @@
+"""Input validation and output shape of the jobs and users API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from rest_framework import serializers
+from rest_framework.reverse import reverse
+
+from jobs.handlers import known_kinds
+from jobs.models import Job, User
+from jobs.queue import JobSpec
+
+USER_ID_PATTERN = r"^[\w.@+-]{1,150}$"
+DEVICE_TYPE_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+class JobSubmitSerializer(serializers.Serializer):
+    user_id = serializers.RegexField(
+        USER_ID_PATTERN,
+        required=False,
+        help_text="Who the job is for (open mode, or a staff token acting for a user).",
+        error_messages={"invalid": "user_id may hold 1 to 150 letters, digits and . @ + - _"},
+    )
+    input = serializers.JSONField(help_text="The job's input, any JSON value.")
+    kind = serializers.CharField(default="limited_f", max_length=64, help_text="Which handler runs it.")
+    priority = serializers.IntegerField(
+        default=0, min_value=-100, max_value=100, help_text="Orders the user's own jobs."
+    )
+    device_type = serializers.RegexField(
+        DEVICE_TYPE_PATTERN,
+        required=False,
+        help_text="The device pool to run on (default: the local devices' type).",
+        error_messages={"invalid": "device_type may hold 1 to 64 letters, digits and . - _"},
+    )
+
+    def validate_kind(self, value: str) -> str:
+        kinds = known_kinds()
+        if value not in kinds:
+            raise serializers.ValidationError(
+                f"Unknown kind {value!r}; valid kinds: {', '.join(kinds)}."
+            )
+        return value
+
+    @staticmethod
+    def spec_from(data: dict[str, Any]) -> JobSpec:
+        """The queue's view of one validated item."""
+        return JobSpec(
+            kind=data["kind"],
+            input=data["input"],
+            device_type=data.get("device_type") or settings.ZYPHER_LOCAL_DEVICE_TYPE,
+            priority=data["priority"],
+        )
+
+
+class JobSerializer(serializers.ModelSerializer):
+    id = serializers.UUIDField(source="public_id", read_only=True)
+    url = serializers.SerializerMethodField()
+    user_id = serializers.CharField(source="owner.username", read_only=True)
+
+    class Meta:
+        model = Job
+        fields = [
+            "id",
+            "url",
+            "user_id",
+            "kind",
+            "input",
+            "device_type",
+            "priority",
+            "status",
+            "result",
+            "error",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "duration",
+            "device",
+            "attempts",
+        ]
+        read_only_fields = fields
+
+    def get_url(self, job: Job) -> str:
+        return reverse("job-detail", args=[job.public_id], request=self.context.get("request"))
+
+
+class JobDetailSerializer(JobSerializer):
+    queue_position = serializers.SerializerMethodField(
+        help_text="While queued: about how many jobs the policy dispatches before this one."
+    )
+
+    class Meta(JobSerializer.Meta):
+        fields = [*JobSerializer.Meta.fields, "queue_position"]
+        read_only_fields = fields
+
+    def get_queue_position(self, job: Job) -> int | None:
+        from jobs.queue import queue_position
+
+        return queue_position(job)
+
+
+class UserCreateSerializer(serializers.Serializer):
+    user_id = serializers.RegexField(USER_ID_PATTERN)
+    weight = serializers.FloatField(default=1.0)
+    password = serializers.CharField(required=False, write_only=True, min_length=8)
+    is_staff = serializers.BooleanField(default=False)
+
+    def validate_weight(self, value: float) -> float:
+        return validate_weight(value)
+
+    def validate_user_id(self, value: str) -> str:
+        if User.objects.filter(username=value).exists():
+            raise serializers.ValidationError(f"User {value!r} already exists.")
+        return value
+
+
+class UserWeightSerializer(serializers.Serializer):
+    weight = serializers.FloatField()
+
+    def validate_weight(self, value: float) -> float:
+        return validate_weight(value)
+
+
+def validate_weight(value: float) -> float:
+    if not value > 0 or value == float("inf"):
+        raise serializers.ValidationError("weight must be a positive finite number.")
+    return value
+
+
+class UserSerializer(serializers.Serializer):
+    user_id = serializers.CharField(source="username")
+    weight = serializers.FloatField()
+    is_active = serializers.BooleanField()
+    is_staff = serializers.BooleanField()
+    queued = serializers.IntegerField()
+    running = serializers.IntegerField()
+    device_seconds = serializers.FloatField(help_text="Device time received so far, in seconds.")
+
+
+def user_summary(user: User) -> dict[str, Any]:
+    from django.db.models import Sum
+
+    totals = user.accounts.aggregate(
+        queued=Sum("queued_count"), running=Sum("running_count"), served=Sum("served_seconds")
+    )
+    return {
+        "username": user.username,
+        "weight": user.weight,
+        "is_active": user.is_active,
+        "is_staff": user.is_staff,
+        "queued": totals["queued"] or 0,
+        "running": totals["running"] or 0,
+        "device_seconds": totals["served"] or 0.0,
+    }

@@ -1,0 +1,14 @@
+from django.urls import path
+from rest_framework.authtoken.views import obtain_auth_token
+
+from jobs import views
+
+urlpatterns = [
+    path("api/health/", views.HealthView.as_view(), name="health"),
+    path("api/jobs/", views.JobListCreateView.as_view(), name="job-list"),
+    path("api/jobs/<uuid:job_id>/", views.JobDetailView.as_view(), name="job-detail"),
+    path("api/jobs/<uuid:job_id>/cancel/", views.JobCancelView.as_view(), name="job-cancel"),
+    path("api/users/", views.UserCreateView.as_view(), name="user-create"),
+    path("api/users/<str:user_id>/", views.UserDetailView.as_view(), name="user-detail"),
+    path("api/token/", obtain_auth_token, name="api-token"),
+]

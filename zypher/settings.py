@@ -1,0 +1,194 @@
+"""Zypher settings.
+
+Everything an operator sets comes from the environment; each name and default is
+documented in the README's configuration table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_float_pair(name: str, default: tuple[float, float]) -> tuple[float, float]:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    low, _, high = value.partition(",")
+    low_f = float(low)
+    return (low_f, float(high) if high else low_f)
+
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "zypher-insecure-development-key-change-me")
+DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver").split(",")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "jobs",
+    "devices",
+    "splines",
+]
+
+MIDDLEWARE = [
+    "jobs.middleware.ApiErrorMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "zypher.urls"
+WSGI_APPLICATION = "zypher.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# Database: SQLite in WAL mode by default (zero set-up), PostgreSQL via DATABASE_URL.
+SQLITE_PATH = Path(os.environ.get("ZYPHER_SQLITE_PATH", BASE_DIR / "var" / "zypher.sqlite3"))
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL") or f"sqlite:///{SQLITE_PATH}",
+        conn_max_age=600,
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    SQLITE_PATH.parent.mkdir(parents=True, exist_ok=True)
+    DATABASES["default"]["OPTIONS"] = {
+        # IMMEDIATE takes the write lock at BEGIN, so a claim never fails halfway
+        # through upgrading a read transaction (SQLITE_BUSY on upgrade).
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "var" / "test-zypher.sqlite3")}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_USER_MODEL = "jobs.User"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "var" / "static"
+
+LOGIN_URL = "/admin/login/"
+
+# Request size limits: a body over ZYPHER_MAX_BODY_BYTES is refused with 413 before
+# it is read (jobs.middleware), so a bulk submit of many jobs still fits.
+ZYPHER_MAX_BODY_BYTES = int(os.environ.get("ZYPHER_MAX_BODY_BYTES", str(8 * 1024 * 1024)))
+DATA_UPLOAD_MAX_MEMORY_SIZE = ZYPHER_MAX_BODY_BYTES
+ZYPHER_MAX_BULK_JOBS = int(os.environ.get("ZYPHER_MAX_BULK_JOBS", "10000"))
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "jobs.api_errors.exception_handler",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Zypher API",
+    "DESCRIPTION": "Fair-share gateway for scarce compute.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "zypher": {"handlers": ["console"], "level": os.environ.get("ZYPHER_LOG_LEVEL", "INFO")},
+    },
+}
+
+# --- Zypher ---------------------------------------------------------------
+# Open mode: a request may name its user_id without a token (the original contract).
+ZYPHER_OPEN_MODE = env_bool("ZYPHER_OPEN_MODE", False)
+# Local devices that run_dispatcher starts by default.
+ZYPHER_LOCAL_DEVICES = int(os.environ.get("ZYPHER_LOCAL_DEVICES", "1"))
+ZYPHER_LOCAL_DEVICE_TYPE = os.environ.get("ZYPHER_LOCAL_DEVICE_TYPE", "cpu")
+# The built-in handlers' durations.
+ZYPHER_LIMITED_F_SECONDS = float(os.environ.get("ZYPHER_LIMITED_F_SECONDS", "2"))
+ZYPHER_PREDICT_DELAY = env_float_pair("ZYPHER_PREDICT_DELAY", (10.0, 17.0))
+# Extra handlers: a JSON object {"kind": "module:function"}, merged over the built-ins.
+ZYPHER_HANDLERS: dict[str, str] = json.loads(os.environ.get("ZYPHER_HANDLERS", "{}") or "{}")
+# Leases: a running job's lease is renewed every LEASE/3 s by its dispatcher; a lease
+# that expires (dispatcher killed or hung) is requeued by any dispatcher's reaper.
+ZYPHER_LEASE_SECONDS = float(os.environ.get("ZYPHER_LEASE_SECONDS", "10"))
+ZYPHER_MAX_ATTEMPTS = int(os.environ.get("ZYPHER_MAX_ATTEMPTS", "3"))
+# Cost charged at dispatch for a pool that has not finished a job yet (seconds).
+ZYPHER_DEFAULT_COST_SECONDS = float(os.environ.get("ZYPHER_DEFAULT_COST_SECONDS", "1"))
+# How long SIGTERM waits for running jobs before requeueing them.
+ZYPHER_SHUTDOWN_GRACE_SECONDS = float(os.environ.get("ZYPHER_SHUTDOWN_GRACE_SECONDS", "30"))
+# Fallback poll interval of an idle dispatcher (LISTEN/NOTIFY wakes it sooner on PostgreSQL).
+# SQLite has no NOTIFY, so it polls more often.
+ZYPHER_IDLE_POLL_SECONDS = float(
+    os.environ.get(
+        "ZYPHER_IDLE_POLL_SECONDS",
+        "1" if DATABASES["default"]["ENGINE"].endswith("postgresql") else "0.25",
+    )
+)
+
+MEDIA_ROOT = Path(os.environ.get("ZYPHER_MEDIA_ROOT", BASE_DIR / "var" / "media"))
+MEDIA_URL = "/media/"
