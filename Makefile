@@ -1,0 +1,57 @@
+# The commands people type. Each one sets up .venv from requirements.txt first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8080
+WEB_WORKERS ?= 2
+WEB_THREADS ?= 8
+export HOST PORT
+
+.PHONY: run test test-sqlite test-postgres bench lint format browser clean
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements.txt
+	touch $@
+
+# Start the web server (gunicorn) and the dispatcher together until Ctrl-C.
+run: export ZYPHER_OPEN_MODE ?= 1
+run: $(VENV)/.installed
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py collectstatic --noinput -v0
+	$(PY) manage.py ensure_admin
+	@echo "Zypher on http://$(HOST):$(PORT)/  (API /api/jobs/, docs /api/docs/, admin /admin/)"
+	@bash -c 'trap "kill 0 2>/dev/null" EXIT; \
+	  $(VENV)/bin/gunicorn zypher.wsgi -b $(HOST):$(PORT) -w $(WEB_WORKERS) -k gthread --threads $(WEB_THREADS) --access-logfile - & \
+	  $(PY) manage.py run_dispatcher & \
+	  wait -n'
+
+# Chromium for the browser tests comes from Debian's packages (never a downloaded build).
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "browser tests need Debian's chromium: sudo apt-get install chromium"; fi; }
+
+test: test-sqlite test-postgres
+
+test-sqlite: $(VENV)/.installed browser
+	$(VENV)/bin/pytest -q
+
+test-postgres: $(VENV)/.installed browser
+	$(PY) tests/pgcluster.py -- $(VENV)/bin/pytest -q
+
+bench: $(VENV)/.installed
+	$(PY) tests/pgcluster.py --durable -- $(PY) bench/run_all.py
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .hypothesis

@@ -1,0 +1,216 @@
+"""Fixtures that start real things: the web server, dispatchers, on the test database.
+
+The suite runs twice under `make test`: on SQLite, then on a throwaway PostgreSQL
+(tests/pgcluster.py sets DATABASE_URL). Tests marked `postgres` skip on SQLite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from django.conf import settings
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_HANDLERS = {
+    "sleep": "tests.handlers:sleep",
+    "boom": "tests.handlers:boom",
+    "crash": "tests.handlers:crash",
+}
+
+
+def on_postgres() -> bool:
+    return settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if on_postgres():
+        return
+    skip = pytest.mark.skip(reason="needs PostgreSQL: runs in the PostgreSQL pass of `make test`")
+    for item in items:
+        if "postgres" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def test_handlers(settings: Any) -> None:
+    """The test handlers are known in-process too, and the pool-id cache starts empty."""
+    from jobs import handlers, queue
+
+    settings.ZYPHER_HANDLERS = TEST_HANDLERS
+    handlers.resolve_handler.cache_clear()
+    queue._pool_ids.clear()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServiceProcess:
+    """A subprocess with its output in a log file, stopped politely or killed."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, sig)
+
+    def kill(self) -> None:
+        """kill -9 of the whole process group (the dispatcher and its workers)."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self, timeout: float = 20) -> int | None:
+        if self.process.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # leftovers of the group, if any
+        except ProcessLookupError:
+            pass
+        self._log.close()
+        return self.process.returncode
+
+
+@pytest.fixture
+def subprocess_env(transactional_db: None, tmp_path: Path) -> dict[str, str]:
+    """Environment for gateway and dispatcher subprocesses, on this test's database."""
+    db = connection.settings_dict
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "ZYPHER_OPEN_MODE": "1",
+        "ZYPHER_LEASE_SECONDS": "3",
+        "ZYPHER_LIMITED_F_SECONDS": "0.02",
+        "ZYPHER_PREDICT_DELAY": "0.05,0.1",
+        "ZYPHER_HANDLERS": json.dumps(TEST_HANDLERS),
+        "ZYPHER_TEST_EXEC_LOG": str(tmp_path / "executions.log"),
+        "ZYPHER_SHUTDOWN_GRACE_SECONDS": "5",
+    }
+    if connection.vendor == "postgresql":
+        env["DATABASE_URL"] = (
+            f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+        )
+    else:
+        env.pop("DATABASE_URL", None)
+        env["ZYPHER_SQLITE_PATH"] = str(db["NAME"])
+    return env
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Gateway:
+    def __init__(self, process: ServiceProcess, url: str) -> None:
+        self.process = process
+        self.url = url
+
+    def post(self, path: str, body: Any, **kwargs: Any) -> requests.Response:
+        return requests.post(self.url + path, json=body, timeout=30, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        url = path if path.startswith("http") else self.url + path
+        return requests.get(url, timeout=30, **kwargs)
+
+
+@pytest.fixture
+def gateway(subprocess_env: dict[str, str], tmp_path: Path) -> Iterator[Gateway]:
+    """gunicorn serving the app on a free port."""
+    port = free_port()
+    process = ServiceProcess(
+        "gunicorn",
+        [
+            str(Path(sys.executable).parent / "gunicorn"),
+            "zypher.wsgi",
+            "-b",
+            f"127.0.0.1:{port}",
+            "-w",
+            "2",
+            "-k",
+            "gthread",
+            "--threads",
+            "4",
+        ],
+        subprocess_env,
+        tmp_path,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        if process.process.poll() is not None:
+            raise AssertionError(f"gunicorn exited:\n{process.log_text()}")
+        try:
+            return requests.get(url + "/api/health/", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_until(healthy, 30, "gunicorn to answer")
+    yield Gateway(process, url)
+    process.stop()
+
+
+@pytest.fixture
+def start_dispatcher(subprocess_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
+    """Factory: start `manage.py run_dispatcher` subprocesses; all are stopped at the end."""
+    started: list[ServiceProcess] = []
+
+    def start(devices: int = 1, device_type: str = "cpu", name: str | None = None, **env: str) -> ServiceProcess:
+        name = name or f"dispatcher{len(started)}"
+        command = [sys.executable, "manage.py", "run_dispatcher", "--devices", str(devices)]
+        command += ["--device-type", device_type, "--name", name]
+        process = ServiceProcess(name, command, {**subprocess_env, **env}, tmp_path)
+        started.append(process)
+        wait_until(
+            lambda: "running" in process.log_text() or process.process.poll() is not None,
+            30,
+            f"{name} to start",
+        )
+        assert process.process.poll() is None, process.log_text()
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def executions(subprocess_env: dict[str, str]) -> list[str]:
+    """The tags the `sleep` handler logged, one per completed execution."""
+    path = Path(subprocess_env["ZYPHER_TEST_EXEC_LOG"])
+    return path.read_text().split() if path.exists() else []
