@@ -109,7 +109,7 @@ class Dispatcher:
 
     def start_worker(self, device: LocalDevice) -> None:
         parent_end, child_end = _spawn.Pipe()
-        process = _spawn.Process(target=worker_main, args=(child_end,), name=device.name, daemon=True)
+        process = _spawn.Process(target=worker_main, args=(child_end, os.getpid()), name=device.name, daemon=True)
         process.start()
         child_end.close()  # so that the parent sees EOF when the child dies
         device.process, device.connection = process, parent_end

@@ -51,8 +51,24 @@ def run_order(order: JobOrder) -> JobOutcome:
     return JobOutcome(order.job_id, order.fencing_token, succeeded, result, error, time.monotonic() - started)
 
 
-def worker_main(connection: Connection) -> None:
+def die_with_parent() -> None:
+    """Ask Linux to kill this process when the dispatcher dies (even by kill -9), so no
+    orphaned worker finishes a job whose lease is about to be handed to someone else."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return  # not Linux: the worker exits at its next read of the closed pipe
+
+
+def worker_main(connection: Connection, parent_pid: int) -> None:
     """Entry point of a worker process (started with the 'spawn' method)."""
+    die_with_parent()
+    if os.getppid() != parent_pid:
+        return  # the dispatcher died before we could ask to die with it
     # Ctrl-C reaches the whole process group: the dispatcher decides what happens
     # to running jobs, so the workers ignore it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

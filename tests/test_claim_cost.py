@@ -1,0 +1,76 @@
+"""The claim stays a few index lookups whatever the backlog (PostgreSQL EXPLAIN)."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+
+from jobs.models import Job, User
+from jobs.queue import JobSpec, claim_next, pool_id_for, submit_jobs
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
+
+
+def fill_backlog(users: int, jobs: int) -> None:
+    """100,000 queued jobs over `users` users, written with one INSERT ... SELECT."""
+    owners = [User.objects.create(username=f"bulk{i}") for i in range(users)]
+    for owner in owners:
+        submit_jobs(owner, [JobSpec("noop", 0)])  # creates the accounts the claim reads
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO jobs_job (public_id, owner_id, kind, input, device_type, priority, status,
+                                  error, created_at, device, attempts, charged_cost, charged_weight,
+                                  cancelled_by)
+            SELECT gen_random_uuid(), (%s::bigint[])[1 + g %% %s], 'noop', '0'::jsonb, 'cpu', (g %% 7) - 3,
+                   'queued', '', now(), '', 0, 0, 1, ''
+            FROM generate_series(1, %s) AS g
+            """,
+            [[o.pk for o in owners], users, jobs],
+        )
+        cursor.execute(
+            "UPDATE jobs_fairshareaccount SET queued_count = c.n FROM "
+            "(SELECT owner_id, count(*) AS n FROM jobs_job WHERE status = 'queued' GROUP BY owner_id) c "
+            "WHERE c.owner_id = user_id"
+        )
+        cursor.execute("ANALYZE jobs_job; ANALYZE jobs_fairshareaccount")
+
+
+def explain(sql: str, params: list) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN " + sql, params)
+        return "\n".join(row[0] for row in cursor.fetchall())
+
+
+def test_the_claim_queries_use_indexes_not_a_scan_of_100000_queued_jobs():
+    fill_backlog(users=1000, jobs=100_000)
+    assert Job.objects.filter(status="queued").count() >= 100_000
+    pool_id = pool_id_for("cpu")
+    account_plan = explain(
+        "SELECT id, user_id FROM jobs_fairshareaccount WHERE pool_id = %s AND queued_count > 0 "
+        "ORDER BY virtual_time, id LIMIT 1",
+        [pool_id],
+    )
+    owner = User.objects.get(username="bulk7")
+    head_plan = explain(
+        "SELECT id FROM jobs_job WHERE device_type = 'cpu' AND owner_id = %s AND status = 'queued' "
+        "ORDER BY priority DESC, id LIMIT 1 FOR UPDATE SKIP LOCKED",
+        [owner.pk],
+    )
+    assert "account_backlogged" in account_plan, account_plan
+    assert "job_queue_head" in head_plan, head_plan
+    assert "Seq Scan on jobs_job" not in head_plan
+    assert "Sort" not in head_plan
+
+    # The queries the ORM really sends during a claim: none scans or sorts the jobs table.
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as captured:
+        claim = claim_next("cpu", "device")
+    assert claim is not None
+    for query in captured.captured_queries:
+        sql = query["sql"]
+        if sql.startswith("SELECT") and "jobs_job" in sql:
+            plan = explain(sql, [])
+            assert "Seq Scan on jobs_job" not in plan, plan
+            assert "Sort" not in plan, plan
