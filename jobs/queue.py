@@ -27,7 +27,8 @@ from jobs.models import FairPool, FairShareAccount, Job, JobStatus, User
 
 log = logging.getLogger("zypher.queue")
 
-NOTIFY_CHANNEL = "zypher_work"
+NOTIFY_CHANNEL = "zypher_work"  # payload: the device type that has new work
+DONE_CHANNEL = "zypher_done"  # payload: the public id of a job that reached a final status
 COST_SMOOTHING = 0.2  # weight of the newest duration in the pool's running mean
 
 _pool_ids: dict[str, int] = {}
@@ -249,7 +250,15 @@ def finish_job(
         FairPool.objects.filter(pk=claim.pool_id).update(
             cost_estimate=F("cost_estimate") * (1 - COST_SMOOTHING) + duration * COST_SMOOTHING
         )
+        notify_done(claim.public_id)
     return True
+
+
+def notify_done(public_id: str) -> None:
+    """Wake requests waiting for this job (synchronous mode) on PostgreSQL."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, %s)", [DONE_CHANNEL, public_id])
 
 
 def renew_leases(claims: list[ClaimedJob]) -> int:
@@ -272,7 +281,7 @@ def release_job(job_id: int, fencing_token: int, reason: str) -> str | None:
         job = (
             Job.objects.select_for_update()
             .filter(pk=job_id, status=JobStatus.RUNNING, attempts=fencing_token)
-            .only("id", "owner_id", "device_type", "attempts", "charged_cost", "charged_weight")
+            .only("id", "public_id", "owner_id", "device_type", "attempts", "charged_cost", "charged_weight")
             .first()
         )
         if job is None:
@@ -288,6 +297,7 @@ def release_job(job_id: int, fencing_token: int, reason: str) -> str | None:
                 lease_expires_at=None,
             )
             account.update(virtual_time=F("virtual_time") - refund, running_count=F("running_count") - 1)
+            notify_done(str(job.public_id))
             return JobStatus.FAILED
         Job.objects.filter(pk=job.pk).update(
             status=JobStatus.QUEUED, started_at=None, device="", lease_expires_at=None, error=reason
@@ -328,6 +338,7 @@ def cancel_job(job: Job, *, cancelled_by: str = "") -> bool:
             FairShareAccount.objects.filter(
                 pool_id=pool_id_for(job.device_type), user_id=job.owner_id
             ).update(queued_count=F("queued_count") - 1)
+            notify_done(str(job.public_id))
     return bool(updated)
 
 
