@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, close_old_connections, connection
+from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
 from devices.worker import JobOrder, JobOutcome, worker_main
 from jobs.queue import (
@@ -89,7 +89,7 @@ class Dispatcher:
         while True:
             try:
                 return await loop.run_in_executor(self.db_thread, self._in_db_thread, function, args)
-            except (DatabaseError, InterfaceError) as exc:
+            except (OperationalError, InterfaceError) as exc:
                 if not retry:
                     raise
                 log.warning("database unavailable (%s); retrying in %.1fs", str(exc).strip()[:120], delay)
@@ -101,7 +101,7 @@ class Dispatcher:
         close_old_connections()
         try:
             return function(*args)
-        except (DatabaseError, InterfaceError):
+        except (OperationalError, InterfaceError):
             connection.close()  # reconnect on the next call
             raise
 

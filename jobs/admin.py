@@ -42,6 +42,9 @@ class JobAdmin(admin.ModelAdmin):
 class FairPoolAdmin(admin.ModelAdmin):
     list_display = ["device_type", "virtual_time", "cost_estimate"]
 
+    def has_delete_permission(self, request: HttpRequest, obj: FairPool | None = None) -> bool:
+        return False  # pool rows are the scheduler's clock; processes cache their ids
+
 
 @admin.register(FairShareAccount)
 class FairShareAccountAdmin(admin.ModelAdmin):

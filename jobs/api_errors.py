@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import DatabaseError
+from django.db import InterfaceError, OperationalError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -16,7 +16,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     Validation errors keep DRF's `{field: [messages]}` shape, which names the field.
     A database that is down answers 503, so clients retry instead of reporting a bug.
     """
-    if isinstance(exc, DatabaseError):
+    # Only a lost or refused connection is "unavailable": an IntegrityError or DataError
+    # is a bug to fix (500 with a traceback), not something a retry will cure.
+    if isinstance(exc, OperationalError | InterfaceError):
         return Response(
             {"error": "The database is unavailable; retry shortly."},
             status=status.HTTP_503_SERVICE_UNAVAILABLE,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 
@@ -30,6 +30,6 @@ class ApiErrorMiddleware:
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         # A database outage outside DRF views (admin, sessions) is a 503, not a traceback.
-        if isinstance(exception, DatabaseError) and request.path.startswith(("/api/", "/predict")):
+        if isinstance(exception, OperationalError | InterfaceError) and request.path.startswith(("/api/", "/predict")):
             return JsonResponse({"error": "The database is unavailable; retry shortly."}, status=503)
         return None

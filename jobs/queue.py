@@ -364,11 +364,14 @@ def queue_position(job: Job) -> int | None:
     cost = max(pool.cost_estimate, 1e-9)
     start = account.virtual_time + own_ahead * cost / account.user.weight
     others = (
-        FairShareAccount.objects.filter(pool=pool, queued_count__gt=0, virtual_time__lt=start)
+        FairShareAccount.objects.filter(pool=pool, queued_count__gt=0, virtual_time__lte=start)
         .exclude(pk=account.pk)
-        .values_list("virtual_time", "queued_count", "user__weight")
+        .values_list("id", "virtual_time", "queued_count", "user__weight")
     )
     ahead = own_ahead
-    for virtual_time, queued, weight in others:
-        ahead += min(queued, math.ceil((start - virtual_time) * weight / cost))
+    for other_id, virtual_time, queued, weight in others:
+        dispatches = math.ceil((start - virtual_time) * weight / cost)
+        if other_id < account.pk:  # wins a tie on virtual time
+            dispatches = max(dispatches, 1)
+        ahead += min(queued, dispatches)
     return ahead

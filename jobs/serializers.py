@@ -35,6 +35,10 @@ class JobSubmitSerializer(serializers.Serializer):
         error_messages={"invalid": "device_type may hold 1 to 64 letters, digits and . - _"},
     )
 
+    def validate_input(self, value: Any) -> Any:
+        check_storable_json(value)
+        return value
+
     def validate_kind(self, value: str) -> str:
         kinds = known_kinds()
         if value not in kinds:
@@ -52,6 +56,33 @@ class JobSubmitSerializer(serializers.Serializer):
             device_type=data.get("device_type") or settings.ZYPHER_LOCAL_DEVICE_TYPE,
             priority=data["priority"],
         )
+
+
+MAX_INPUT_DEPTH = 64
+
+
+def check_storable_json(value: Any) -> None:
+    """Refuse what a JSON column cannot hold the same way on every database.
+
+    Deep nesting exhausts the stack when the value is encoded for PostgreSQL or rendered
+    (a 500), and PostgreSQL's jsonb cannot store the character U+0000 (a DataError).
+    Walks iteratively, so that the check itself cannot recurse too deeply.
+    """
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_INPUT_DEPTH:
+                raise serializers.ValidationError(
+                    f"input is nested deeper than {MAX_INPUT_DEPTH} levels."
+                )
+            if isinstance(item, dict):
+                pending.extend((key, depth) for key in item)
+                pending.extend((child, depth + 1) for child in item.values())
+            else:
+                pending.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str) and "\x00" in item:
+            raise serializers.ValidationError("input may not contain the character U+0000.")
 
 
 class JobSerializer(serializers.ModelSerializer):

@@ -9,13 +9,13 @@ from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, generics, status
 from rest_framework.authtoken.models import Token
-from rest_framework.parsers import JSONParser
 from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from jobs.models import Job, JobStatus, User
+from jobs.parsers import JSONParser
 from jobs.queue import cancel_job, submit_jobs
 from jobs.serializers import (
     JobDetailSerializer,
@@ -124,11 +124,12 @@ class JobListCreateView(generics.ListAPIView):
         named = {item.get("user_id") for item in items}
         if len(named) > 1:
             raise exceptions.ValidationError({"user_id": ["All jobs of one request must be for one user."]})
-        owner = acting_user(request, named.pop())
-        specs = [JobSubmitSerializer.spec_from(item) for item in items]
         key = request.headers.get("Idempotency-Key") or None
         if key is not None and len(key) > 200:
             raise exceptions.ValidationError({"Idempotency-Key": ["At most 200 characters."]})
+        # Last check before writing: in open mode or for staff it creates the named user.
+        owner = acting_user(request, named.pop())
+        specs = [JobSubmitSerializer.spec_from(item) for item in items]
         jobs, created = submit_jobs(owner, specs, idempotency_key=key)
         data = JobSerializer(jobs, many=True, context={"request": request}).data
         code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
@@ -214,7 +215,9 @@ class UserDetailView(APIView):
 
     @extend_schema(request=UserWeightSerializer, responses=UserSerializer)
     def patch(self, request: Request, user_id: str) -> Response:
-        if not request.user.is_authenticated or not request.user.is_staff:
+        if not request.user.is_authenticated:
+            raise exceptions.NotAuthenticated("Send 'Authorization: Token <key>'.")
+        if not request.user.is_staff:
             raise exceptions.PermissionDenied("Only staff may change a weight.")
         user = self.get_user(request, user_id)
         serializer = UserWeightSerializer(data=request.data)

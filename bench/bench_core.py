@@ -1,0 +1,381 @@
+"""Core performance: submit, bulk submit, the claim at any backlog, the device's idle gap.
+
+    python tests/pgcluster.py --durable -- .venv/bin/python bench/bench_core.py [--quick]
+
+Needs PostgreSQL (DATABASE_URL). Every figure stands next to a ceiling measured in the
+same run (a trivial JSON view, a `SELECT 1` round trip), since the machine is shared.
+Prints tables and writes bench/results/core.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (  # noqa: E402
+    log,
+    percentile,
+    print_table,
+    setup_django,
+    start_process,
+    stop_process,
+    subprocess_env,
+    summary_ms,
+    wait_for,
+    write_results,
+)
+
+setup_django()
+
+import requests  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+from django.db import connection  # noqa: E402
+
+from jobs.queue import _pool_ids, claim_next, finish_job  # noqa: E402
+from tests.pgcluster import free_port  # noqa: E402
+
+# --- filling the tables fast --------------------------------------------------------
+
+
+def reset_tables() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "TRUNCATE jobs_job, jobs_fairshareaccount, jobs_fairpool, authtoken_token, "
+            "jobs_user RESTART IDENTITY CASCADE"
+        )
+    _pool_ids.clear()
+
+
+def fill_backlog(users: int, jobs: int, kind: str = "noop") -> None:
+    """`jobs` queued jobs spread over `users` users, with INSERT ... SELECT (no Python loop)."""
+    reset_tables()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO jobs_user (password, is_superuser, username, first_name, last_name, email,
+                                   is_staff, is_active, date_joined, weight)
+            SELECT '', false, 'bench' || g, '', '', '', false, true, now(), 1 + (g %% 5)
+            FROM generate_series(1, %s) AS g
+            """,
+            [users],
+        )
+        cursor.execute(
+            "INSERT INTO jobs_fairpool (device_type, virtual_time, cost_estimate) VALUES ('cpu', 0, 0.001)"
+        )
+        cursor.execute(
+            """
+            INSERT INTO jobs_job (public_id, owner_id, kind, input, device_type, priority, status,
+                                  error, created_at, device, attempts, charged_cost, charged_weight,
+                                  cancelled_by)
+            SELECT gen_random_uuid(), 1 + (g %% %s), %s, '0'::jsonb, 'cpu', (g %% 7) - 3, 'queued',
+                   '', now(), '', 0, 0, 1, ''
+            FROM generate_series(0, %s - 1) AS g
+            """,
+            [users, kind, jobs],
+        )
+        cursor.execute(
+            """
+            INSERT INTO jobs_fairshareaccount (pool_id, user_id, virtual_time, queued_count,
+                                               running_count, served_seconds)
+            SELECT 1, owner_id, random(), count(*), 0, 0 FROM jobs_job GROUP BY owner_id
+            """
+        )
+        cursor.execute("ANALYZE jobs_job")
+        cursor.execute("ANALYZE jobs_fairshareaccount")
+        cursor.execute("ANALYZE jobs_user")
+
+
+def select_one_round_trips(count: int = 2000) -> list[float]:
+    times = []
+    with connection.cursor() as cursor:
+        for _ in range(count):
+            started = time.perf_counter()
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+            times.append(time.perf_counter() - started)
+    return times
+
+
+# --- the claim at any backlog ----------------------------------------------------------
+
+
+def time_claims(count: int) -> dict[str, float]:
+    claims, settles = [], []
+    for _ in range(count):
+        started = time.perf_counter()
+        claim = claim_next("cpu", "bench-device")
+        claimed = time.perf_counter()
+        assert claim is not None
+        finish_job(claim, succeeded=True, duration=0.001, result=None)
+        settles.append(time.perf_counter() - claimed)
+        claims.append(claimed - started)
+    return {
+        **{f"claim_{k}": v for k, v in summary_ms(claims).items()},
+        **{f"settle_{k}": v for k, v in summary_ms(settles).items() if k != "n"},
+    }
+
+
+def bench_claim(quick: bool) -> dict[str, Any]:
+    big = 100_000 if quick else 1_000_000
+    cases = [(1_000, 10), (big, 10), (10_000, 10_000), (big, 10_000)]
+    results = {}
+    for jobs, users in cases:
+        log(f"claim: filling {jobs:,} queued jobs over {users:,} users")
+        started = time.monotonic()
+        fill_backlog(users, jobs)
+        log(f"claim: filled in {time.monotonic() - started:.1f}s; timing 300 claims")
+        time_claims(20)  # warm caches
+        results[f"{jobs}x{users}"] = {"jobs": jobs, "users": users, **time_claims(300)}
+    return results
+
+
+# --- HTTP: submit next to a trivial view -----------------------------------------------
+
+
+def http_worker(url: str, body_kind: str, seconds: float, worker: int, out: Any) -> None:
+    session = requests.Session()
+    latencies = []
+    jobs = 0
+    deadline = time.monotonic() + seconds
+    index = 0
+    while time.monotonic() < deadline:
+        index += 1
+        user = f"user{(worker * 7919 + index) % 100}"
+        started = time.perf_counter()
+        if body_kind == "health":
+            response = session.get(url + "/api/health/")
+            count = 0
+        elif body_kind == "submit":
+            response = session.post(url + "/api/jobs/", json={"user_id": user, "kind": "noop", "input": index})
+            count = 1
+        else:
+            body = [{"user_id": user, "kind": "noop", "input": index}] * 500
+            response = session.post(url + "/api/jobs/", json=body)
+            count = 500
+        latencies.append(time.perf_counter() - started)
+        if response.status_code not in (200, 201):
+            raise RuntimeError(f"{body_kind}: {response.status_code} {response.text[:200]}")
+        jobs += count
+    out.put((latencies, jobs))
+
+
+def http_load(url: str, kind: str, seconds: float, clients: int) -> dict[str, float]:
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    workers = [
+        context.Process(target=http_worker, args=(url, kind, seconds, n, out)) for n in range(clients)
+    ]
+    for process in workers:
+        process.start()
+    latencies: list[float] = []
+    jobs = 0
+    for _ in workers:
+        worker_latencies, worker_jobs = out.get()
+        latencies += worker_latencies
+        jobs += worker_jobs
+    for process in workers:
+        process.join()
+    return {
+        "requests_per_s": len(latencies) / seconds,
+        "jobs_per_s": jobs / seconds,
+        **summary_ms(latencies),
+    }
+
+
+def start_gateway(port: int) -> Any:
+    gunicorn = str(Path(sys.executable).parent / "gunicorn")
+    command = [gunicorn, "zypher.wsgi", "-b", f"127.0.0.1:{port}", "-w", "2", "-k", "gthread", "--threads", "8"]
+    process = start_process(command, "gunicorn", subprocess_env())
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return requests.get(url + "/api/health/", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_for(healthy, 30, "gunicorn")
+    return process, url
+
+
+def bench_http(url: str, quick: bool) -> dict[str, Any]:
+    seconds = 3.0 if quick else 6.0
+    clients = 4
+    rounds: dict[str, list[dict[str, float]]] = {"health": [], "submit": [], "bulk": []}
+    connection.close()  # the forked clients must not share this process's connection
+    for round_number in range(2):
+        for kind in ("health", "submit", "bulk"):
+            log(f"http: round {round_number + 1}, {kind}, {clients} clients for {seconds:.0f}s")
+            rounds[kind].append(http_load(url, kind, seconds, clients))
+    best = {kind: max(results, key=lambda r: r["jobs_per_s"] or r["requests_per_s"]) for kind, results in rounds.items()}
+    return best
+
+
+# --- the device's idle gap, idle and under a burst ------------------------------------
+
+
+def gaps_from_stamps(path: Path, since: float = 0.0, until: float = float("inf")) -> list[float]:
+    stamps = []
+    for line in path.read_text().splitlines():
+        _, start, end = line.split()
+        stamps.append((float(start), float(end)))
+    stamps.sort()
+    return [
+        nxt[0] - cur[1]
+        for cur, nxt in zip(stamps, stamps[1:], strict=False)
+        if cur[1] >= since and nxt[0] <= until
+    ]
+
+
+def burst_submitter(url: str, jobs: int, worker: int, out: Any) -> None:
+    session = requests.Session()
+    latencies = []
+    for start in range(0, jobs, 100):
+        user = f"burst{(worker * 31 + start // 100) % 1000}"
+        body = [{"user_id": user, "kind": "stamp", "input": n} for n in range(start, min(jobs, start + 100))]
+        started = time.perf_counter()
+        response = session.post(url + "/api/jobs/", json=body)
+        latencies.append(time.perf_counter() - started)
+        if response.status_code != 201:
+            raise RuntimeError(f"burst: {response.status_code} {response.text[:200]}")
+    out.put(latencies)
+
+
+def bench_gap(url: str, quick: bool) -> dict[str, Any]:
+    backlog = 20_000 if quick else 100_000
+    burst = 20_000 if quick else 100_000
+    log(f"gap: filling {backlog:,} queued stamp jobs over 1,000 users")
+    fill_backlog(1_000, backlog, kind="stamp")
+    stamps = Path(tempfile.mkdtemp(prefix="zypher-bench-")) / "stamps.log"
+    stamps.touch()
+    connection.close()
+    env = subprocess_env(ZYPHER_BENCH_STAMPS=str(stamps))
+    dispatcher = start_process(
+        [sys.executable, "manage.py", "run_dispatcher", "--devices", "1", "--name", "bench"], "dispatcher", env
+    )
+    try:
+        wait_for(lambda: len(stamps.read_text().splitlines()) > 200, 60, "the dispatcher to run jobs")
+        idle_from = time.time()
+        time.sleep(8 if quick else 15)
+        idle_until = time.time()
+        log(f"gap: burst of {burst:,} jobs (lists of 100) from 4 clients while the device runs")
+        context = multiprocessing.get_context("fork")
+        out = context.Queue()
+        clients = [context.Process(target=burst_submitter, args=(url, burst // 4, n, out)) for n in range(4)]
+        burst_from = time.time()
+        for process in clients:
+            process.start()
+        latencies: list[float] = []
+        for _ in clients:
+            latencies += out.get()
+        for process in clients:
+            process.join()
+        burst_until = time.time()
+    finally:
+        stop_process(dispatcher)
+    idle = gaps_from_stamps(stamps, idle_from, idle_until)
+    during = gaps_from_stamps(stamps, burst_from, burst_until)
+    return {
+        "idle_gap": summary_ms(idle),
+        "burst_gap": summary_ms(during),
+        "burst_jobs_per_s": burst / (burst_until - burst_from),
+        "burst_request_ms": summary_ms(latencies),
+        "jobs_run_per_s_idle": len(idle) / (idle_until - idle_from),
+    }
+
+
+# --- the report ---------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller tables and shorter runs (a smoke test)")
+    options = parser.parse_args()
+    if connection.vendor != "postgresql":
+        print("bench_core needs PostgreSQL: run it through `make bench` (tests/pgcluster.py)", file=sys.stderr)
+        return 2
+    call_command("migrate", verbosity=0)
+    rtt = summary_ms(select_one_round_trips())
+    log(f"SELECT 1 round trip: median {rtt['median_ms']:.3f} ms")
+
+    reset_tables()
+    gateway, url = start_gateway(free_port())
+    try:
+        http = bench_http(url, options.quick)
+        gap = bench_gap(url, options.quick)
+    finally:
+        stop_process(gateway)
+    claim = bench_claim(options.quick)
+    rtt_after = summary_ms(select_one_round_trips())
+
+    health, submit, bulk = http["health"], http["submit"], http["bulk"]
+    print_table(
+        "HTTP through gunicorn (4 client processes; ceiling: the trivial /api/health/ view)",
+        ["endpoint", "req/s", "jobs/s", "median ms", "p99 ms", "vs ceiling (req/s)", "p99 vs ceiling"],
+        [
+            ["GET /api/health/", health["requests_per_s"], 0, health["median_ms"], health["p99_ms"], 1.0, 1.0],
+            [
+                "POST /api/jobs/ (1 job)",
+                submit["requests_per_s"],
+                submit["jobs_per_s"],
+                submit["median_ms"],
+                submit["p99_ms"],
+                submit["requests_per_s"] / health["requests_per_s"],
+                submit["p99_ms"] / health["p99_ms"],
+            ],
+            [
+                "POST /api/jobs/ (list of 500)",
+                bulk["requests_per_s"],
+                bulk["jobs_per_s"],
+                bulk["median_ms"],
+                bulk["p99_ms"],
+                bulk["jobs_per_s"] / submit["jobs_per_s"],
+                "(jobs/s vs single)",
+            ],
+        ],
+    )
+    rtt_ms = (rtt["median_ms"] + rtt_after["median_ms"]) / 2
+    print_table(
+        f"Claim and settle transactions (in-process; SELECT 1 round trip {rtt_ms:.3f} ms)",
+        ["queued jobs", "users", "claim median ms", "claim p99 ms", "settle median ms", "claim in RTTs"],
+        [
+            [f"{c['jobs']:,}", f"{c['users']:,}", c["claim_median_ms"], c["claim_p99_ms"], c["settle_median_ms"], c["claim_median_ms"] / rtt_ms]
+            for c in claim.values()
+        ],
+    )
+    keys = list(claim)
+    small, large = claim[keys[0]], claim[keys[-1]]
+    idle, during = gap["idle_gap"], gap["burst_gap"]
+    print_table(
+        "Device idle gap (end of one job to start of the next; no-op handler, 1 device)",
+        ["phase", "gaps", "median ms", "p99 ms", "median RTTs", "p99 RTTs"],
+        [
+            ["backlog only", idle["n"], idle["median_ms"], idle["p99_ms"], idle["median_ms"] / rtt_ms, idle["p99_ms"] / rtt_ms],
+            ["during burst", during["n"], during["median_ms"], during["p99_ms"], during["median_ms"] / rtt_ms, during["p99_ms"] / rtt_ms],
+        ],
+    )
+    print(f"burst: {gap['burst_jobs_per_s']:,.0f} jobs/s submitted in lists of 100; "
+          f"request median {gap['burst_request_ms']['median_ms']:.1f} ms, p99 {gap['burst_request_ms']['p99_ms']:.1f} ms")
+    print(f"claim, largest vs smallest case: {large['claim_median_ms'] / small['claim_median_ms']:.2f}x")
+    print(f"gap during burst vs idle: {during['median_ms'] / idle['median_ms']:.2f}x")
+    path = write_results(
+        "core",
+        {"select_1_ms": rtt_ms, "http": http, "claim": claim, "gap": gap, "quick": options.quick},
+    )
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "bench"
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Shared pieces of the benchmarks: Django set-up, servers, statistics and the table."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT))
+
+BENCH_HANDLERS = {"stamp": "bench.handlers:stamp"}
+
+
+def setup_django() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "zypher.settings")
+    os.environ.setdefault("ZYPHER_HANDLERS", json.dumps(BENCH_HANDLERS))
+    import django
+
+    django.setup()
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary_ms(seconds: list[float]) -> dict[str, float]:
+    return {
+        "n": len(seconds),
+        "median_ms": statistics.median(seconds) * 1000,
+        "p99_ms": percentile(seconds, 0.99) * 1000,
+    }
+
+
+def print_table(title: str, header: list[str], rows: Iterable[list[Any]]) -> None:
+    rows = [[f"{cell:,.3f}" if isinstance(cell, float) else str(cell) for cell in row] for row in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    print(f"\n{title}")
+    print("  ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    print(flush=True)
+
+
+def write_results(name: str, data: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    data = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), **data}
+    path.write_text(json.dumps(data, indent=2, default=str))
+    return path
+
+
+def machine() -> str:
+    cpus = os.cpu_count()
+    memory = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        memory = f", {kb / 1024 / 1024:.0f} GiB"
+    except (OSError, ValueError):
+        pass
+    return f"{cpus} cores{memory}, Python {sys.version.split()[0]}"
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "ZYPHER_OPEN_MODE": "1",
+        "ZYPHER_HANDLERS": json.dumps(BENCH_HANDLERS),
+        **extra,
+    }
+
+
+def start_process(command: list[str], log_name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = open(RESULTS / f"{log_name}.log", "wb")  # noqa: SIM115 - lives as long as the process
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
