@@ -5,8 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8080
 WEB_WORKERS ?= 2
-WEB_THREADS ?= 8
-export HOST PORT
+export HOST PORT WEB_WORKERS
 
 .PHONY: run test test-sqlite test-postgres bench lint format browser clean
 
@@ -24,7 +23,7 @@ run: $(VENV)/.installed
 	$(PY) manage.py ensure_admin
 	@echo "Zypher on http://$(HOST):$(PORT)/  (API /api/jobs/, docs /api/docs/, admin /admin/)"
 	@bash -c 'trap "kill 0 2>/dev/null" EXIT; \
-	  $(VENV)/bin/gunicorn zypher.wsgi -b $(HOST):$(PORT) -w $(WEB_WORKERS) -k gthread --threads $(WEB_THREADS) --access-logfile - & \
+	  $(VENV)/bin/gunicorn zypher.asgi --access-logfile - & \
 	  $(PY) manage.py run_dispatcher & \
 	  wait -n'
 

@@ -22,15 +22,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402
+    RESULTS,
     log,
-    percentile,
     print_table,
     setup_django,
-    start_process,
-    stop_process,
     subprocess_env,
     summary_ms,
-    wait_for,
     write_results,
 )
 
@@ -41,7 +38,7 @@ from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
 from jobs.queue import _pool_ids, claim_next, finish_job  # noqa: E402
-from tests.pgcluster import free_port  # noqa: E402
+from tests.processes import ServiceProcess, start_gateway, wait_until  # noqa: E402
 
 # --- filling the tables fast --------------------------------------------------------
 
@@ -142,6 +139,13 @@ def bench_claim(quick: bool) -> dict[str, Any]:
 
 
 def http_worker(url: str, body_kind: str, seconds: float, worker: int, out: Any) -> None:
+    try:
+        out.put(http_requests(url, body_kind, seconds, worker))
+    except Exception as exc:  # report instead of leaving the parent waiting
+        out.put(exc)
+
+
+def http_requests(url: str, body_kind: str, seconds: float, worker: int) -> tuple[list[float], int]:
     session = requests.Session()
     latencies = []
     jobs = 0
@@ -152,34 +156,39 @@ def http_worker(url: str, body_kind: str, seconds: float, worker: int, out: Any)
         user = f"user{(worker * 7919 + index) % 100}"
         started = time.perf_counter()
         if body_kind == "health":
-            response = session.get(url + "/api/health/")
+            response = session.get(url + "/api/health/", timeout=30)
             count = 0
         elif body_kind == "submit":
-            response = session.post(url + "/api/jobs/", json={"user_id": user, "kind": "noop", "input": index})
+            body = {"user_id": user, "kind": "noop", "input": index}
+            response = session.post(url + "/api/jobs/", json=body, timeout=30)
             count = 1
         else:
             body = [{"user_id": user, "kind": "noop", "input": index}] * 500
-            response = session.post(url + "/api/jobs/", json=body)
+            response = session.post(url + "/api/jobs/", json=body, timeout=60)
             count = 500
         latencies.append(time.perf_counter() - started)
         if response.status_code not in (200, 201):
             raise RuntimeError(f"{body_kind}: {response.status_code} {response.text[:200]}")
         jobs += count
-    out.put((latencies, jobs))
+    return latencies, jobs
 
 
 def http_load(url: str, kind: str, seconds: float, clients: int) -> dict[str, float]:
     context = multiprocessing.get_context("fork")
     out = context.Queue()
     workers = [
-        context.Process(target=http_worker, args=(url, kind, seconds, n, out)) for n in range(clients)
+        context.Process(target=http_worker, args=(url, kind, seconds, n, out))
+        for n in range(clients)
     ]
     for process in workers:
         process.start()
     latencies: list[float] = []
     jobs = 0
     for _ in workers:
-        worker_latencies, worker_jobs = out.get()
+        reported = out.get(timeout=seconds + 120)
+        if isinstance(reported, Exception):
+            raise RuntimeError(f"an HTTP client failed: {reported}")
+        worker_latencies, worker_jobs = reported
         latencies += worker_latencies
         jobs += worker_jobs
     for process in workers:
@@ -191,22 +200,6 @@ def http_load(url: str, kind: str, seconds: float, clients: int) -> dict[str, fl
     }
 
 
-def start_gateway(port: int) -> Any:
-    gunicorn = str(Path(sys.executable).parent / "gunicorn")
-    command = [gunicorn, "zypher.wsgi", "-b", f"127.0.0.1:{port}", "-w", "2", "-k", "gthread", "--threads", "8"]
-    process = start_process(command, "gunicorn", subprocess_env())
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return requests.get(url + "/api/health/", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
-
-    wait_for(healthy, 30, "gunicorn")
-    return process, url
-
-
 def bench_http(url: str, quick: bool) -> dict[str, Any]:
     seconds = 3.0 if quick else 6.0
     clients = 4
@@ -216,7 +209,10 @@ def bench_http(url: str, quick: bool) -> dict[str, Any]:
         for kind in ("health", "submit", "bulk"):
             log(f"http: round {round_number + 1}, {kind}, {clients} clients for {seconds:.0f}s")
             rounds[kind].append(http_load(url, kind, seconds, clients))
-    best = {kind: max(results, key=lambda r: r["jobs_per_s"] or r["requests_per_s"]) for kind, results in rounds.items()}
+    best = {
+        kind: max(results, key=lambda r: r["jobs_per_s"] or r["requests_per_s"])
+        for kind, results in rounds.items()
+    }
     return best
 
 
@@ -237,17 +233,27 @@ def gaps_from_stamps(path: Path, since: float = 0.0, until: float = float("inf")
 
 
 def burst_submitter(url: str, jobs: int, worker: int, out: Any) -> None:
+    try:
+        out.put(burst_requests(url, jobs, worker))
+    except Exception as exc:
+        out.put(exc)
+
+
+def burst_requests(url: str, jobs: int, worker: int) -> list[float]:
     session = requests.Session()
     latencies = []
     for start in range(0, jobs, 100):
         user = f"burst{(worker * 31 + start // 100) % 1000}"
-        body = [{"user_id": user, "kind": "stamp", "input": n} for n in range(start, min(jobs, start + 100))]
+        body = [
+            {"user_id": user, "kind": "stamp", "input": n}
+            for n in range(start, min(jobs, start + 100))
+        ]
         started = time.perf_counter()
-        response = session.post(url + "/api/jobs/", json=body)
+        response = session.post(url + "/api/jobs/", json=body, timeout=60)
         latencies.append(time.perf_counter() - started)
         if response.status_code != 201:
             raise RuntimeError(f"burst: {response.status_code} {response.text[:200]}")
-    out.put(latencies)
+    return latencies
 
 
 def bench_gap(url: str, quick: bool) -> dict[str, Any]:
@@ -259,29 +265,40 @@ def bench_gap(url: str, quick: bool) -> dict[str, Any]:
     stamps.touch()
     connection.close()
     env = subprocess_env(ZYPHER_BENCH_STAMPS=str(stamps))
-    dispatcher = start_process(
-        [sys.executable, "manage.py", "run_dispatcher", "--devices", "1", "--name", "bench"], "dispatcher", env
+    dispatcher = ServiceProcess(
+        "dispatcher",
+        [sys.executable, "manage.py", "run_dispatcher", "--devices", "1", "--name", "bench"],
+        env,
+        RESULTS,
     )
     try:
-        wait_for(lambda: len(stamps.read_text().splitlines()) > 200, 60, "the dispatcher to run jobs")
+        wait_until(
+            lambda: len(stamps.read_text().splitlines()) > 200, 60, "the dispatcher to run jobs"
+        )
         idle_from = time.time()
         time.sleep(8 if quick else 15)
         idle_until = time.time()
         log(f"gap: burst of {burst:,} jobs (lists of 100) from 4 clients while the device runs")
         context = multiprocessing.get_context("fork")
         out = context.Queue()
-        clients = [context.Process(target=burst_submitter, args=(url, burst // 4, n, out)) for n in range(4)]
+        clients = [
+            context.Process(target=burst_submitter, args=(url, burst // 4, n, out))
+            for n in range(4)
+        ]
         burst_from = time.time()
         for process in clients:
             process.start()
         latencies: list[float] = []
         for _ in clients:
-            latencies += out.get()
+            reported = out.get(timeout=600)
+            if isinstance(reported, Exception):
+                raise RuntimeError(f"a burst client failed: {reported}")
+            latencies += reported
         for process in clients:
             process.join()
         burst_until = time.time()
     finally:
-        stop_process(dispatcher)
+        dispatcher.stop()
     idle = gaps_from_stamps(stamps, idle_from, idle_until)
     during = gaps_from_stamps(stamps, burst_from, burst_until)
     return {
@@ -297,32 +314,55 @@ def bench_gap(url: str, quick: bool) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smaller tables and shorter runs (a smoke test)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller tables and shorter runs (a smoke test)"
+    )
     options = parser.parse_args()
     if connection.vendor != "postgresql":
-        print("bench_core needs PostgreSQL: run it through `make bench` (tests/pgcluster.py)", file=sys.stderr)
+        print(
+            "bench_core needs PostgreSQL: run it through `make bench` (tests/pgcluster.py)",
+            file=sys.stderr,
+        )
         return 2
     call_command("migrate", verbosity=0)
     rtt = summary_ms(select_one_round_trips())
     log(f"SELECT 1 round trip: median {rtt['median_ms']:.3f} ms")
 
     reset_tables()
-    gateway, url = start_gateway(free_port())
+    gateway, url = start_gateway(subprocess_env(), RESULTS)
     try:
         http = bench_http(url, options.quick)
         gap = bench_gap(url, options.quick)
     finally:
-        stop_process(gateway)
+        gateway.stop()
     claim = bench_claim(options.quick)
     rtt_after = summary_ms(select_one_round_trips())
 
     health, submit, bulk = http["health"], http["submit"], http["bulk"]
     print_table(
         "HTTP through gunicorn (4 client processes; ceiling: the trivial /api/health/ view)",
-        ["endpoint", "req/s", "jobs/s", "median ms", "p99 ms", "vs ceiling (req/s)", "p99 vs ceiling"],
         [
-            ["GET /api/health/", health["requests_per_s"], 0, health["median_ms"], health["p99_ms"], 1.0, 1.0],
+            "endpoint",
+            "req/s",
+            "jobs/s",
+            "median ms",
+            "p99 ms",
+            "vs ceiling (req/s)",
+            "p99 vs ceiling",
+        ],
+        [
+            [
+                "GET /api/health/",
+                health["requests_per_s"],
+                0,
+                health["median_ms"],
+                health["p99_ms"],
+                1.0,
+                1.0,
+            ],
             [
                 "POST /api/jobs/ (1 job)",
                 submit["requests_per_s"],
@@ -346,9 +386,23 @@ def main() -> int:
     rtt_ms = (rtt["median_ms"] + rtt_after["median_ms"]) / 2
     print_table(
         f"Claim and settle transactions (in-process; SELECT 1 round trip {rtt_ms:.3f} ms)",
-        ["queued jobs", "users", "claim median ms", "claim p99 ms", "settle median ms", "claim in RTTs"],
         [
-            [f"{c['jobs']:,}", f"{c['users']:,}", c["claim_median_ms"], c["claim_p99_ms"], c["settle_median_ms"], c["claim_median_ms"] / rtt_ms]
+            "queued jobs",
+            "users",
+            "claim median ms",
+            "claim p99 ms",
+            "settle median ms",
+            "claim in RTTs",
+        ],
+        [
+            [
+                f"{c['jobs']:,}",
+                f"{c['users']:,}",
+                c["claim_median_ms"],
+                c["claim_p99_ms"],
+                c["settle_median_ms"],
+                c["claim_median_ms"] / rtt_ms,
+            ]
             for c in claim.values()
         ],
     )
@@ -359,13 +413,31 @@ def main() -> int:
         "Device idle gap (end of one job to start of the next; no-op handler, 1 device)",
         ["phase", "gaps", "median ms", "p99 ms", "median RTTs", "p99 RTTs"],
         [
-            ["backlog only", idle["n"], idle["median_ms"], idle["p99_ms"], idle["median_ms"] / rtt_ms, idle["p99_ms"] / rtt_ms],
-            ["during burst", during["n"], during["median_ms"], during["p99_ms"], during["median_ms"] / rtt_ms, during["p99_ms"] / rtt_ms],
+            [
+                "backlog only",
+                idle["n"],
+                idle["median_ms"],
+                idle["p99_ms"],
+                idle["median_ms"] / rtt_ms,
+                idle["p99_ms"] / rtt_ms,
+            ],
+            [
+                "during burst",
+                during["n"],
+                during["median_ms"],
+                during["p99_ms"],
+                during["median_ms"] / rtt_ms,
+                during["p99_ms"] / rtt_ms,
+            ],
         ],
     )
-    print(f"burst: {gap['burst_jobs_per_s']:,.0f} jobs/s submitted in lists of 100; "
-          f"request median {gap['burst_request_ms']['median_ms']:.1f} ms, p99 {gap['burst_request_ms']['p99_ms']:.1f} ms")
-    print(f"claim, largest vs smallest case: {large['claim_median_ms'] / small['claim_median_ms']:.2f}x")
+    print(
+        f"burst: {gap['burst_jobs_per_s']:,.0f} jobs/s submitted in lists of 100; "
+        f"request median {gap['burst_request_ms']['median_ms']:.1f} ms, p99 {gap['burst_request_ms']['p99_ms']:.1f} ms"
+    )
+    print(
+        f"claim, largest vs smallest case: {large['claim_median_ms'] / small['claim_median_ms']:.2f}x"
+    )
     print(f"gap during burst vs idle: {during['median_ms'] / idle['median_ms']:.2f}x")
     path = write_results(
         "core",

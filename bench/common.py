@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,9 @@ def summary_ms(seconds: list[float]) -> dict[str, float]:
 
 
 def print_table(title: str, header: list[str], rows: Iterable[list[Any]]) -> None:
-    rows = [[f"{cell:,.3f}" if isinstance(cell, float) else str(cell) for cell in row] for row in rows]
+    rows = [
+        [f"{cell:,.3f}" if isinstance(cell, float) else str(cell) for cell in row] for row in rows
+    ]
     widths = [max(len(str(h)), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     print(f"\n{title}")
     print("  ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=True)))
@@ -85,28 +86,3 @@ def subprocess_env(**extra: str) -> dict[str, str]:
         "ZYPHER_HANDLERS": json.dumps(BENCH_HANDLERS),
         **extra,
     }
-
-
-def start_process(command: list[str], log_name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = open(RESULTS / f"{log_name}.log", "wb")  # noqa: SIM115 - lives as long as the process
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"timed out waiting for {what}")
-
-
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()

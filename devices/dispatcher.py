@@ -18,6 +18,7 @@ what is still running, exit 0. A second signal requeues at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -37,6 +38,7 @@ from jobs.queue import (
     NOTIFY_CHANNEL,
     ClaimedJob,
     claim_next,
+    finish_and_claim_next,
     finish_job,
     release_job,
     renew_leases,
@@ -88,11 +90,15 @@ class Dispatcher:
         delay = 0.5
         while True:
             try:
-                return await loop.run_in_executor(self.db_thread, self._in_db_thread, function, args)
+                return await loop.run_in_executor(
+                    self.db_thread, self._in_db_thread, function, args
+                )
             except (OperationalError, InterfaceError) as exc:
                 if not retry:
                     raise
-                log.warning("database unavailable (%s); retrying in %.1fs", str(exc).strip()[:120], delay)
+                log.warning(
+                    "database unavailable (%s); retrying in %.1fs", str(exc).strip()[:120], delay
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -109,7 +115,9 @@ class Dispatcher:
 
     def start_worker(self, device: LocalDevice) -> None:
         parent_end, child_end = _spawn.Pipe()
-        process = _spawn.Process(target=worker_main, args=(child_end, os.getpid()), name=device.name, daemon=True)
+        process = _spawn.Process(
+            target=worker_main, args=(child_end, os.getpid()), name=device.name, daemon=True
+        )
         process.start()
         child_end.close()  # so that the parent sees EOF when the child dies
         device.process, device.connection = process, parent_end
@@ -140,7 +148,10 @@ class Dispatcher:
             len(self.devices),
             self.lease_seconds,
         )
-        background = [asyncio.create_task(self.keep_leases()), asyncio.create_task(self.reap_expired())]
+        background = [
+            asyncio.create_task(self.keep_leases()),
+            asyncio.create_task(self.reap_expired()),
+        ]
         if connection.vendor == "postgresql":
             background.append(asyncio.create_task(self.listen_for_work()))
         try:
@@ -194,31 +205,40 @@ class Dispatcher:
             if claim is None:
                 self.empty_pools.add(device.device_type)
                 continue
-            device.claim, device.started = claim, time.monotonic()
-            device.connection.send(JobOrder(claim.id, claim.fencing_token, claim.kind, claim.input))
-            log.info(
-                "start job %s user=%s kind=%s device=%s attempt=%d",
-                claim.public_id,
-                claim.owner,
-                claim.kind,
-                device.name,
-                claim.fencing_token,
-            )
+            self.send(device, claim)
+
+    def send(self, device: LocalDevice, claim: ClaimedJob) -> None:
+        device.claim, device.started = claim, time.monotonic()
+        device.connection.send(JobOrder(claim.id, claim.fencing_token, claim.kind, claim.input))
+        log.info(
+            "start job %s user=%s kind=%s device=%s attempt=%d",
+            claim.public_id,
+            claim.owner,
+            claim.kind,
+            device.name,
+            claim.fencing_token,
+        )
 
     async def settle(self, device: LocalDevice, outcome: JobOutcome) -> None:
+        """Record an outcome and, unless stopping, claim the device's next job in the same
+        transaction, so the device waits for one commit between jobs."""
         claim = device.claim
         device.claim = None
         if claim is None or claim.id != outcome.job_id:
             return
-        accepted = await self.db(
-            lambda: finish_job(
-                claim,
-                succeeded=outcome.succeeded,
-                duration=outcome.duration,
-                result=outcome.result,
-                error=outcome.error,
+        fields = {
+            "succeeded": outcome.succeeded,
+            "duration": outcome.duration,
+            "result": outcome.result,
+            "error": outcome.error,
+        }
+        next_claim = None
+        if self.stopping or device.device_type in self.empty_pools:
+            accepted = await self.db(lambda: finish_job(claim, **fields))
+        else:
+            accepted, next_claim = await self.db(
+                lambda: finish_and_claim_next(claim, device.name, **fields)
             )
-        )
         state = "succeeded" if outcome.succeeded else f"failed ({outcome.error[:200]})"
         if not accepted:
             state = "result refused: lease lost to another holder"
@@ -231,6 +251,10 @@ class Dispatcher:
             outcome.duration,
             state,
         )
+        if next_claim is not None:
+            self.send(device, next_claim)
+        elif not self.stopping:
+            self.empty_pools.add(device.device_type)
 
     async def replace_dead_worker(self, device: LocalDevice) -> None:
         process = device.process
@@ -289,22 +313,21 @@ class Dispatcher:
             process = device.process
             if process is None:
                 continue
-            try:
+            with contextlib.suppress(ValueError, OSError):
                 asyncio.get_running_loop().remove_reader(device.connection.fileno())
-            except (ValueError, OSError):
-                pass
             if claim is not None:
                 process.kill()
                 process.join(timeout=5)
                 status = await self.db(
-                    release_job, claim.id, claim.fencing_token, "dispatcher shut down before it finished"
+                    release_job,
+                    claim.id,
+                    claim.fencing_token,
+                    "dispatcher shut down before it finished",
                 )
                 log.info("job %s requeued at shutdown; now %s", claim.public_id, status)
             elif process.is_alive():
-                try:
+                with contextlib.suppress(BrokenPipeError, OSError):
                     device.connection.send(None)
-                except (BrokenPipeError, OSError):
-                    pass
                 process.join(timeout=5)
                 if process.is_alive():
                     process.kill()

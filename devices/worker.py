@@ -48,7 +48,9 @@ def run_order(order: JobOrder) -> JobOutcome:
         result, succeeded = None, False
         error = f"{type(exc).__name__}: {exc}"
         traceback.print_exc()
-    return JobOutcome(order.job_id, order.fencing_token, succeeded, result, error, time.monotonic() - started)
+    return JobOutcome(
+        order.job_id, order.fencing_token, succeeded, result, error, time.monotonic() - started
+    )
 
 
 def die_with_parent() -> None:

@@ -20,7 +20,17 @@ class ZypherUserAdmin(UserAdmin):
 
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
-    list_display = ["public_id", "owner", "kind", "device_type", "priority", "status", "device", "created_at", "duration"]
+    list_display = [
+        "public_id",
+        "owner",
+        "kind",
+        "device_type",
+        "priority",
+        "status",
+        "device",
+        "created_at",
+        "duration",
+    ]
     list_filter = ["status", "kind", "device_type"]
     search_fields = ["public_id", "owner__username"]
     list_select_related = ["owner"]
@@ -48,6 +58,13 @@ class FairPoolAdmin(admin.ModelAdmin):
 
 @admin.register(FairShareAccount)
 class FairShareAccountAdmin(admin.ModelAdmin):
-    list_display = ["user", "pool", "virtual_time", "queued_count", "running_count", "served_seconds"]
+    list_display = [
+        "user",
+        "pool",
+        "virtual_time",
+        "queued_count",
+        "running_count",
+        "served_seconds",
+    ]
     list_filter = ["pool"]
     list_select_related = ["user", "pool"]

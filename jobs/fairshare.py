@@ -78,14 +78,20 @@ class FairQueue(Generic[T]):
     def __len__(self) -> int:
         return sum(len(q.heap) for q in self._users.values())
 
-    def push(self, user: Hashable, item: T, *, weight: float = 1.0, priority: int = 0) -> int:
-        """Queue `item` for `user`; return its sequence number (its age)."""
-        if weight <= 0:
+    def push(
+        self, user: Hashable, item: T, *, weight: float | None = None, priority: int = 0
+    ) -> int:
+        """Queue `item` for `user`; return its sequence number (its age).
+
+        `weight` sets the user's weight (default 1.0 for a new user; unchanged if omitted).
+        """
+        if weight is not None and weight <= 0:
             raise ValueError("weight must be positive")
         queue = self._users.get(user)
         if queue is None:
-            queue = self._users[user] = _UserQueue(weight=weight, order=next(self._user_order))
-        queue.weight = weight
+            queue = self._users[user] = _UserQueue(weight=weight or 1.0, order=next(self._user_order))
+        elif weight is not None:
+            queue.weight = weight
         if not queue.heap:
             queue.virtual_time = max(queue.virtual_time, self.virtual_time)
         sequence = next(self._sequence)

@@ -52,7 +52,9 @@ def limited_f(x: Any) -> dict[str, Any]:
         rounds += 1
         if rounds % 1000 == 0 and time.monotonic() >= deadline:
             break
-    output: Any = x * x if isinstance(x, int | float) and not isinstance(x, bool) else digest.hex()[:16]
+    output: Any = (
+        x * x if isinstance(x, int | float) and not isinstance(x, bool) else digest.hex()[:16]
+    )
     return {"x": x, "y": output}
 
 

@@ -30,6 +30,10 @@ class ApiErrorMiddleware:
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         # A database outage outside DRF views (admin, sessions) is a 503, not a traceback.
-        if isinstance(exception, OperationalError | InterfaceError) and request.path.startswith(("/api/", "/predict")):
-            return JsonResponse({"error": "The database is unavailable; retry shortly."}, status=503)
+        if isinstance(exception, OperationalError | InterfaceError) and request.path.startswith(
+            ("/api/", "/predict")
+        ):
+            return JsonResponse(
+                {"error": "The database is unavailable; retry shortly."}, status=503
+            )
         return None

@@ -21,7 +21,9 @@ class User(AbstractUser):
     weight = models.FloatField(default=1.0, help_text="Share of device time relative to others.")
 
     class Meta:
-        constraints = [models.CheckConstraint(condition=Q(weight__gt=0), name="user_weight_positive")]
+        constraints = [
+            models.CheckConstraint(condition=Q(weight__gt=0), name="user_weight_positive")
+        ]
 
     def __str__(self) -> str:
         return self.username
@@ -57,14 +59,17 @@ class Job(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
-    device = models.CharField(max_length=128, blank=True, default="", help_text="Device that ran it.")
+    device = models.CharField(
+        max_length=128, blank=True, default="", help_text="Device that ran it."
+    )
     # Claim bookkeeping: `attempts` doubles as the fencing token of the current claim.
     attempts = models.PositiveIntegerField(default=0)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     charged_cost = models.FloatField(default=0.0)
     charged_weight = models.FloatField(default=1.0)
     duration = models.FloatField(null=True, blank=True, help_text="Device seconds used.")
-    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    # NULL, not "": jobs without a key must not collide in the per-owner unique constraint.
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     cancelled_by = models.CharField(max_length=150, blank=True, default="")
 
     class Meta:

@@ -24,7 +24,9 @@ class JobSubmitSerializer(serializers.Serializer):
         error_messages={"invalid": "user_id may hold 1 to 150 letters, digits and . @ + - _"},
     )
     input = serializers.JSONField(help_text="The job's input, any JSON value.")
-    kind = serializers.CharField(default="limited_f", max_length=64, help_text="Which handler runs it.")
+    kind = serializers.CharField(
+        default="limited_f", max_length=64, help_text="Which handler runs it."
+    )
     priority = serializers.IntegerField(
         default=0, min_value=-100, max_value=100, help_text="Orders the user's own jobs."
     )

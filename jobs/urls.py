@@ -1,7 +1,7 @@
-from django.urls import path
+from django.urls import path, re_path
 from rest_framework.authtoken.views import obtain_auth_token
 
-from jobs import views
+from jobs import predict_views, views
 
 urlpatterns = [
     path("api/health/", views.HealthView.as_view(), name="health"),
@@ -11,4 +11,11 @@ urlpatterns = [
     path("api/users/", views.UserCreateView.as_view(), name="user-create"),
     path("api/users/<str:user_id>/", views.UserDetailView.as_view(), name="user-detail"),
     path("api/token/", obtain_auth_token, name="api-token"),
+    # The published prediction contract: at the root, with or without a trailing slash.
+    re_path(r"^predict/?$", predict_views.predict, name="predict"),
+    re_path(
+        r"^predict/(?P<prediction_id>[^/]+)/?$",
+        predict_views.prediction_detail,
+        name="prediction-detail",
+    ),
 ]

@@ -47,9 +47,13 @@ def acting_user(request: Request, named_user_id: str | None) -> User:
         name = named_user_id or request.headers.get("X-User-Id") or "anonymous"
         user, _ = User.objects.get_or_create(username=name)
     else:
-        raise exceptions.NotAuthenticated("Send 'Authorization: Token <key>' (POST /api/token/ issues one).")
+        raise exceptions.NotAuthenticated(
+            "Send 'Authorization: Token <key>' (POST /api/token/ issues one)."
+        )
     if not user.is_active:
-        raise exceptions.PermissionDenied(f"User {user.username!r} is deactivated and cannot submit jobs.")
+        raise exceptions.PermissionDenied(
+            f"User {user.username!r} is deactivated and cannot submit jobs."
+        )
     return user
 
 
@@ -60,7 +64,9 @@ def visible_jobs(request: Request) -> QuerySet[Job]:
         return jobs if request.user.is_staff else jobs.filter(owner=request.user)
     if settings.ZYPHER_OPEN_MODE:
         return jobs
-    raise exceptions.NotAuthenticated("Send 'Authorization: Token <key>' (POST /api/token/ issues one).")
+    raise exceptions.NotAuthenticated(
+        "Send 'Authorization: Token <key>' (POST /api/token/ issues one)."
+    )
 
 
 def submit_error(errors: Any) -> dict[str, Any]:
@@ -88,7 +94,11 @@ class JobListCreateView(generics.ListAPIView):
         if job_status:
             if job_status not in JobStatus.values:
                 raise exceptions.ValidationError(
-                    {"status": [f"Unknown status {job_status!r}; valid: {', '.join(JobStatus.values)}."]}
+                    {
+                        "status": [
+                            f"Unknown status {job_status!r}; valid: {', '.join(JobStatus.values)}."
+                        ]
+                    }
                 )
             jobs = jobs.filter(status=job_status)
         return jobs.order_by("-id")
@@ -116,14 +126,20 @@ class JobListCreateView(generics.ListAPIView):
                 {"error": f"At most {settings.ZYPHER_MAX_BULK_JOBS} jobs per request."}
             )
         if not many and not isinstance(request.data, dict):
-            raise exceptions.ValidationError({"error": "Send a JSON object (one job) or a list of them."})
+            raise exceptions.ValidationError(
+                {"error": "Send a JSON object (one job) or a list of them."}
+            )
         serializer = JobSubmitSerializer(data=request.data, many=many)
         if not serializer.is_valid():
-            raise exceptions.ValidationError(submit_error(serializer.errors) if many else serializer.errors)
+            raise exceptions.ValidationError(
+                submit_error(serializer.errors) if many else serializer.errors
+            )
         items = serializer.validated_data if many else [serializer.validated_data]
         named = {item.get("user_id") for item in items}
         if len(named) > 1:
-            raise exceptions.ValidationError({"user_id": ["All jobs of one request must be for one user."]})
+            raise exceptions.ValidationError(
+                {"user_id": ["All jobs of one request must be for one user."]}
+            )
         key = request.headers.get("Idempotency-Key") or None
         if key is not None and len(key) > 200:
             raise exceptions.ValidationError({"Idempotency-Key": ["At most 200 characters."]})

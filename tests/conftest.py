@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +17,8 @@ import pytest
 import requests
 from django.conf import settings
 from django.db import connection
+
+from tests.processes import ServiceProcess, start_gateway, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_HANDLERS = {
@@ -53,55 +51,6 @@ def test_handlers(settings: Any) -> None:
     queue._pool_ids.clear()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class ServiceProcess:
-    """A subprocess with its output in a log file, stopped politely or killed."""
-
-    def __init__(self, name: str, command: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def signal(self, sig: int) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, sig)
-
-    def kill(self) -> None:
-        """kill -9 of the whole process group (the dispatcher and its workers)."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self, timeout: float = 20) -> int | None:
-        if self.process.poll() is None:
-            self.signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)  # leftovers of the group, if any
-        except ProcessLookupError:
-            pass
-        self._log.close()
-        return self.process.returncode
-
-
 @pytest.fixture
 def subprocess_env(transactional_db: None, tmp_path: Path) -> dict[str, str]:
     """Environment for gateway and dispatcher subprocesses, on this test's database."""
@@ -118,23 +67,11 @@ def subprocess_env(transactional_db: None, tmp_path: Path) -> dict[str, str]:
         "ZYPHER_SHUTDOWN_GRACE_SECONDS": "5",
     }
     if connection.vendor == "postgresql":
-        env["DATABASE_URL"] = (
-            f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-        )
+        env["DATABASE_URL"] = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
     else:
         env.pop("DATABASE_URL", None)
         env["ZYPHER_SQLITE_PATH"] = str(db["NAME"])
     return env
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class Gateway:
@@ -152,46 +89,22 @@ class Gateway:
 
 @pytest.fixture
 def gateway(subprocess_env: dict[str, str], tmp_path: Path) -> Iterator[Gateway]:
-    """gunicorn serving the app on a free port."""
-    port = free_port()
-    process = ServiceProcess(
-        "gunicorn",
-        [
-            str(Path(sys.executable).parent / "gunicorn"),
-            "zypher.wsgi",
-            "-b",
-            f"127.0.0.1:{port}",
-            "-w",
-            "2",
-            "-k",
-            "gthread",
-            "--threads",
-            "4",
-        ],
-        subprocess_env,
-        tmp_path,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        if process.process.poll() is not None:
-            raise AssertionError(f"gunicorn exited:\n{process.log_text()}")
-        try:
-            return requests.get(url + "/api/health/", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
-
-    wait_until(healthy, 30, "gunicorn to answer")
+    """The web server (gunicorn, gunicorn.conf.py) serving the app on a free port."""
+    process, url = start_gateway(subprocess_env, tmp_path)
     yield Gateway(process, url)
     process.stop()
 
 
 @pytest.fixture
-def start_dispatcher(subprocess_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
+def start_dispatcher(
+    subprocess_env: dict[str, str], tmp_path: Path
+) -> Iterator[Callable[..., ServiceProcess]]:
     """Factory: start `manage.py run_dispatcher` subprocesses; all are stopped at the end."""
     started: list[ServiceProcess] = []
 
-    def start(devices: int = 1, device_type: str = "cpu", name: str | None = None, **env: str) -> ServiceProcess:
+    def start(
+        devices: int = 1, device_type: str = "cpu", name: str | None = None, **env: str
+    ) -> ServiceProcess:
         name = name or f"dispatcher{len(started)}"
         command = [sys.executable, "manage.py", "run_dispatcher", "--devices", str(devices)]
         command += ["--device-type", device_type, "--name", name]

@@ -16,11 +16,17 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
+import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import contextlib
+
+from tests.processes import free_port  # noqa: E402
 
 
 def find_bindir() -> Path | None:
@@ -30,12 +36,6 @@ def find_bindir() -> Path | None:
             return Path(candidate)
     initdb = shutil.which("initdb")
     return Path(initdb).parent if initdb else None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class PostgresCluster:
@@ -63,7 +63,9 @@ class PostgresCluster:
     def start(self) -> None:
         if self.as_postgres:
             shutil.chown(self.root, "postgres", "postgres")
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "zypher", "-E", "UTF8", "--no-sync")
+        self._run(
+            "initdb", "-D", str(self.data), "-A", "trust", "-U", "zypher", "-E", "UTF8", "--no-sync"
+        )
         settings = [
             "listen_addresses='127.0.0.1'",
             f"port={self.port}",
@@ -85,10 +87,8 @@ class PostgresCluster:
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def destroy(self) -> None:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):
             self.pause()
-        except subprocess.CalledProcessError:
-            pass
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -109,6 +109,8 @@ def main(argv: list[str]) -> int:
         print(f"pgcluster: {reason}", file=sys.stderr)
         return 0
     cluster = PostgresCluster(bindir, durable=durable)
+    # SIGTERM (a CI timeout, kill) must still remove the cluster: run the finally below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         cluster.start()
         print(f"pgcluster: PostgreSQL from {bindir} at {cluster.url}", file=sys.stderr)

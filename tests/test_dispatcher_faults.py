@@ -11,7 +11,8 @@ import pytest
 
 from jobs.models import Job, User
 from jobs.queue import JobSpec, submit_jobs
-from tests.conftest import executions, wait_until
+from tests.conftest import executions
+from tests.processes import wait_until
 
 pytestmark = pytest.mark.e2e
 

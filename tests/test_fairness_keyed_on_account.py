@@ -20,7 +20,9 @@ def client_for(user: User) -> APIClient:
     return client
 
 
-def test_a_user_submitting_through_several_tokens_and_priorities_gets_only_its_weighted_share(settings):
+def test_a_user_submitting_through_several_tokens_and_priorities_gets_only_its_weighted_share(
+    settings,
+):
     settings.ZYPHER_OPEN_MODE = False
     greedy = User.objects.create(username="greedy", weight=1)
     modest = User.objects.create(username="modest", weight=1)

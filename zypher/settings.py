@@ -33,7 +33,9 @@ def env_float_pair(name: str, default: tuple[float, float]) -> tuple[float, floa
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "zypher-insecure-development-key-change-me")
 DEBUG = env_bool("DJANGO_DEBUG", False)
-ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver").split(",")
+ALLOWED_HOSTS = os.environ.get(
+    "DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver"
+).split(",")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -173,6 +175,9 @@ ZYPHER_LOCAL_DEVICE_TYPE = os.environ.get("ZYPHER_LOCAL_DEVICE_TYPE", "cpu")
 # The built-in handlers' durations.
 ZYPHER_LIMITED_F_SECONDS = float(os.environ.get("ZYPHER_LIMITED_F_SECONDS", "2"))
 ZYPHER_PREDICT_DELAY = env_float_pair("ZYPHER_PREDICT_DELAY", (10.0, 17.0))
+# How long a synchronous POST /predict waits for its job before answering 202 with the
+# prediction_id to poll (the job goes on either way).
+ZYPHER_PREDICT_WAIT_SECONDS = float(os.environ.get("ZYPHER_PREDICT_WAIT_SECONDS", "300"))
 # Extra handlers: a JSON object {"kind": "module:function"}, merged over the built-ins.
 ZYPHER_HANDLERS: dict[str, str] = json.loads(os.environ.get("ZYPHER_HANDLERS", "{}") or "{}")
 # Leases: a running job's lease is renewed every LEASE/3 s by its dispatcher; a lease

@@ -14,7 +14,9 @@ from devices.dispatcher import Dispatcher
 
 
 class Command(BaseCommand):
-    help = "Run the fair-share dispatcher with local worker-process devices until SIGTERM or Ctrl-C."
+    help = (
+        "Run the fair-share dispatcher with local worker-process devices until SIGTERM or Ctrl-C."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
@@ -28,15 +30,22 @@ class Command(BaseCommand):
             default=settings.ZYPHER_LOCAL_DEVICE_TYPE,
             help="the pool the local devices serve; default ZYPHER_LOCAL_DEVICE_TYPE or cpu",
         )
-        parser.add_argument("--name", default=None, help="this dispatcher's name in logs and device names")
+        parser.add_argument(
+            "--name", default=None, help="this dispatcher's name in logs and device names"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["devices"] < 0:
             raise CommandError("--devices must be 0 or more")
         logging.basicConfig(
-            stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True
+            stream=sys.stdout,
+            level=logging.INFO,
+            format="%(asctime)s %(name)s: %(message)s",
+            force=True,
         )
         logging.getLogger("zypher").handlers.clear()
         logging.getLogger("zypher").propagate = True
-        dispatcher = Dispatcher([(options["device_type"], options["devices"])], name=options["name"])
+        dispatcher = Dispatcher(
+            [(options["device_type"], options["devices"])], name=options["name"]
+        )
         asyncio.run(dispatcher.run())

@@ -1,0 +1,11 @@
+"""gunicorn settings shared by `make run`, the tests and the benchmarks (read from the
+working directory). The app is served through ASGI by uvicorn workers, so that a
+synchronous /predict waits on an asyncio future instead of holding a thread; see the
+README's design notes for the measurements behind this choice."""
+
+import os
+
+bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8080')}"
+workers = int(os.environ.get("WEB_WORKERS", "2"))
+worker_class = "uvicorn_worker.UvicornWorker"
+graceful_timeout = 10

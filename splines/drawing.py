@@ -1,0 +1,346 @@
+"""Drawing curves on a Pillow image: clip, rasterise a coverage mask, then ink it per mode.
+
+The stroke is rasterised by Anti-Grain Geometry (through `aggdraw`) into an 8-bit coverage
+mask: the whole polyline is one path, so its joints are neither doubled nor missing, and
+the edge pixels get their exact area coverage (the same rasteriser as matplotlib's Agg
+backend). AGG strokes with butt ends; round ends are discs at the curve's ends. The mask
+covers only the curve's bounding box, and the ink is then applied in a way that suits the
+image's mode: painted through the mask for RGB, L and CMYK (with the colour converted to
+CMYK first, which would otherwise come out black), alpha-composited from an overlay for
+images with transparency (drawing directly would replace their alpha).
+
+Coordinates are pixels with the origin at the top-left and y downwards; the point
+`(x, y) = (3, 4)` is the centre of the pixel in column 3, row 4.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import aggdraw
+import numpy as np
+from PIL import Image, ImageChops, ImageColor
+
+from .evaluation import knot_points, sample_curve
+from .images import to_eight_bit
+from .tck import SplineInputError, Tck
+
+DEFAULT_COLOR = "#ff00ff"
+MAX_WIDTH = 1000.0
+# Control points may lie this many image sizes beyond the image's edges; further away is
+# surely a unit or layout mistake, and would only cost samples that are clipped anyway.
+COORDINATE_MARGIN = 8
+
+Rgba = tuple[int, int, int, int]
+Box = tuple[int, int, int, int]
+
+
+def parse_color(value: str) -> Rgba:
+    """A CSS colour (`#f0c`, `#ff00cc`, `#ff00cc80`, or a name like `red`) as RGBA."""
+    try:
+        red, green, blue, alpha = ImageColor.getcolor(str(value).strip(), "RGBA")
+    except (ValueError, AttributeError):
+        raise SplineInputError(
+            "color",
+            f"color must be a CSS hex colour like #ff00ff or #f0f (#ff00ff80 with alpha); "
+            f"got {value!r}.",
+        ) from None
+    return red, green, blue, alpha
+
+
+def default_width(size: tuple[int, int]) -> float:
+    """Four pixels on a 1024-pixel image, in proportion elsewhere, never under 1.5."""
+    return max(1.5, max(size) / 256.0)
+
+
+@dataclass(frozen=True)
+class DrawOptions:
+    color: Rgba = (255, 0, 255, 255)
+    width: float | None = None
+    show_control_points: bool = False
+    show_knots: bool = False
+
+
+@dataclass
+class DrawReport:
+    """What was drawn: the line width used and which curves lie entirely outside the image."""
+
+    width: float
+    curves: int
+    outside: list[int] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [
+            f"curve {i} lies entirely outside the image; nothing was drawn for it."
+            for i in self.outside
+        ]
+
+
+def check_coordinates(curves: Sequence[Tck], size: tuple[int, int]) -> None:
+    """Refuse control points absurdly far from the image (the curve lies in their hull)."""
+    width, height = size
+    margin = COORDINATE_MARGIN * max(width, height)
+    low = np.array([-margin, -margin])
+    high = np.array([width + margin, height + margin])
+    for index, curve in enumerate(curves):
+        outside = np.flatnonzero(np.any((curve.points < low) | (curve.points > high), axis=1))
+        if outside.size:
+            i = int(outside[0])
+            x, y = curve.points[i]
+            which = f"curve {index}, " if len(curves) > 1 else ""
+            raise SplineInputError(
+                "c",
+                f"{which}control point {i} = ({x:g}, {y:g}) is too far from the {width} x "
+                f"{height} image: control points must lie within x {low[0]:g}..{high[0]:g} and "
+                f"y {low[1]:g}..{high[1]:g} (is c in pixels of this image?).",
+            )
+
+
+def clip_polyline(points: np.ndarray, rect: tuple[float, float, float, float]) -> list[np.ndarray]:
+    """The runs of consecutive segments whose bounding boxes meet `rect` (x0, y0, x1, y1)."""
+    if len(points) == 1:
+        points = np.vstack([points, points])
+    x0, y0, x1, y1 = rect
+    a, b = points[:-1], points[1:]
+    keep = (
+        (np.minimum(a[:, 0], b[:, 0]) <= x1)
+        & (np.maximum(a[:, 0], b[:, 0]) >= x0)
+        & (np.minimum(a[:, 1], b[:, 1]) <= y1)
+        & (np.maximum(a[:, 1], b[:, 1]) >= y0)
+    )
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], keep.astype(np.int8), [0]])))
+    return [points[start : end + 1] for start, end in zip(edges[::2], edges[1::2], strict=True)]
+
+
+@dataclass
+class _Strokes:
+    """Geometry to rasterise, in image pixel coordinates."""
+
+    lines: list[tuple[np.ndarray, float]] = field(default_factory=list)
+    discs: list[tuple[float, float, float]] = field(default_factory=list)
+    rings: list[tuple[float, float, float, float]] = field(default_factory=list)
+    squares: list[tuple[float, float, float]] = field(default_factory=list)
+
+    def bounding_box(self, size: tuple[int, int]) -> Box | None:
+        boxes = [(*line.min(axis=0) - w, *line.max(axis=0) + w) for line, w in self.lines]
+        boxes += [(x - r, y - r, x + r, y + r) for x, y, r in self.discs + self.squares]
+        boxes += [(x - r - w, y - r - w, x + r + w, y + r + w) for x, y, r, w in self.rings]
+        if not boxes:
+            return None
+        array = np.array(boxes)
+        left = max(0, int(np.floor(array[:, 0].min())) - 2)
+        top = max(0, int(np.floor(array[:, 1].min())) - 2)
+        right = min(size[0], int(np.ceil(array[:, 2].max())) + 2)
+        bottom = min(size[1], int(np.ceil(array[:, 3].max())) + 2)
+        if right <= left or bottom <= top:
+            return None
+        return left, top, right, bottom
+
+
+def _rasterise(strokes: _Strokes, box: Box) -> Image.Image:
+    """A coverage mask (mode L) of the box: 255 where fully covered.
+
+    Discs, squares and rings are rasterised each on a small canvas of their own and merged
+    by taking the larger coverage: AGG would otherwise blend a disc's edge pixels over the
+    stroke's as if they were independent shapes and darken the seam where they overlap.
+    """
+    left, top, right, bottom = box
+    mask = Image.new("L", (right - left, bottom - top), 0)
+    # AGG puts pixel edges at integers; ours are pixel centres, hence the half pixel.
+    dx, dy = 0.5 - left, 0.5 - top
+    canvas = aggdraw.Draw(mask)
+    for line, width in strokes.lines:
+        canvas.line((line + (dx, dy)).ravel().tolist(), aggdraw.Pen(255, width))
+    canvas.flush()
+    # aggdraw grows filled shapes by a quarter pixel; a disc drawn as a circle of radius
+    # r / 2 stroked r wide comes out at the exact size (its coverage error is a stroke's).
+    shapes = [(x, y, r / 2.0, r, "ring") for x, y, r in strokes.discs]
+    shapes += [(x, y, r - 0.25, 0.0, "square") for x, y, r in strokes.squares]
+    shapes += [(x, y, r, width, "ring") for x, y, r, width in strokes.rings]
+    for x, y, r, width, kind in shapes:
+        reach = r + width / 2.0 + 2.0
+        x0, y0 = max(int(x + 0.5 - left - reach), 0), max(int(y + 0.5 - top - reach), 0)
+        x1 = min(int(x + 0.5 - left + reach) + 1, mask.width)
+        y1 = min(int(y + 0.5 - top + reach) + 1, mask.height)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        patch = Image.new("L", (x1 - x0, y1 - y0), 0)
+        shape = aggdraw.Draw(patch)
+        cx, cy = x + dx - x0, y + dy - y0
+        if kind == "ring":
+            shape.ellipse((cx - r, cy - r, cx + r, cy + r), aggdraw.Pen(255, width))
+        else:
+            shape.rectangle((cx - r, cy - r, cx + r, cy + r), aggdraw.Brush(255))
+        shape.flush()
+        region = (x0, y0, x1, y1)
+        mask.paste(ImageChops.lighter(mask.crop(region), patch), region)
+    return mask
+
+
+def _working_image(image: Image.Image, color: Rgba) -> Image.Image:
+    """The image in a mode that can show the ink: colour ink promotes greyscale to RGB."""
+    grey_ink = color[0] == color[1] == color[2]
+    image = to_eight_bit(image)
+    mode = image.mode
+    if mode == "1":
+        image, mode = image.convert("L"), "L"
+    if mode == "L":
+        return image if grey_ink else image.convert("RGB")
+    if mode == "P":
+        return image.convert("RGBA" if image.has_transparency_data else "RGB")
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA"):
+        return image.convert("RGBA")
+    if mode in ("RGB", "CMYK"):
+        return image
+    return image.convert("RGB")
+
+
+INK_TILE = 32
+
+
+def _inked_tiles(strokes: _Strokes, box: Box, tile: int = INK_TILE) -> np.ndarray:
+    """Which tiles of the box the strokes can touch (a superset of the inked ones).
+
+    Worked out from the geometry rather than by scanning the mask: every line is walked in
+    steps of at most half a tile, and each step marks the tiles within its reach.
+    """
+    left, top, right, bottom = box
+    rows, columns = -(-(bottom - top) // tile), -(-(right - left) // tile)
+    inked = np.zeros((rows, columns), dtype=bool)
+    centres, reaches = [], []
+    for line, width in strokes.lines:
+        steps = np.maximum(np.ceil(np.linalg.norm(np.diff(line, axis=0), axis=1) / (tile / 2)), 1)
+        segment = np.repeat(np.arange(len(line) - 1), steps.astype(np.int64))
+        within = np.arange(len(segment)) - np.repeat(
+            np.cumsum(steps) - steps, steps.astype(np.int64)
+        )
+        fraction = (within / steps[segment])[:, None]
+        dense = np.vstack(
+            [line[:-1][segment] + fraction * np.diff(line, axis=0)[segment], line[-1:]]
+        )
+        centres.append(dense)
+        # Anti-aliasing reaches a pixel past the edge; a step is up to a quarter tile away.
+        reaches.append(np.full(len(dense), width / 2 + 2 + tile / 4))
+    for x, y, r in strokes.discs + strokes.squares:
+        centres.append(np.array([[x, y]]))
+        reaches.append(np.array([r + 2.0]))
+    for x, y, r, width in strokes.rings:
+        centres.append(np.array([[x, y]]))
+        reaches.append(np.array([r + width / 2 + 2.0]))
+    if not centres:
+        return inked
+    points = np.vstack(centres) - (left - 0.5, top - 0.5)
+    reach = np.concatenate(reaches)[:, None]
+    low = np.floor((points - reach) / tile).astype(np.int64)
+    high = np.floor((points + reach) / tile).astype(np.int64)
+    spans = high - low
+    for dy in range(int(spans[:, 1].max()) + 1):
+        for dx in range(int(spans[:, 0].max()) + 1):
+            column = np.minimum(low[:, 0] + dx, high[:, 0])
+            row = np.minimum(low[:, 1] + dy, high[:, 1])
+            keep = (column >= 0) & (column < columns) & (row >= 0) & (row < rows)
+            inked[row[keep], column[keep]] = True
+    return inked
+
+
+def _strips(inked: np.ndarray, size: tuple[int, int], tile: int = INK_TILE) -> list[Box]:
+    """Boxes (in mask coordinates) of the runs of inked tiles, row by row.
+
+    A curve is thin and its bounding box mostly empty; compositing only these strips
+    makes the cost follow the curve's length instead of its bounding box's area.
+    """
+    width, height = size
+    strips = []
+    for row in range(inked.shape[0]):
+        flags = np.concatenate([[0], inked[row].astype(np.int8), [0]])
+        edges = np.flatnonzero(np.diff(flags))
+        for start, end in zip(edges[::2], edges[1::2], strict=True):
+            strips.append(
+                (
+                    int(start) * tile,
+                    row * tile,
+                    min(int(end) * tile, width),
+                    min((row + 1) * tile, height),
+                )
+            )
+    return strips
+
+
+def _apply_ink(
+    image: Image.Image, mask: Image.Image, box: Box, strips: list[Box], color: Rgba
+) -> None:
+    red, green, blue, alpha = color
+    if alpha < 255:
+        mask = mask.point([round(v * alpha / 255) for v in range(256)])
+    left, top = box[:2]
+    if image.mode == "RGBA":
+        overlay = Image.new("RGBA", mask.size, (red, green, blue, 0))
+        overlay.putalpha(mask)
+        for strip in strips:
+            image.alpha_composite(overlay, dest=(left + strip[0], top + strip[1]), source=strip)
+        return
+    if image.mode == "L":
+        ink: int | tuple[int, ...] = red
+    elif image.mode == "CMYK":
+        ink = Image.new("RGB", (1, 1), (red, green, blue)).convert("CMYK").getpixel((0, 0))
+    else:
+        ink = (red, green, blue)
+    for x0, y0, x1, y1 in strips:
+        image.paste(ink, (left + x0, top + y0, left + x1, top + y1), mask.crop((x0, y0, x1, y1)))
+
+
+def draw_curves(
+    image: Image.Image, curves: Sequence[Tck], options: DrawOptions, in_place: bool = False
+) -> tuple[Image.Image, DrawReport]:
+    """Draw every curve on a copy of the image (or on it, if `in_place` and its mode allows).
+
+    Returns the image drawn on and what was drawn.
+    The result's mode is the input's when it can show the ink (RGB, RGBA, CMYK; L and LA
+    for grey ink); colour ink on greyscale gives RGB(A), palette images come back as
+    RGB(A), and 16-bit greyscale is scaled to 8 bits.
+    """
+    source_mode = image.mode
+    check_coordinates(curves, image.size)
+    width = options.width if options.width is not None else default_width(image.size)
+    report = DrawReport(width=width, curves=len(curves))
+    w_img, h_img = image.size
+    half = width / 2.0
+    # Segments further out than the stroke's half width cannot touch a pixel.
+    visible = (-half - 1.0, -half - 1.0, w_img - 1 + half + 1.0, h_img - 1 + half + 1.0)
+    strokes = _Strokes()
+    for index, curve in enumerate(curves):
+        drawn = False
+        for polyline in sample_curve(curve):
+            runs = clip_polyline(polyline, visible)
+            drawn = drawn or bool(runs)
+            strokes.lines += [(run, width) for run in runs]
+            for end in (polyline[0], polyline[-1]):
+                if visible[0] <= end[0] <= visible[2] and visible[1] <= end[1] <= visible[3]:
+                    strokes.discs.append((float(end[0]), float(end[1]), half))
+        if not drawn:
+            report.outside.append(index)
+        if options.show_control_points:
+            thin = max(1.0, width / 2.0)
+            strokes.lines += [(run, thin) for run in clip_polyline(curve.points, visible)]
+            side = max(2.0, width)
+            strokes.squares += [(float(x), float(y), side) for x, y in curve.points]
+        if options.show_knots:
+            radius, ring = max(3.0, 1.5 * width), max(1.0, width / 2.0)
+            strokes.rings += [(float(x), float(y), radius, ring) for x, y in knot_points(curve)]
+
+    result = _working_image(image, options.color)
+    result = result.copy() if result is image and not in_place else result
+    box = strokes.bounding_box(image.size)
+    if box is not None:
+        mask = _rasterise(strokes, box)
+        strips = _strips(_inked_tiles(strokes, box), mask.size)
+        _apply_ink(result, mask, box, strips, options.color)
+    if source_mode in ("LA", "La") and result.mode == "RGBA" and _is_grey(options.color):
+        result = result.convert("LA")
+    return result, report
+
+
+def _is_grey(color: Rgba) -> bool:
+    return color[0] == color[1] == color[2]
