@@ -271,8 +271,23 @@ class Dispatcher:
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
             claims = [device.claim for device in self.devices if device.claim is not None]
-            if claims:
-                await self.db(renew_leases, claims)
+            if not claims:
+                continue
+            held = await self.db(renew_leases, claims)
+            for device in self.devices:
+                if (
+                    device.claim is not None
+                    and device.claim in claims
+                    and device.claim.id not in held
+                ):
+                    # Cancelled by an operator, or taken over after a lost lease: stop the
+                    # work; the worker is replaced and nothing of this run is recorded.
+                    log.warning(
+                        "job %s is no longer held by this dispatcher; stopping device %s",
+                        device.claim.public_id,
+                        device.name,
+                    )
+                    device.process.kill()
 
     async def reap_expired(self) -> None:
         while True:

@@ -89,7 +89,9 @@ class FairQueue(Generic[T]):
             raise ValueError("weight must be positive")
         queue = self._users.get(user)
         if queue is None:
-            queue = self._users[user] = _UserQueue(weight=weight or 1.0, order=next(self._user_order))
+            queue = self._users[user] = _UserQueue(
+                weight=weight or 1.0, order=next(self._user_order)
+            )
         elif weight is not None:
             queue.weight = weight
         if not queue.heap:

@@ -40,6 +40,33 @@ class JobStatus(models.TextChoices):
 FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
+class Program(models.Model):
+    """A group of jobs submitted together (e.g. QPU circuits), whose results go back to
+    the user at `callback_url` when every job has ended."""
+
+    class Delivery(models.TextChoices):
+        NONE = "none"  # no callback_url
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        FAILED = "failed"
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    owner = models.ForeignKey("User", on_delete=models.CASCADE, related_name="programs")
+    priority = models.SmallIntegerField(default=0)
+    device_type = models.CharField(max_length=64)
+    callback_url = models.URLField(max_length=2000, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    callback_status = models.CharField(
+        max_length=16, choices=Delivery.choices, default=Delivery.NONE
+    )
+    callback_attempts = models.PositiveIntegerField(default=0)
+    callback_error = models.TextField(blank=True, default="")
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"program {self.public_id}"
+
+
 class Job(models.Model):
     """One unit of work for one device. `public_id` is what users see: unguessable."""
 
@@ -71,6 +98,11 @@ class Job(models.Model):
     # NULL, not "": jobs without a key must not collide in the per-owner unique constraint.
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     cancelled_by = models.CharField(max_length=150, blank=True, default="")
+    # The device size the job needs (e.g. qubits): it runs only on a device at least this big.
+    size = models.PositiveIntegerField(default=0)
+    program = models.ForeignKey(
+        Program, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
+    )
 
     class Meta:
         indexes = [

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -23,7 +24,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from jobs.models import FairPool, FairShareAccount, Job, JobStatus, User
+from jobs.models import FairPool, FairShareAccount, Job, JobStatus, Program, User
 
 log = logging.getLogger("zypher.queue")
 
@@ -42,6 +43,7 @@ class JobSpec:
     input: Any
     device_type: str = "cpu"
     priority: int = 0
+    size: int = 0
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,11 @@ def _enqueue(pool_id: int, user_id: int, count: int, device_type: str) -> None:
 
 
 def submit_jobs(
-    owner: User, specs: list[JobSpec], *, idempotency_key: str | None = None
+    owner: User,
+    specs: list[JobSpec],
+    *,
+    idempotency_key: str | None = None,
+    program: Program | None = None,
 ) -> tuple[list[Job], bool]:
     """Queue `specs` for `owner` in one transaction, all or nothing.
 
@@ -128,6 +134,8 @@ def submit_jobs(
                     input=spec.input,
                     device_type=spec.device_type,
                     priority=spec.priority,
+                    size=spec.size,
+                    program=program,
                     idempotency_key=key,
                 )
                 for spec, key in zip(specs, keys, strict=True)
@@ -153,67 +161,90 @@ def _jobs_for_keys(owner: User, keys: list[str | None]) -> list[Job]:
     return [found[key] for key in keys if key in found]
 
 
-def claim_next(device_type: str, device_name: str) -> ClaimedJob | None:
-    """Take the next job of `device_type` by the fair-share policy, or None if none waits."""
-    lease = timedelta(seconds=settings.ZYPHER_LEASE_SECONDS)
+# A device smaller than a user's head jobs skips that user; this bounds how many backlogged
+# users one claim looks at before it gives up (the device waits for the next wake-up).
+MAX_ACCOUNTS_SCANNED = 50
+
+
+def claim_next(
+    device_type: str, device_name: str, device_size: int | None = None
+) -> ClaimedJob | None:
+    """Take the next job of `device_type` by the fair-share policy, or None if none waits.
+
+    With `device_size`, only jobs whose `size` fits the device are considered: the
+    backlogged users are tried in fair order and the first with a fitting job is served.
+    """
     with transaction.atomic(savepoint=False):
         pool = FairPool.objects.select_for_update().filter(device_type=device_type).first()
         if pool is None:
             return None
-        for _ in range(3):
-            account = (
-                FairShareAccount.objects.filter(pool=pool, queued_count__gt=0)
-                .order_by("virtual_time", "id")
-                .select_related("user")
-                .first()
-            )
-            if account is None:
-                return None
-            job = (
-                Job.objects.filter(
-                    device_type=device_type, owner_id=account.user_id, status=JobStatus.QUEUED
-                )
-                .order_by("-priority", "id")
-                .select_for_update(skip_locked=True)
-                .only("id", "public_id", "kind", "input", "attempts")
-                .first()
-            )
-            if job is None:
+        for account in _backlogged_accounts(pool):
+            job = _queue_head(device_type, account.user_id, device_size)
+            if job is not None:
+                return _start_job(pool, account, job, device_name)
+            if device_size is None:
                 _recount_queued(account)
-                continue
-            weight = account.user.weight
-            now = timezone.now()
-            token = job.attempts + 1
-            Job.objects.filter(pk=job.pk).update(
-                status=JobStatus.RUNNING,
-                started_at=now,
-                device=device_name,
-                attempts=token,
-                lease_expires_at=now + lease,
-                charged_cost=pool.cost_estimate,
-                charged_weight=weight,
-            )
-            FairShareAccount.objects.filter(pk=account.pk).update(
-                virtual_time=F("virtual_time") + pool.cost_estimate / weight,
-                queued_count=F("queued_count") - 1,
-                running_count=F("running_count") + 1,
-            )
-            if account.virtual_time > pool.virtual_time:
-                FairPool.objects.filter(pk=pool.pk).update(virtual_time=account.virtual_time)
-            return ClaimedJob(
-                id=job.pk,
-                public_id=str(job.public_id),
-                owner_id=account.user_id,
-                owner=account.user.username,
-                kind=job.kind,
-                input=job.input,
-                device_type=device_type,
-                pool_id=pool.pk,
-                fencing_token=token,
-                charged_cost=pool.cost_estimate,
-                charged_weight=weight,
-            )
     return None
+
+
+def _backlogged_accounts(pool: FairPool) -> Iterator[FairShareAccount]:
+    """Backlogged accounts in fair order: the first one alone (the usual case), then more."""
+    accounts = (
+        FairShareAccount.objects.filter(pool=pool, queued_count__gt=0)
+        .order_by("virtual_time", "id")
+        .select_related("user")
+    )
+    yield from accounts[:1]
+    yield from accounts[1:MAX_ACCOUNTS_SCANNED]
+
+
+def _queue_head(device_type: str, owner_id: int, device_size: int | None) -> Job | None:
+    """The user's next job: highest priority, then oldest (index `job_queue_head`)."""
+    jobs = Job.objects.filter(device_type=device_type, owner_id=owner_id, status=JobStatus.QUEUED)
+    if device_size is not None:
+        jobs = jobs.filter(size__lte=device_size)
+    return (
+        jobs.order_by("-priority", "id")
+        .select_for_update(skip_locked=True)
+        .only("id", "public_id", "kind", "input", "attempts")
+        .first()
+    )
+
+
+def _start_job(pool: FairPool, account: FairShareAccount, job: Job, device_name: str) -> ClaimedJob:
+    """Mark `job` running on `device_name` and charge its estimated cost to `account`."""
+    weight = account.user.weight
+    now = timezone.now()
+    token = job.attempts + 1
+    Job.objects.filter(pk=job.pk).update(
+        status=JobStatus.RUNNING,
+        started_at=now,
+        device=device_name,
+        attempts=token,
+        lease_expires_at=now + timedelta(seconds=settings.ZYPHER_LEASE_SECONDS),
+        charged_cost=pool.cost_estimate,
+        charged_weight=weight,
+    )
+    FairShareAccount.objects.filter(pk=account.pk).update(
+        virtual_time=F("virtual_time") + pool.cost_estimate / weight,
+        queued_count=F("queued_count") - 1,
+        running_count=F("running_count") + 1,
+    )
+    if account.virtual_time > pool.virtual_time:
+        FairPool.objects.filter(pk=pool.pk).update(virtual_time=account.virtual_time)
+    return ClaimedJob(
+        id=job.pk,
+        public_id=str(job.public_id),
+        owner_id=account.user_id,
+        owner=account.user.username,
+        kind=job.kind,
+        input=job.input,
+        device_type=pool.device_type,
+        pool_id=pool.pk,
+        fencing_token=token,
+        charged_cost=pool.cost_estimate,
+        charged_weight=weight,
+    )
 
 
 def _recount_queued(account: FairShareAccount) -> None:
@@ -264,6 +295,7 @@ def finish_job(
 def finish_and_claim_next(
     claim: ClaimedJob,
     device_name: str,
+    device_size: int | None = None,
     *,
     succeeded: bool,
     duration: float,
@@ -278,7 +310,7 @@ def finish_and_claim_next(
         accepted = finish_job(
             claim, succeeded=succeeded, duration=duration, result=result, error=error
         )
-        return accepted, claim_next(claim.device_type, device_name)
+        return accepted, claim_next(claim.device_type, device_name, device_size)
 
 
 def notify_done(public_id: str) -> None:
@@ -288,15 +320,23 @@ def notify_done(public_id: str) -> None:
             cursor.execute("SELECT pg_notify(%s, %s)", [DONE_CHANNEL, public_id])
 
 
-def renew_leases(claims: list[ClaimedJob]) -> int:
-    """Extend the leases of jobs this dispatcher still holds; returns how many it holds."""
+def renew_leases(claims: list[ClaimedJob]) -> set[int]:
+    """Extend the leases of the jobs a dispatcher holds; returns the ids it still holds.
+
+    A job missing from the answer was cancelled by an operator or taken over after a
+    lost lease: its holder should stop running it.
+    """
     if not claims:
-        return 0
+        return set()
     held = Q()
     for claim in claims:
         held |= Q(pk=claim.id, attempts=claim.fencing_token)
     expires = timezone.now() + timedelta(seconds=settings.ZYPHER_LEASE_SECONDS)
-    return Job.objects.filter(held, status=JobStatus.RUNNING).update(lease_expires_at=expires)
+    with transaction.atomic():
+        still_held = Job.objects.select_for_update().filter(held, status=JobStatus.RUNNING)
+        ids = set(still_held.values_list("id", flat=True))
+        Job.objects.filter(id__in=ids).update(lease_expires_at=expires)
+    return ids
 
 
 def release_job(job_id: int, fencing_token: int, reason: str) -> str | None:
@@ -377,6 +417,46 @@ def cancel_job(job: Job, *, cancelled_by: str = "") -> bool:
             ).update(queued_count=F("queued_count") - 1)
             notify_done(str(job.public_id))
     return bool(updated)
+
+
+def remove_user_from_queue(
+    user: User, *, removed_by: str, deactivate: bool = False, stop_running: bool = False
+) -> int:
+    """An operator removes `user` from the queue: cancel every queued job (recorded with
+    who did it), optionally deactivate the user (new submissions get 403) and stop the
+    jobs running now (their dispatcher sees the lease gone and stops the device).
+
+    Returns the number of jobs cancelled.
+    """
+    now = timezone.now()
+    reason = f"cancelled by operator {removed_by}"
+    with transaction.atomic():
+        if deactivate:
+            User.objects.filter(pk=user.pk).update(is_active=False)
+        cancelled = Job.objects.filter(owner=user, status=JobStatus.QUEUED).update(
+            status=JobStatus.CANCELLED, finished_at=now, cancelled_by=removed_by, error=reason
+        )
+        FairShareAccount.objects.filter(user=user).update(queued_count=0)
+        if stop_running:
+            running = list(
+                Job.objects.select_for_update()
+                .filter(owner=user, status=JobStatus.RUNNING)
+                .values_list("id", "public_id", "device_type")
+            )
+            for job_id, public_id, device_type in running:
+                Job.objects.filter(pk=job_id).update(
+                    status=JobStatus.CANCELLED,
+                    finished_at=now,
+                    cancelled_by=removed_by,
+                    error=reason,
+                    lease_expires_at=None,
+                )
+                FairShareAccount.objects.filter(user=user, pool_id=pool_id_for(device_type)).update(
+                    running_count=F("running_count") - 1
+                )
+                notify_done(str(public_id))
+            cancelled += len(running)
+    return cancelled
 
 
 def queue_position(job: Job) -> int | None:

@@ -71,7 +71,13 @@ def test_a_hung_dispatchers_late_result_is_refused(start_dispatcher, subprocess_
         wait_until(lambda: Job.objects.get(pk=job.pk).status == "succeeded", 30, "the rescue")
     finally:
         os.killpg(stuck.pid, signal.SIGCONT)
-    wait_until(lambda: "result refused" in stuck.log_text(), 30, "the stale holder to report back")
+    # Awake again, the stale holder either has its late result refused (fencing token)
+    # or learns at its next heartbeat that the lease is gone and stops the device.
+    wait_until(
+        lambda: "result refused" in (log := stuck.log_text()) or "no longer held" in log,
+        30,
+        "the stale holder to be turned away",
+    )
     job.refresh_from_db()
     assert job.device.startswith("rescuer") and job.attempts == 2
 
@@ -84,3 +90,20 @@ def test_sigterm_requeues_a_running_job_and_exits_cleanly(start_dispatcher):
     assert dispatcher.stop(timeout=15) == 0
     job.refresh_from_db()
     assert job.status == "queued" and "shut down" in job.error
+
+
+def test_removing_a_user_stops_the_job_it_is_running_and_cancels_the_rest(start_dispatcher, subprocess_env):
+    from jobs.queue import remove_user_from_queue
+
+    user = User.objects.create(username="removed")
+    other = User.objects.create(username="stays")
+    submit_jobs(user, [JobSpec("sleep", {"seconds": 30, "tag": "long"}), JobSpec("sleep", {"tag": "never"})])
+    dispatcher = start_dispatcher(devices=1)
+    wait_until(lambda: Job.objects.filter(owner=user, status="running").exists(), 30, "the job to start")
+    [after], _ = submit_jobs(other, [JobSpec("sleep", {"tag": "after"})])
+
+    assert remove_user_from_queue(user, removed_by="operator", stop_running=True) == 2
+    wait_until(lambda: Job.objects.get(pk=after.pk).status == "succeeded", 30, "the device to be freed")
+    assert set(Job.objects.filter(owner=user).values_list("status", "cancelled_by")) == {("cancelled", "operator")}
+    assert "no longer held" in dispatcher.log_text()
+    assert executions(subprocess_env) == ["after"]
