@@ -72,9 +72,9 @@ def fill_backlog(users: int, jobs: int, kind: str = "noop") -> None:
             """
             INSERT INTO jobs_job (public_id, owner_id, kind, input, device_type, priority, status,
                                   error, created_at, device, attempts, charged_cost, charged_weight,
-                                  cancelled_by)
+                                  cancelled_by, size)
             SELECT gen_random_uuid(), 1 + (g %% %s), %s, '0'::jsonb, 'cpu', (g %% 7) - 3, 'queued',
-                   '', now(), '', 0, 0, 1, ''
+                   '', now(), '', 0, 0, 1, '', 0
             FROM generate_series(0, %s - 1) AS g
             """,
             [users, kind, jobs],

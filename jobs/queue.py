@@ -12,6 +12,7 @@ a heartbeat carrying an older token is refused.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Iterator
@@ -174,6 +175,8 @@ def claim_next(
     With `device_size`, only jobs whose `size` fits the device are considered: the
     backlogged users are tried in fair order and the first with a fitting job is served.
     """
+    if connection.vendor == "postgresql":
+        return _claim_on_postgres(device_type, device_name, device_size)
     with transaction.atomic(savepoint=False):
         pool = FairPool.objects.select_for_update().filter(device_type=device_type).first()
         if pool is None:
@@ -185,6 +188,68 @@ def claim_next(
             if device_size is None:
                 _recount_queued(account)
     return None
+
+
+def _claim_on_postgres(
+    device_type: str, device_name: str, device_size: int | None
+) -> ClaimedJob | None:
+    """`claim_next` as one call of the PL/pgSQL function zypher_claim (migration 0003)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT * FROM zypher_claim(%s, %s, %s, %s, %s, %s)",
+            [
+                device_type,
+                device_name,
+                device_size,
+                timezone.now(),
+                settings.ZYPHER_LEASE_SECONDS,
+                MAX_ACCOUNTS_SCANNED,
+            ],
+        )
+        row = cursor.fetchone()
+    return _claimed_from_row(row, device_type) if row else None
+
+
+def _claimed_from_row(row: Any, device_type: str) -> ClaimedJob | None:
+    job_id, public_id, owner_id, owner, kind, input, pool_id, token, cost, weight = row
+    if job_id is None:
+        return None
+    return ClaimedJob(
+        id=job_id,
+        public_id=str(public_id),
+        owner_id=owner_id,
+        owner=owner,
+        kind=kind,
+        input=json.loads(input) if isinstance(input, str) else input,
+        device_type=device_type,
+        pool_id=pool_id,
+        fencing_token=token,
+        charged_cost=cost,
+        charged_weight=weight,
+    )
+
+
+_FINISH_PARAMS = "%s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s"
+
+
+def _finish_args(
+    claim: ClaimedJob, succeeded: bool, duration: float, result: Any, error: str
+) -> list[Any]:
+    return [
+        claim.id,
+        claim.fencing_token,
+        succeeded,
+        None if result is None else json.dumps(result),
+        error,
+        duration,
+        timezone.now(),
+        claim.pool_id,
+        claim.owner_id,
+        claim.charged_cost,
+        claim.charged_weight,
+        claim.public_id,
+        COST_SMOOTHING,
+    ]
 
 
 def _backlogged_accounts(pool: FairPool) -> Iterator[FairShareAccount]:
@@ -267,6 +332,13 @@ def finish_job(
     error: str = "",
 ) -> bool:
     """Record a job's outcome and settle its cost. False: the claim was lost (fenced off)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT zypher_finish({_FINISH_PARAMS})",
+                _finish_args(claim, succeeded, duration, result, error),
+            )
+            return bool(cursor.fetchone()[0])
     with transaction.atomic(savepoint=False):
         updated = Job.objects.filter(
             pk=claim.id, status=JobStatus.RUNNING, attempts=claim.fencing_token
@@ -304,8 +376,24 @@ def finish_and_claim_next(
 ) -> tuple[bool, ClaimedJob | None]:
     """Settle a job and claim the device's next one in one transaction.
 
-    The device's idle gap between jobs is then one commit (one WAL flush), not two.
+    The device's idle gap between jobs is then one commit (one WAL flush), not two; on
+    PostgreSQL also a single round trip.
     """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT * FROM zypher_finish_and_claim({_FINISH_PARAMS}, %s, %s, %s, %s, %s)",
+                [
+                    *_finish_args(claim, succeeded, duration, result, error),
+                    claim.device_type,
+                    device_name,
+                    device_size,
+                    settings.ZYPHER_LEASE_SECONDS,
+                    MAX_ACCOUNTS_SCANNED,
+                ],
+            )
+            accepted, *row = cursor.fetchone()
+        return bool(accepted), _claimed_from_row(row, claim.device_type)
     with transaction.atomic():
         accepted = finish_job(
             claim, succeeded=succeeded, duration=duration, result=result, error=error

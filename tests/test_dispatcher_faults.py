@@ -92,18 +92,28 @@ def test_sigterm_requeues_a_running_job_and_exits_cleanly(start_dispatcher):
     assert job.status == "queued" and "shut down" in job.error
 
 
-def test_removing_a_user_stops_the_job_it_is_running_and_cancels_the_rest(start_dispatcher, subprocess_env):
+def test_removing_a_user_stops_the_job_it_is_running_and_cancels_the_rest(
+    start_dispatcher, subprocess_env
+):
     from jobs.queue import remove_user_from_queue
 
     user = User.objects.create(username="removed")
     other = User.objects.create(username="stays")
-    submit_jobs(user, [JobSpec("sleep", {"seconds": 30, "tag": "long"}), JobSpec("sleep", {"tag": "never"})])
+    submit_jobs(
+        user, [JobSpec("sleep", {"seconds": 30, "tag": "long"}), JobSpec("sleep", {"tag": "never"})]
+    )
     dispatcher = start_dispatcher(devices=1)
-    wait_until(lambda: Job.objects.filter(owner=user, status="running").exists(), 30, "the job to start")
+    wait_until(
+        lambda: Job.objects.filter(owner=user, status="running").exists(), 30, "the job to start"
+    )
     [after], _ = submit_jobs(other, [JobSpec("sleep", {"tag": "after"})])
 
     assert remove_user_from_queue(user, removed_by="operator", stop_running=True) == 2
-    wait_until(lambda: Job.objects.get(pk=after.pk).status == "succeeded", 30, "the device to be freed")
-    assert set(Job.objects.filter(owner=user).values_list("status", "cancelled_by")) == {("cancelled", "operator")}
+    wait_until(
+        lambda: Job.objects.get(pk=after.pk).status == "succeeded", 30, "the device to be freed"
+    )
+    assert set(Job.objects.filter(owner=user).values_list("status", "cancelled_by")) == {
+        ("cancelled", "operator")
+    }
     assert "no longer held" in dispatcher.log_text()
     assert executions(subprocess_env) == ["after"]

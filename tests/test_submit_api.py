@@ -179,3 +179,13 @@ def test_the_accounts_queued_count_follows_submits_and_cancels(api_client: APICl
     assert queued_count("alice") == 3
     api_client.post(f"{JOBS_URL}{first}/cancel/")  # 409: must not count twice
     assert queued_count("alice") == 3
+
+
+def test_the_hand_written_job_representation_matches_the_declared_fields():
+    from jobs.serializers import JobDetailSerializer, JobSerializer
+
+    response = APIClient().post("/api/jobs/", {"user_id": "shape", "input": 1}, format="json")
+    assert set(response.json()) == set(JobSerializer().fields)
+    detail = APIClient().get(response.json()["url"]).json()
+    assert set(detail) == set(JobDetailSerializer().fields)
+    assert detail["created_at"].endswith("Z") and detail["started_at"] is None
