@@ -123,6 +123,10 @@ class Job(models.Model):
             models.Index(fields=["owner", "-id"], name="job_owner_newest"),
             models.Index(fields=["status", "-id"], name="job_status_newest"),
             models.Index(fields=["finished_at"], name="job_finished_at"),
+            # Each user's oldest queued job in one probe (the dashboard's oldest-queued age).
+            models.Index(
+                fields=["owner", "id"], condition=Q(status="queued"), name="job_queued_oldest"
+            ),
         ]
         constraints = [
             models.UniqueConstraint(

@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import uuid
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -126,32 +128,69 @@ def submit_jobs(
         existing = _jobs_for_keys(owner, keys)
         if existing:
             return existing, False
+    now = timezone.now()
+    jobs = [
+        Job(
+            public_id=uuid.uuid4(),
+            owner=owner,
+            kind=spec.kind,
+            input=spec.input,
+            device_type=spec.device_type,
+            priority=spec.priority,
+            size=spec.size,
+            program=program,
+            idempotency_key=key,
+            created_at=now,
+        )
+        for spec, key in zip(specs, keys, strict=True)
+    ]
+    per_pool: dict[str, list[Job]] = {}
+    for job in jobs:
+        per_pool.setdefault(job.device_type, []).append(job)
+    # On PostgreSQL one pool's jobs are one function call: atomic on its own.
+    single_call = connection.vendor == "postgresql" and len(per_pool) == 1
     try:
-        with transaction.atomic():
-            jobs = Job.objects.bulk_create(
-                Job(
-                    owner=owner,
-                    kind=spec.kind,
-                    input=spec.input,
-                    device_type=spec.device_type,
-                    priority=spec.priority,
-                    size=spec.size,
-                    program=program,
-                    idempotency_key=key,
-                )
-                for spec, key in zip(specs, keys, strict=True)
-            )
-            per_pool: dict[str, int] = {}
-            for spec in specs:
-                per_pool[spec.device_type] = per_pool.get(spec.device_type, 0) + 1
-            for device_type, count in sorted(per_pool.items()):
-                _enqueue(pool_id_for(device_type), owner.pk, count, device_type)
+        with nullcontext() if single_call else transaction.atomic():
+            for device_type, pool_jobs in sorted(per_pool.items()):
+                if connection.vendor == "postgresql":
+                    _insert_on_postgres(owner, device_type, pool_jobs, program)
+                else:
+                    Job.objects.bulk_create(pool_jobs)
+                    _enqueue(pool_id_for(device_type), owner.pk, len(pool_jobs), device_type)
     except IntegrityError:
         # A concurrent retry with the same key won the race: answer with its jobs.
         if idempotency_key is not None and (existing := _jobs_for_keys(owner, keys)):
             return existing, False
         raise
     return jobs, True
+
+
+def _insert_on_postgres(
+    owner: User, device_type: str, jobs: list[Job], program: Program | None
+) -> None:
+    """Insert and enqueue `jobs` in one call of zypher_submit (migration 0004)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT * FROM zypher_submit(%s, %s, %s::uuid[], %s::text[], %s::jsonb[], "
+            "%s::integer[], %s::integer[], %s::text[], %s, %s, %s)",
+            [
+                owner.pk,
+                device_type,
+                [job.public_id for job in jobs],
+                [job.kind for job in jobs],
+                [None if job.input is None else json.dumps(job.input) for job in jobs],
+                [job.priority for job in jobs],
+                [job.size for job in jobs],
+                [job.idempotency_key for job in jobs],
+                program.pk if program else None,
+                jobs[0].created_at,
+                settings.ZYPHER_DEFAULT_COST_SECONDS,
+            ],
+        )
+        ids = dict(cursor.fetchall())
+    for job in jobs:
+        job.id = ids[job.public_id]
+        job._state.adding = False
 
 
 def _jobs_for_keys(owner: User, keys: list[str | None]) -> list[Job]:
