@@ -42,7 +42,7 @@ test-postgres: $(VENV)/.installed browser
 	$(PY) tests/pgcluster.py -- $(VENV)/bin/pytest -q
 
 bench: $(VENV)/.installed
-	$(PY) tests/pgcluster.py --durable -- $(PY) bench/run_all.py
+	$(PY) tests/pgcluster.py -- $(PY) bench/run_all.py
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
