@@ -39,6 +39,7 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 
 from jobs.models import FINAL_STATUSES, Job, User
+from jobs.notifications import notifications
 from jobs.queue import DONE_CHANNEL, JobSpec, submit_jobs
 
 log = logging.getLogger("zypher.predict")
@@ -243,35 +244,21 @@ class CompletionHub:
                 await asyncio.wait_for(self._tick.wait(), max(0.0, next_check - time.monotonic()))
 
     async def _listen_loop(self) -> None:
-        import psycopg
+        def connected() -> None:
+            self.listening.set()
+            self.wake_all()  # anything that ended while we were not listening: re-read all
 
-        params = settings.DATABASES["default"]
-        conninfo = {
-            "dbname": params["NAME"],
-            "user": params.get("USER") or None,
-            "password": params.get("PASSWORD") or None,
-            "host": params.get("HOST") or None,
-            "port": params.get("PORT") or None,
-        }
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(
-                    autocommit=True, **{k: v for k, v in conninfo.items() if v}
-                ) as listener:
-                    await listener.execute(f"LISTEN {DONE_CHANNEL}")
-                    self.listening.set()
-                    # Anything that ended while we were not listening: re-read everyone.
-                    self.wake_all()
-                    async for notification in listener.notifies():
-                        self.wake(notification.payload)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("LISTEN %s lost (%s); reconnecting", DONE_CHANNEL, str(exc)[:200])
-            finally:
-                self.listening.clear()
-                self._reschedule_for_polling()
-            await asyncio.sleep(RECONNECT_SECONDS)
+        def disconnected() -> None:
+            self.listening.clear()
+            self._reschedule_for_polling()
+
+        async for public_id in notifications(
+            DONE_CHANNEL,
+            on_connect=connected,
+            on_disconnect=disconnected,
+            retry_seconds=RECONNECT_SECONDS,
+        ):
+            self.wake(public_id)
 
     def _reschedule_for_polling(self) -> None:
         # Without the listener, fall back to the SQLite-style poll until it is back.

@@ -1,7 +1,7 @@
 from django.urls import path, re_path
 from rest_framework.authtoken.views import obtain_auth_token
 
-from jobs import predict_views, views
+from jobs import predict_views, stats_views, views
 
 urlpatterns = [
     path("api/health/", views.HealthView.as_view(), name="health"),
@@ -11,6 +11,13 @@ urlpatterns = [
     path("api/users/", views.UserCreateView.as_view(), name="user-create"),
     path("api/users/<str:user_id>/", views.UserDetailView.as_view(), name="user-detail"),
     path("api/token/", obtain_auth_token, name="api-token"),
+    path("api/stats/", stats_views.StatsView.as_view(), name="stats"),
+    path(
+        "api/users/<str:user_id>/remove-from-queue/",
+        stats_views.RemoveFromQueueView.as_view(),
+        name="user-remove-from-queue",
+    ),
+    re_path(r"^metrics/?$", stats_views.prometheus_metrics, name="metrics"),
     # The published prediction contract: at the root, with or without a trailing slash.
     re_path(r"^predict/?$", predict_views.predict, name="predict"),
     re_path(

@@ -199,3 +199,37 @@ ZYPHER_IDLE_POLL_SECONDS = float(
 
 MEDIA_ROOT = Path(os.environ.get("ZYPHER_MEDIA_ROOT", BASE_DIR / "var" / "media"))
 MEDIA_URL = "/media/"
+
+# --- devices ---
+# Registration token for device agents (POST /api/devices/ with X-Zypher-Device-Token);
+# empty: only staff register devices (and, in open mode, the compat routes).
+ZYPHER_DEVICE_TOKEN = os.environ.get("ZYPHER_DEVICE_TOKEN", "")
+# Health checks of remote devices: every PING seconds; MISSED unanswered in a row mark a
+# device offline and requeue its job; each waits at most TIMEOUT seconds.
+ZYPHER_DEVICE_PING_SECONDS = float(os.environ.get("ZYPHER_DEVICE_PING_SECONDS", "2"))
+ZYPHER_DEVICE_MISSED_PINGS = int(os.environ.get("ZYPHER_DEVICE_MISSED_PINGS", "3"))
+ZYPHER_DEVICE_TIMEOUT_SECONDS = float(os.environ.get("ZYPHER_DEVICE_TIMEOUT_SECONDS", "3"))
+# Signed messages older or newer than this (seconds) are refused as stale.
+ZYPHER_SIGNATURE_MAX_AGE_SECONDS = float(os.environ.get("ZYPHER_SIGNATURE_MAX_AGE_SECONDS", "30"))
+# The mock QPU's duration (agents of type qpu and simulated devices).
+ZYPHER_QPU_SECONDS = float(os.environ.get("ZYPHER_QPU_SECONDS", "1"))
+# Program callbacks: hosts a callback_url may name (SSRF guard), attempts, first backoff.
+_callback_hosts = os.environ.get("ZYPHER_CALLBACK_ALLOWED_HOSTS", "127.0.0.1,localhost,::1")
+ZYPHER_CALLBACK_ALLOWED_HOSTS = [
+    host.strip().lower() for host in _callback_hosts.split(",") if host.strip()
+]
+ZYPHER_CALLBACK_MAX_ATTEMPTS = int(os.environ.get("ZYPHER_CALLBACK_MAX_ATTEMPTS", "5"))
+ZYPHER_CALLBACK_BACKOFF_SECONDS = float(os.environ.get("ZYPHER_CALLBACK_BACKOFF_SECONDS", "1"))
+
+# --- dashboard ---
+# The operators' dashboard lives in the admin: its site (jobs.admin_site) replaces the
+# default one, so every admin page, and the dashboard among them, is served by it.
+INSTALLED_APPS = [
+    "jobs.admin_site.ZypherAdminConfig" if app == "django.contrib.admin" else app
+    for app in INSTALLED_APPS
+]
+# How often the dashboard re-renders its panels in the open page (seconds).
+ZYPHER_DASHBOARD_REFRESH_SECONDS = float(os.environ.get("ZYPHER_DASHBOARD_REFRESH_SECONDS", "3"))
+# A user's share of device time is flagged when it differs from their entitled share by
+# more than this fraction of all device time in the window.
+ZYPHER_DASHBOARD_SHARE_ALERT = float(os.environ.get("ZYPHER_DASHBOARD_SHARE_ALERT", "0.10"))

@@ -1,0 +1,277 @@
+"""The operators' dashboard with 1,000,000 jobs: every query it makes, timed.
+
+    python tests/pgcluster.py -- .venv/bin/python bench/bench_dashboard.py [--quick]
+
+Needs PostgreSQL (DATABASE_URL). Fills the jobs table with INSERT ... SELECT
+generate_series (no Python loop): a month of history, a busy last hour on 16 devices
+(about 1,900 jobs per device), a backlog of 100,000 queued jobs over 1,000 users, and a
+job running on every device; then VACUUM ANALYZE, as autovacuum would. Each dashboard
+function of `jobs.stats` is timed next to a `SELECT 1` round trip measured in the same
+run, then the whole dashboard (figures, charts and template), the JSON API's figures and
+a Prometheus scrape (the first one of a process counts the history once). Prints a table
+and writes bench/results/dashboard.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import log, percentile, print_table, setup_django, write_results  # noqa: E402
+
+setup_django()
+
+from django.core.management import call_command  # noqa: E402
+from django.db import connection  # noqa: E402
+from django.template.loader import render_to_string  # noqa: E402
+from django.test.utils import CaptureQueriesContext  # noqa: E402
+from django.utils import timezone  # noqa: E402
+
+from jobs import metrics, stats  # noqa: E402
+from jobs.dashboard import panels_context  # noqa: E402
+from jobs.queue import _pool_ids  # noqa: E402
+
+USERS = 1_000
+DEVICES = 16
+RUNNING = DEVICES
+LAST_HOUR = 30_000  # 16 devices × 1,875 jobs of about 1.9 s
+QUEUED = 100_000
+
+
+def reset_tables() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "TRUNCATE jobs_job, jobs_fairshareaccount, jobs_fairpool, authtoken_token, "
+            "jobs_user RESTART IDENTITY CASCADE"
+        )
+    _pool_ids.clear()
+
+
+def fill(total: int, now: datetime) -> dict[str, int]:
+    """`total` job rows: history, the last hour, the backlog and the running jobs."""
+    history = total - LAST_HOUR - QUEUED - RUNNING
+    reset_tables()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO jobs_user (password, is_superuser, username, first_name, last_name, email,
+                                   is_staff, is_active, date_joined, weight)
+            SELECT '', false, 'user' || g, '', '', '', false, true, %s, 1 + (g %% 5)
+            FROM generate_series(1, %s) AS g
+            """,
+            [now, USERS],
+        )
+        cursor.execute(
+            "INSERT INTO jobs_fairpool (device_type, virtual_time, cost_estimate) "
+            "VALUES ('cpu', 0, 2), ('gpu', 0, 2)"
+        )
+        common = """
+            INSERT INTO jobs_job (public_id, owner_id, kind, input, device_type, priority, status,
+                                  error, created_at, started_at, finished_at, device, attempts,
+                                  charged_cost, charged_weight, cancelled_by, size, duration)
+        """
+        # A month of history before the last hour: mostly succeeded, some failed or cancelled.
+        cursor.execute(
+            common
+            + """
+            SELECT gen_random_uuid(), 1 + (g::bigint * 7919) %% %(users)s,
+                   (ARRAY['limited_f', 'predict', 'noop'])[1 + g %% 3], '0'::jsonb,
+                   CASE WHEN g %% 16 < 12 THEN 'cpu' ELSE 'gpu' END, 0,
+                   CASE WHEN g %% 25 = 0 THEN 'failed' WHEN g %% 50 = 1 THEN 'cancelled'
+                        ELSE 'succeeded' END,
+                   '', ended - interval '5 seconds', ended - interval '2 seconds', ended,
+                   'dev-' || (g %% 16), 1, 2, 1, '', 0, 2.0
+            FROM (SELECT g, %(now)s::timestamptz - interval '1 hour'
+                            - (g * interval '30 days') / %(history)s AS ended
+                  FROM generate_series(1, %(history)s) AS g) AS h
+            """,
+            {"users": USERS, "history": history, "now": now},
+        )
+        # The last hour: each device runs jobs back to back, ~1.4 s each, small gaps.
+        cursor.execute(
+            common
+            + """
+            SELECT gen_random_uuid(), 1 + (g::bigint * 104729) %% %(users)s,
+                   (ARRAY['limited_f', 'predict', 'noop'])[1 + g %% 3], '0'::jsonb,
+                   CASE WHEN g %% 16 < 12 THEN 'cpu' ELSE 'gpu' END, 0,
+                   CASE WHEN g %% 40 = 0 THEN 'failed' ELSE 'succeeded' END,
+                   '', started - interval '1 second', started, started + run, 'dev-' || (g %% 16),
+                   1, 2, 1, '', 0, extract(epoch FROM run)
+            FROM (SELECT g, %(now)s::timestamptz - interval '3600 seconds'
+                            + (g / 16) * interval '1.9 seconds' AS started,
+                         interval '1 second' * (1.0 + random() * 0.8) AS run
+                  FROM generate_series(0, %(jobs)s - 1) AS g) AS h
+            """,
+            {"users": USERS, "jobs": LAST_HOUR, "now": now},
+        )
+        # The backlog, with a few heavy users, and a job running on every device.
+        cursor.execute(
+            common
+            + """
+            SELECT gen_random_uuid(),
+                   CASE WHEN g %% 2 = 0 THEN 1 + g %% 10 ELSE 1 + (g * 31) %% %(users)s END,
+                   'limited_f', '0'::jsonb, CASE WHEN g %% 4 = 0 THEN 'gpu' ELSE 'cpu' END,
+                   (g %% 7) - 3, 'queued', '',
+                   %(now)s::timestamptz - (%(queued)s - g) * interval '30 milliseconds',
+                   NULL, NULL, '', 0, 0, 1, '', 0, NULL
+            FROM generate_series(0, %(queued)s - 1) AS g
+            """,
+            {"users": USERS, "queued": QUEUED, "now": now},
+        )
+        cursor.execute(
+            common
+            + """
+            SELECT gen_random_uuid(), 1 + g * 37, 'limited_f', '0'::jsonb,
+                   CASE WHEN g < 12 THEN 'cpu' ELSE 'gpu' END, 0, 'running', '',
+                   %(now)s::timestamptz - interval '2 seconds',
+                   %(now)s::timestamptz - interval '1 second', NULL, 'dev-' || g, 1, 2, 1, '', 0,
+                   NULL
+            FROM generate_series(0, %(running)s - 1) AS g
+            """,
+            {"running": RUNNING, "now": now},
+        )
+        cursor.execute(
+            """
+            INSERT INTO jobs_fairshareaccount (pool_id, user_id, virtual_time, queued_count,
+                                               running_count, served_seconds)
+            SELECT p.id, j.owner_id, 0, count(*) FILTER (WHERE j.status = 'queued'),
+                   count(*) FILTER (WHERE j.status = 'running'), coalesce(sum(j.duration), 0)
+            FROM jobs_job j JOIN jobs_fairpool p ON p.device_type = j.device_type
+            GROUP BY p.id, j.owner_id
+            """
+        )
+        cursor.execute("VACUUM ANALYZE jobs_job")
+        cursor.execute("VACUUM ANALYZE jobs_fairshareaccount")
+        cursor.execute("VACUUM ANALYZE jobs_user")
+        cursor.execute("SELECT count(*) FROM jobs_job")
+        (rows,) = cursor.fetchone()
+    return {"jobs": rows, "history": history, "last_hour": LAST_HOUR, "queued": QUEUED}
+
+
+def select_one() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+
+
+def timed(function: Callable[[], Any], repeats: int) -> dict[str, float]:
+    """Median and 95th percentile of `repeats` calls (after one warm-up), and the number
+    of queries one call makes."""
+    with CaptureQueriesContext(connection) as queries:
+        function()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return {
+        "queries": len(queries.captured_queries),
+        "median_ms": percentile(times, 0.5) * 1000,
+        "p95_ms": percentile(times, 0.95) * 1000,
+    }
+
+
+def explain(name: str, function: Callable[[], Any]) -> None:
+    """Print the plan of every SELECT that `function` makes (--explain)."""
+    with CaptureQueriesContext(connection) as queries:
+        function()
+    for query in queries.captured_queries:
+        sql = query["sql"]
+        if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
+            continue
+        with connection.cursor() as cursor:
+            cursor.execute("EXPLAIN (ANALYZE, COSTS OFF) " + sql)
+            plan = "\n    ".join(row[0] for row in cursor.fetchall())
+        print(f"\n-- {name}\n{sql}\n    {plan}")
+
+
+def first_scrape() -> dict[str, float]:
+    """A Prometheus scrape by a process that has not counted the history yet."""
+    times = []
+    for _ in range(3):
+        metrics.collector.forget()
+        started = time.perf_counter()
+        metrics.exposition()
+        times.append(time.perf_counter() - started)
+    return {"queries": 0, "median_ms": percentile(times, 0.5) * 1000, "p95_ms": max(times) * 1000}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="100,000 rows, fewer repeats")
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--explain", action="store_true", help="print each query's plan")
+    options = parser.parse_args()
+    if connection.vendor != "postgresql":
+        print("bench_dashboard needs PostgreSQL: run it under tests/pgcluster.py", file=sys.stderr)
+        return 2
+    rows = 200_000 if options.quick else options.rows
+    repeats = 5 if options.quick else 30
+    call_command("migrate", verbosity=0)
+    now = timezone.now()
+    log(f"filling {rows:,} job rows")
+    started = time.monotonic()
+    filled = fill(rows, now)
+    log(f"filled {filled['jobs']:,} rows in {time.monotonic() - started:.1f}s; timing")
+
+    flag = 0.10
+    cases: list[tuple[str, Callable[[], Any]]] = [
+        ("SELECT 1 round trip (the floor)", select_one),
+        ("queue_depth: queued per pool and priority", stats.queue_depth),
+        ("queued_by_user: top 10, oldest queued", lambda: stats.queued_by_user(now=now)),
+        ("oldest_queued_age", lambda: stats.oldest_queued_age(now)),
+        ("running_jobs: who holds each device", lambda: stats.running_jobs(now)),
+        ("device_states: the Device table", stats.device_states),
+        ("throughput: rates and per-minute chart", lambda: stats.throughput(now)),
+        ("service_time: mean, p95 per kind", lambda: stats.service_time(now)),
+        ("shares: received vs entitled, lag", lambda: stats.shares(now, flag)),
+        ("idle_gaps: LAG histogram", lambda: stats.idle_gaps(now)),
+        ("dashboard_stats: all of the above (/api/stats/)", lambda: stats.dashboard_stats(now)),
+        (
+            "dashboard panels: figures + SVG + template",
+            lambda: render_to_string("admin/zypher/dashboard_panels.html", panels_context()),
+        ),
+    ]
+    if options.explain:
+        for name, function in cases[1:-2]:
+            explain(name, function)
+    results: dict[str, dict[str, float]] = {}
+    for name, function in cases:
+        results[name] = timed(function, repeats)
+        log(f"{name}: median {results[name]['median_ms']:.2f} ms")
+    metrics.collector.forget()
+    results["/metrics scrape, first of a process (counts history)"] = first_scrape()
+    metrics.exposition()
+    results["/metrics scrape, later ones"] = timed(metrics.exposition, repeats)
+    floor = results["SELECT 1 round trip (the floor)"]["median_ms"]
+    print_table(
+        f"Dashboard queries with {filled['jobs']:,} job rows ({filled['queued']:,} queued, "
+        f"{filled['last_hour']:,} ended in the last hour; PostgreSQL; {repeats} runs each)",
+        ["query", "queries", "median ms", "p95 ms", "× SELECT 1"],
+        [
+            [
+                name,
+                int(figures["queries"]) or "",
+                figures["median_ms"],
+                figures["p95_ms"],
+                f"{figures['median_ms'] / floor:,.0f}",
+            ]
+            for name, figures in results.items()
+        ],
+    )
+    path = write_results("dashboard", {"rows": filled, "repeats": repeats, "results": results})
+    log(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
