@@ -23,50 +23,11 @@ from django.utils import timezone
 from jobs.models import Job, JobStatus
 from tests.processes import ServiceProcess, start_gateway
 
-pytest_plugins = ["tests.dashboard_fixtures"]
-
-# Playwright's sync API runs an event loop in this thread; the test also uses the ORM.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+pytest_plugins = ["tests.dashboard_fixtures", "tests.browser"]
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-REQUIRED = os.environ.get("ZYPHER_REQUIRE_BROWSER") == "1"
 
 pytestmark = pytest.mark.e2e
-
-
-def browser_missing() -> str | None:
-    if not CHROMIUM.exists():
-        return f"Debian's chromium is not installed at {CHROMIUM} (`make browser` installs it)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "playwright is not installed (requirements.txt)"
-    return None
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    reason = browser_missing()
-    if reason:
-        if REQUIRED:
-            pytest.fail(f"ZYPHER_REQUIRE_BROWSER=1 but {reason}")
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
