@@ -9,7 +9,12 @@ worker processes; each holds at most one job. The loop:
 * renews the leases of the jobs it holds every lease/3 seconds, and requeues any job
   whose lease expired (a dispatcher that was killed or hung), every few seconds;
 * replaces a worker that died, giving its job back to the queue;
-* sleeps when there is nothing to do until a NOTIFY (PostgreSQL) or a short poll.
+* sleeps when there is nothing to do until a NOTIFY (PostgreSQL) or a short poll;
+* hands jobs to remote agents and simulated devices, checks their health and requeues
+  the job of a device that vanished (`devices.remote`);
+* posts each finished program's results to its callback URL (`jobs.programs`).
+
+Local devices are registered in the pool (`devices.models.Device`) while it runs.
 
 SIGTERM or Ctrl-C: stop claiming, let running jobs finish for a grace period, requeue
 what is still running, exit 0. A second signal requeues at once.
@@ -31,9 +36,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, close_old_connections, connection
+from django.db import DatabaseError, close_old_connections, connection
 
+from devices import pool
+from devices.remote import RemoteDevices
 from devices.worker import JobOrder, JobOutcome, worker_main
+from jobs.api_errors import database_unavailable
+from jobs.programs import CallbackCourier
 from jobs.queue import (
     NOTIFY_CHANNEL,
     ClaimedJob,
@@ -82,6 +91,8 @@ class Dispatcher:
         self.stop_now = False
         self.empty_pools: set[str] = set()
         self.lease_seconds = settings.ZYPHER_LEASE_SECONDS
+        self.remote = RemoteDevices(self)
+        self.callbacks = CallbackCourier()
 
     # --- database calls, all in one thread, retried while the database is away ---
 
@@ -93,8 +104,9 @@ class Dispatcher:
                 return await loop.run_in_executor(
                     self.db_thread, self._in_db_thread, function, args
                 )
-            except (OperationalError, InterfaceError) as exc:
-                if not retry:
+            except DatabaseError as exc:
+                # Lost connection or read-only session (issue 8): wait it out.
+                if not retry or not database_unavailable(exc):
                     raise
                 log.warning(
                     "database unavailable (%s); retrying in %.1fs", str(exc).strip()[:120], delay
@@ -107,8 +119,9 @@ class Dispatcher:
         close_old_connections()
         try:
             return function(*args)
-        except (OperationalError, InterfaceError):
-            connection.close()  # reconnect on the next call
+        except DatabaseError as exc:
+            if database_unavailable(exc):
+                connection.close()  # reconnect on the next call (a read-only session stays so)
             raise
 
     # --- workers ---
@@ -142,6 +155,8 @@ class Dispatcher:
             loop.add_signal_handler(sig, self.request_stop)
         for device in self.devices:
             self.start_worker(device)
+        local = [(device.name, device.device_type) for device in self.devices]
+        await self.db(pool.register_local_devices, self.name, local)
         log.info(
             "dispatcher %s running %d local device(s); lease %.0fs",
             self.name,
@@ -151,6 +166,8 @@ class Dispatcher:
         background = [
             asyncio.create_task(self.keep_leases()),
             asyncio.create_task(self.reap_expired()),
+            asyncio.create_task(self.remote.run()),
+            asyncio.create_task(self.deliver_callbacks()),
         ]
         if connection.vendor == "postgresql":
             background.append(asyncio.create_task(self.listen_for_work()))
@@ -159,7 +176,9 @@ class Dispatcher:
         finally:
             for task in background:
                 task.cancel()
+            await self.remote.shut_down()
             await self.shut_down_devices()
+            await self.db(pool.unregister_local_devices, [device.name for device in self.devices])
             self.db_thread.shutdown(wait=True)
         log.info("dispatcher %s stopped", self.name)
 
@@ -189,6 +208,7 @@ class Dispatcher:
                 )
             except TimeoutError:
                 self.empty_pools.clear()
+                self.remote.wake.set()
                 continue
             if kind == "outcome":
                 await self.settle(*payload)
@@ -196,6 +216,7 @@ class Dispatcher:
                 await self.replace_dead_worker(payload)
             elif kind == "wake":
                 self.empty_pools.clear()
+                self.remote.wake.set()
 
     async def fill_idle_devices(self) -> None:
         for device in self.devices:
@@ -270,6 +291,8 @@ class Dispatcher:
     async def keep_leases(self) -> None:
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
+            if self.devices:
+                await self.db(pool.touch_local_devices, [device.name for device in self.devices])
             claims = [device.claim for device in self.devices if device.claim is not None]
             if not claims:
                 continue
@@ -295,6 +318,15 @@ class Dispatcher:
             for public_id, status in await self.db(requeue_expired_leases):
                 log.warning("job %s: lease expired; now %s", public_id, status)
                 self.events.put_nowait(("wake", None))
+
+    async def deliver_callbacks(self) -> None:
+        """Post the results of finished programs to their callback URLs, with backoff."""
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                await self.callbacks.deliver_due(self.db)
+            except Exception:
+                log.exception("callback delivery failed")
 
     async def listen_for_work(self) -> None:
         """Wake on NOTIFY (PostgreSQL); reconnects by itself if the database restarts."""

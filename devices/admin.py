@@ -1,0 +1,74 @@
+"""The admin: the device pool, with actions that send devices commands."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from devices import pool
+from devices.models import Device
+from devices.views import run_device_command
+
+
+@admin.register(Device)
+class DeviceAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "device_type",
+        "size",
+        "kind",
+        "state",
+        "current_job",
+        "url",
+        "last_seen",
+        "missed_pings",
+    ]
+    list_filter = ["state", "kind", "device_type"]
+    search_fields = ["name", "url"]
+    ordering = ["device_type", "name"]
+    readonly_fields = ["current_job", "fencing_token", "registered_at", "last_seen", "missed_pings"]
+    exclude = ["secret"]
+    actions = ["send_start", "send_stop", "send_ping", "send_terminate"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # devices register themselves (POST /api/devices/)
+
+    def delete_model(self, request: HttpRequest, obj: Device) -> None:
+        pool.remove_device(obj.name)  # its running job goes back to the queue
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Device]) -> None:
+        for name in list(queryset.values_list("name", flat=True)):
+            pool.remove_device(name)
+
+    def _send(self, request: HttpRequest, queryset: QuerySet[Device], command: str) -> None:
+        for device in queryset:
+            code, answer = run_device_command(device, command, {})
+            if answer.get("ok"):
+                self.message_user(
+                    request,
+                    f"{device.name}: {command} → {answer.get('result')} (state {answer.get('state')})",
+                    messages.SUCCESS,
+                )
+            else:
+                self.message_user(
+                    request,
+                    f"{device.name}: {command} refused ({code}): {answer.get('error')}",
+                    messages.WARNING,
+                )
+
+    @admin.action(description="Start the selected devices (ready)")
+    def send_start(self, request: HttpRequest, queryset: QuerySet[Device]) -> None:
+        self._send(request, queryset, "start")
+
+    @admin.action(description="Stop the selected devices (unready)")
+    def send_stop(self, request: HttpRequest, queryset: QuerySet[Device]) -> None:
+        self._send(request, queryset, "stop")
+
+    @admin.action(description="Ping the selected devices")
+    def send_ping(self, request: HttpRequest, queryset: QuerySet[Device]) -> None:
+        self._send(request, queryset, "ping")
+
+    @admin.action(description="Terminate the selected devices' agents")
+    def send_terminate(self, request: HttpRequest, queryset: QuerySet[Device]) -> None:
+        self._send(request, queryset, "terminate")

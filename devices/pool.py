@@ -1,0 +1,374 @@
+"""The device pool's state changes: register, remove, dispatch to, settle reports from.
+
+Every change of a device's job goes through the queue (`jobs.queue`): a job handed to a
+remote device is claimed with `claim_next` (so remote devices follow the same fair-share
+policy as local ones), settled with `finish_job`, and given back with `release_job`. The
+claim's fencing token travels with the job to the agent and back in its report, so a
+late report from a device that lost its claim is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlparse
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from devices import protocol
+from devices.models import Device, SeenNonce
+from jobs.models import Job, JobStatus
+from jobs.queue import (
+    NOTIFY_CHANNEL,
+    ClaimedJob,
+    claim_next,
+    finish_job,
+    pool_id_for,
+    release_job,
+    renew_leases,
+)
+
+log = logging.getLogger("zypher.devices")
+
+
+def wake_dispatchers(device_type: str) -> None:
+    """A device became idle: wake idle dispatchers now (PostgreSQL) rather than at their poll."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, device_type])
+
+
+def kind_for_url(url: str) -> str:
+    """An http(s) URL is an agent; anything else (the exercise's `addr1`) is simulated."""
+    scheme = urlparse(url).scheme
+    return Device.Kind.REMOTE if scheme in ("http", "https") else Device.Kind.SIMULATED
+
+
+def register_device(name: str, device_type: str, size: int, url: str) -> tuple[Device, bool]:
+    """Register a device, or update it if its id is known; returns it (with a new secret)
+    and whether it is new. A job the old registration was running goes back to the queue:
+    an agent that registers again has restarted and lost it."""
+    kind = kind_for_url(url)
+    with transaction.atomic():
+        device = Device.objects.select_for_update().filter(name=name).first()
+        created = device is None
+        if device is None:
+            device = Device(name=name)
+        elif device.current_job_id is not None and device.fencing_token is not None:
+            _release(device, "device registered again (restarted) while running it")
+        device.device_type = device_type
+        device.size = size
+        device.url = url
+        device.kind = kind
+        # An agent starts unready until an operator starts it; a simulated device has no
+        # operator console, so it is ready at once.
+        device.state = Device.State.READY if kind == Device.Kind.SIMULATED else Device.State.UNREADY
+        device.current_job = None
+        device.fencing_token = None
+        device.secret = protocol.new_secret()
+        device.last_seen = timezone.now()
+        device.missed_pings = 0
+        device.save()
+        wake_dispatchers(device_type)
+    log.info("device %s registered (%s, type %s, size %s, %s)", name, kind, device_type, size, url)
+    return device, created
+
+
+def remove_device(name: str) -> bool:
+    """Remove a device; the job it was running goes back to the queue. False if unknown."""
+    with transaction.atomic():
+        device = Device.objects.select_for_update().filter(name=name).first()
+        if device is None:
+            return False
+        if device.current_job_id is not None and device.fencing_token is not None:
+            _release(device, f"device {name} was removed while running it")
+        device.delete()
+    log.info("device %s removed", name)
+    return True
+
+
+def _release(device: Device, reason: str) -> str | None:
+    status = release_job(device.current_job_id, device.fencing_token, reason)
+    log.warning("job %s on device %s: %s; now %s", device.current_job_id, device, reason, status)
+    return status
+
+
+# --- local devices: the worker processes of a dispatcher, shown in the pool ---
+
+
+def register_local_devices(dispatcher: str, names_and_types: list[tuple[str, str]]) -> None:
+    now = timezone.now()
+    for name, device_type in names_and_types:
+        Device.objects.update_or_create(
+            name=name,
+            defaults={
+                "device_type": device_type,
+                "kind": Device.Kind.LOCAL,
+                "url": "",
+                "state": Device.State.READY,
+                "dispatcher": dispatcher,
+                "last_seen": now,
+                "current_job": None,
+                "fencing_token": None,
+            },
+        )
+
+
+def touch_local_devices(names: list[str]) -> None:
+    Device.objects.filter(name__in=names, kind=Device.Kind.LOCAL).update(last_seen=timezone.now())
+
+
+def unregister_local_devices(names: list[str]) -> None:
+    Device.objects.filter(name__in=names, kind=Device.Kind.LOCAL).delete()
+
+
+def local_device_is_stale(device: Device) -> bool:
+    """A local device whose dispatcher stopped heartbeating (killed) is shown offline."""
+    if device.last_seen is None:
+        return True
+    return timezone.now() - device.last_seen > timedelta(seconds=3 * settings.ZYPHER_LEASE_SECONDS)
+
+
+# --- dispatching to remote and simulated devices ---
+
+
+def claimed_job_from_row(job: Job, fencing_token: int) -> ClaimedJob:
+    """The queue's claim for a job row, so that a remote report settles through finish_job."""
+    return ClaimedJob(
+        id=job.pk,
+        public_id=str(job.public_id),
+        owner_id=job.owner_id,
+        owner=job.owner.username,
+        kind=job.kind,
+        input=job.input,
+        device_type=job.device_type,
+        pool_id=pool_id_for(job.device_type),
+        fencing_token=fencing_token,
+        charged_cost=job.charged_cost,
+        charged_weight=job.charged_weight,
+    )
+
+
+def idle_devices() -> list[Device]:
+    """Remote and simulated devices that are ready and hold no job."""
+    return list(
+        Device.objects.filter(state=Device.State.READY, current_job__isnull=True)
+        .exclude(kind=Device.Kind.LOCAL)
+        .order_by("device_type", "name")
+    )
+
+
+def claim_for_device(name: str) -> tuple[Device, ClaimedJob] | None:
+    """Claim the next fitting job for an idle device and mark it busy, in one transaction.
+
+    The device row is locked first, so two dispatchers never hand it two jobs.
+    """
+    with transaction.atomic():
+        device = (
+            Device.objects.select_for_update()
+            .filter(name=name, state=Device.State.READY, current_job__isnull=True)
+            .exclude(kind=Device.Kind.LOCAL)
+            .first()
+        )
+        if device is None:
+            return None
+        claim = claim_next(device.device_type, device.name, device.size)
+        if claim is None:
+            return None
+        device.state = Device.State.BUSY
+        device.current_job_id = claim.id
+        device.fencing_token = claim.fencing_token
+        device.save(update_fields=["state", "current_job", "fencing_token"])
+    return device, claim
+
+
+def give_back(
+    device_name: str, claim: ClaimedJob, reason: str, next_state: str = Device.State.READY
+) -> str | None:
+    """A job the device did not take or did not finish here: requeue it and set the
+    device's state (if it still holds that claim)."""
+    with transaction.atomic():
+        status = release_job(claim.id, claim.fencing_token, reason)
+        free_device(device_name, claim.id, claim.fencing_token, next_state)
+    return status
+
+
+def settle_on_device(
+    device_name: str,
+    claim: ClaimedJob,
+    *,
+    succeeded: bool,
+    duration: float,
+    result: Any = None,
+    error: str = "",
+    next_state: str = Device.State.READY,
+) -> bool:
+    """Record a job's outcome and free its device; False if the claim was fenced off."""
+    with transaction.atomic():
+        accepted = finish_job(
+            claim, succeeded=succeeded, duration=duration, result=result, error=error
+        )
+        free_device(device_name, claim.id, claim.fencing_token, next_state)
+    return accepted
+
+
+def free_device(device_name: str, job_id: int, fencing_token: int, next_state: str) -> None:
+    Device.objects.filter(
+        name=device_name, current_job_id=job_id, fencing_token=fencing_token
+    ).update(current_job=None, fencing_token=None, state=next_state)
+
+
+def mark_offline(name: str, reason: str) -> str | None:
+    """A device that stopped answering: offline, and its job back to the queue."""
+    with transaction.atomic():
+        device = Device.objects.select_for_update().filter(name=name).first()
+        if device is None:
+            return None
+        status = None
+        if device.current_job_id is not None and device.fencing_token is not None:
+            status = _release(device, f"device {name} went offline: {reason}")
+        device.state = Device.State.OFFLINE
+        device.current_job = None
+        device.fencing_token = None
+        device.save(update_fields=["state", "current_job", "fencing_token"])
+    log.warning("device %s offline: %s", name, reason)
+    return status
+
+
+def record_missed_ping(name: str) -> int:
+    with transaction.atomic():
+        device = Device.objects.select_for_update().filter(name=name).first()
+        if device is None:
+            return 0
+        device.missed_pings += 1
+        device.save(update_fields=["missed_pings"])
+        return device.missed_pings
+
+
+def devices_to_check() -> list[Device]:
+    return list(Device.objects.exclude(kind=Device.Kind.LOCAL).order_by("name"))
+
+
+def _job_held(device: Device) -> bool:
+    return Job.objects.filter(
+        pk=device.current_job_id, status=JobStatus.RUNNING, attempts=device.fencing_token
+    ).exists()
+
+
+def reconcile_simulated(device: Device, running_here: set[str]) -> bool:
+    """Free a simulated device whose job is no longer running under its claim (its
+    dispatcher died and the lease ran out). True if it was freed."""
+    if device.current_job_id is None or device.name in running_here or _job_held(device):
+        return False
+    free_device(device.name, device.current_job_id, device.fencing_token, Device.State.READY)
+    return True
+
+
+def after_health_check(name: str, agent_state: str, status: dict[str, Any]) -> bool:
+    """An agent answered `status`: record it, renew its job's lease while the agent has
+    that job (running, or finished and not yet reported), and free the device when its job
+    ended elsewhere. True if the device became idle."""
+    Device.objects.filter(name=name).update(last_seen=timezone.now(), missed_pings=0)
+    device = Device.objects.filter(name=name).select_related("current_job__owner").first()
+    if device is None:
+        return False
+    agent_job = status.get("job") if isinstance(status.get("job"), dict) else None
+    # What the device is doing as far as dispatch goes: busy while its agent runs anything.
+    effective = Device.State.BUSY if agent_job else agent_state
+    if device.current_job_id is None:
+        if device.state != effective:
+            Device.objects.filter(pk=device.pk, current_job__isnull=True).update(state=effective)
+            return effective == Device.State.READY
+        return False
+    job = device.current_job
+    has_it = job is not None and (
+        (
+            agent_job is not None
+            and agent_job.get("job_id") == str(job.public_id)
+            and agent_job.get("fencing_token") == device.fencing_token
+        )
+        or str(job.public_id) in (status.get("unreported") or [])
+    )
+    if has_it:
+        renew_leases([claimed_job_from_row(job, device.fencing_token)])
+        return False
+    if _job_held(device):
+        return False  # not renewed: its lease runs out and it is requeued, then freed here
+    next_state = Device.State.BUSY if agent_job else agent_state
+    free_device(name, device.current_job_id, device.fencing_token, next_state)
+    return next_state == Device.State.READY
+
+
+# --- reports from agents ---
+
+
+class DatabaseNonceStore:
+    """Report nonces in the database: shared by every web process."""
+
+    def __init__(self, device_name: str, max_age: float) -> None:
+        self.device_name = device_name
+        self.max_age = max_age
+
+    def remember(self, nonce: str, timestamp: float) -> bool:
+        cutoff = timezone.now() - timedelta(seconds=2 * self.max_age)
+        SeenNonce.objects.filter(seen_at__lt=cutoff).delete()
+        try:
+            with transaction.atomic():
+                SeenNonce.objects.create(device_name=self.device_name, nonce=nonce)
+        except IntegrityError:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class ReportAnswer:
+    status: int
+    body: dict[str, Any]
+
+
+def apply_report(device: Device, report: dict[str, Any]) -> ReportAnswer:
+    """Act on a verified, schema-checked report from `device`'s agent."""
+    Device.objects.filter(pk=device.pk).update(last_seen=timezone.now(), missed_pings=0)
+    kind = report["report"]
+    if kind == "state":
+        Device.objects.filter(pk=device.pk, current_job__isnull=True).update(state=report["state"])
+        wake_dispatchers(device.device_type)
+        Device.objects.filter(pk=device.pk, current_job__isnull=False).exclude(
+            state=Device.State.BUSY
+        ).update(state=Device.State.BUSY)
+        return ReportAnswer(200, {"ok": True})
+    job = Job.objects.select_related("owner").filter(public_id=report["job_id"]).first()
+    token = report["fencing_token"]
+    if job is None or job.device != device.name:
+        return ReportAnswer(409, {"ok": False, "error": "this device does not hold that job"})
+    claim = claimed_job_from_row(job, token)
+    if kind == "job_returned":
+        with transaction.atomic():
+            status = release_job(job.pk, token, f"device {device.name}: {report['reason']}")
+            free_device(device.name, job.pk, token, Device.State.UNREADY)
+        if status is None:
+            return ReportAnswer(409, {"ok": False, "error": "claim no longer held (fenced off)"})
+        return ReportAnswer(200, {"ok": True, "status": status})
+    accepted = settle_on_device(
+        device.name,
+        claim,
+        succeeded=report["succeeded"],
+        duration=report["duration"],
+        result=report.get("result"),
+        error=report.get("error", ""),
+        next_state=report.get("state", Device.State.READY),
+    )
+    if not accepted:
+        log.warning(
+            "late report for job %s from %s refused (token %s)", job.public_id, device, token
+        )
+        return ReportAnswer(
+            409, {"ok": False, "error": "result refused: the claim was lost (stale fencing token)"}
+        )
+    wake_dispatchers(device.device_type)
+    log.info("job %s settled by report from device %s", job.public_id, device)
+    return ReportAnswer(200, {"ok": True})
