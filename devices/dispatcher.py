@@ -42,6 +42,7 @@ from devices import pool
 from devices.remote import RemoteDevices
 from devices.worker import JobOrder, JobOutcome, worker_main
 from jobs.api_errors import database_unavailable
+from jobs.notifications import notifications
 from jobs.programs import CallbackCourier
 from jobs.queue import (
     NOTIFY_CHANNEL,
@@ -329,30 +330,14 @@ class Dispatcher:
                 log.exception("callback delivery failed")
 
     async def listen_for_work(self) -> None:
-        """Wake on NOTIFY (PostgreSQL); reconnects by itself if the database restarts."""
-        import psycopg
+        """Wake on NOTIFY (PostgreSQL); reconnects by itself if the database restarts, and
+        looks for work after each reconnect (what was notified meanwhile is lost)."""
 
-        params = settings.DATABASES["default"]
-        conninfo = {
-            "dbname": params["NAME"],
-            "user": params.get("USER") or None,
-            "password": params.get("PASSWORD") or None,
-            "host": params.get("HOST") or None,
-            "port": params.get("PORT") or None,
-        }
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(
-                    autocommit=True, **{k: v for k, v in conninfo.items() if v}
-                ) as listener:
-                    await listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                    async for _ in listener.notifies():
-                        self.events.put_nowait(("wake", None))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("LISTEN connection lost (%s); reconnecting", str(exc).strip()[:120])
-                await asyncio.sleep(1)
+        def wake() -> None:
+            self.events.put_nowait(("wake", None))
+
+        async for _ in notifications(NOTIFY_CHANNEL, on_connect=wake):
+            wake()
 
     async def shut_down_devices(self) -> None:
         for device in self.devices:
