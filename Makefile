@@ -7,7 +7,7 @@ PORT ?= 8080
 WEB_WORKERS ?= 2
 export HOST PORT WEB_WORKERS
 
-.PHONY: run test test-sqlite test-postgres bench lint format browser clean
+.PHONY: run test test-sqlite test-postgres bench reliability lint format browser clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +42,11 @@ test-postgres: $(VENV)/.installed browser
 	$(PY) tests/pgcluster.py -- $(VENV)/bin/pytest -q
 
 bench: $(VENV)/.installed
-	$(PY) tests/pgcluster.py -- $(PY) bench/run_all.py
+	$(PY) tests/pgcluster.py -- $(PY) bench/run_all.py performance
+
+# The soak, the fault drill and the long fuzz run (docs/reliability.md).
+reliability: $(VENV)/.installed
+	$(PY) tests/pgcluster.py -- $(PY) bench/run_all.py reliability
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -1,5 +1,13 @@
-"""`make bench`: every benchmark in turn, each printing its table and writing JSON to
-bench/results/. Runs inside tests/pgcluster.py, so all share one throwaway PostgreSQL."""
+"""`make bench` and `make reliability`: benchmarks in turn, each printing its table and
+writing JSON to bench/results/. Runs inside tests/pgcluster.py, so all share one
+throwaway PostgreSQL.
+
+    python bench/run_all.py [performance|reliability]
+
+`performance` (the default, `make bench`, under 15 minutes here): the core figures,
+/predict, the dashboard and splines. `reliability` (`make reliability`): the soak, the
+fault drill and the long fuzz run of docs/reliability.md.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +17,22 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-SCRIPTS = ["bench_core.py", "bench_predict.py", "bench_dashboard.py", "bench_splines.py"]
+GROUPS = {
+    "performance": ["bench_core.py", "bench_predict.py", "bench_dashboard.py", "bench_splines.py"],
+    "reliability": ["soak.py", "faults.py", "fuzz.py"],
+}
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    group = argv[0] if argv else "performance"
+    if group not in GROUPS:
+        print(f"usage: python bench/run_all.py [{'|'.join(GROUPS)}]", file=sys.stderr)
+        return 2
     failures = []
-    for script in SCRIPTS:
-        path = BENCH / script
-        if not path.exists():
-            continue
+    for script in GROUPS[group]:
         print(f"\n=== {script} ===", flush=True)
         started = time.monotonic()
-        code = subprocess.call([sys.executable, str(path)], cwd=BENCH.parent)
+        code = subprocess.call([sys.executable, str(BENCH / script)], cwd=BENCH.parent)
         print(f"=== {script}: exit {code} after {time.monotonic() - started:.0f}s ===", flush=True)
         if code:
             failures.append(script)
@@ -30,4 +42,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

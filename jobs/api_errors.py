@@ -57,3 +57,53 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(response.data, dict) and "detail" in response.data:
         response.data = {"error": str(response.data["detail"])}
     return response
+
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "description": 'Why the request failed: `{"error": "…"}`, or for a validation error '
+    "the invalid fields, each with its messages (a bulk submit adds `items`).",
+    "properties": {"error": {"type": "string"}},
+    "additionalProperties": True,
+}
+_ERROR_RESPONSES = {
+    "400": "Invalid input: the body names the problem (and the field).",
+    "401": "No or an invalid token (`Authorization: Token <key>`).",
+    "403": "Authenticated, but not allowed (another user's account, staff only).",
+    "404": "No such object, or not one the requester may see.",
+    "413": "The body is over `ZYPHER_MAX_BODY_BYTES`.",
+    "415": "The body is not JSON.",
+    "503": "The database is unavailable or read-only; retry after `Retry-After` seconds.",
+}
+
+
+def document_error_responses(
+    result: dict[str, Any], generator: Any, request: Any, public: bool
+) -> dict[str, Any]:
+    """drf-spectacular post-processing hook: state the error contract on every operation.
+
+    The views share it (this module's handler and `jobs.middleware`): any operation may
+    answer 401, 403 or 503; one with parameters or a body 400; one with a path parameter
+    404; one with a body 413 and 415. All with the same JSON error body.
+    """
+    schemas = result.setdefault("components", {}).setdefault("schemas", {})
+    schemas.setdefault("Error", _ERROR_SCHEMA)
+    reference = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    for path, operations in result.get("paths", {}).items():
+        for method, operation in operations.items():
+            if method not in {"get", "post", "put", "patch", "delete"}:
+                continue
+            parameters = operation.get("parameters", [])
+            codes = ["401", "403", "503"]
+            if parameters or "requestBody" in operation:
+                codes.append("400")
+            if "{" in path:
+                codes.append("404")
+            if "requestBody" in operation:
+                codes += ["413", "415"]
+            responses = operation.setdefault("responses", {})
+            for code in codes:
+                responses.setdefault(
+                    code, {"description": _ERROR_RESPONSES[code], "content": reference}
+                )
+    return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.conf import settings
@@ -18,6 +19,7 @@ from jobs.models import Job, JobStatus, User
 from jobs.parsers import JSONParser
 from jobs.queue import cancel_job, submit_jobs
 from jobs.serializers import (
+    USER_ID_PATTERN,
     JobDetailSerializer,
     JobSerializer,
     JobSubmitSerializer,
@@ -26,6 +28,8 @@ from jobs.serializers import (
     UserWeightSerializer,
     user_summary,
 )
+
+USER_ID_RULE = "user_id may hold 1 to 150 letters, digits and . @ + - _"
 
 
 def acting_user(request: Request, named_user_id: str | None) -> User:
@@ -45,6 +49,8 @@ def acting_user(request: Request, named_user_id: str | None) -> User:
         user, _ = User.objects.get_or_create(username=named_user_id)
     elif settings.ZYPHER_OPEN_MODE:
         name = named_user_id or request.headers.get("X-User-Id") or "anonymous"
+        if not re.fullmatch(USER_ID_PATTERN, name):
+            raise exceptions.ValidationError({"user_id": [USER_ID_RULE]})
         user, _ = User.objects.get_or_create(username=name)
     else:
         raise exceptions.NotAuthenticated(
@@ -88,6 +94,9 @@ class JobListCreateView(generics.ListAPIView):
         user_id = self.request.query_params.get("user_id")
         if not self.request.user.is_authenticated and not user_id:
             raise exceptions.ValidationError({"user_id": ["Name the user whose jobs to list."]})
+        if user_id and not re.fullmatch(USER_ID_PATTERN, user_id):
+            # Also keeps a NUL byte away from PostgreSQL, which refuses it (a 500 before).
+            raise exceptions.ValidationError({"user_id": [USER_ID_RULE]})
         if user_id:
             jobs = jobs.filter(owner__username=user_id)
         job_status = self.request.query_params.get("status")
@@ -220,6 +229,8 @@ class UserDetailView(APIView):
             raise exceptions.NotAuthenticated("Send 'Authorization: Token <key>'.")
         if not request.user.is_staff and request.user.username != user_id:
             raise exceptions.PermissionDenied("You may only read your own account.")
+        if not re.fullmatch(USER_ID_PATTERN, user_id):  # no such user (nor a NUL byte)
+            raise exceptions.NotFound(f"User {user_id!r} not found.")
         user = User.objects.filter(username=user_id).first()
         if user is None:
             raise exceptions.NotFound(f"User {user_id!r} not found.")

@@ -10,6 +10,7 @@ high quality without chroma subsampling, PNG with fast compression.
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,6 +80,10 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> DecodedImag
             _too_many_pixels(f"image has over {2 * Image.MAX_IMAGE_PIXELS} pixels", max_pixels),
             status=413,
         ) from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+        # A header cut short or corrupt (e.g. a JPEG truncated inside a marker segment):
+        # Pillow raises while reading it, before any pixel is decoded.
+        raise ImageInputError(f"image header is truncated or corrupt ({exc}).") from None
     width, height = image.size
     if width * height > max_pixels:
         raise ImageInputError(
@@ -93,7 +98,10 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> DecodedImag
         ) from None
     source_format = image.format or "PNG"
     icc_profile = image.info.get("icc_profile")
-    ImageOps.exif_transpose(image, in_place=True)  # a no-op, not a copy, when upright
+    try:
+        ImageOps.exif_transpose(image, in_place=True)  # a no-op, not a copy, when upright
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, KeyError) as exc:
+        raise ImageInputError(f"image has corrupt EXIF metadata ({exc}).") from None
     return DecodedImage(image, source_format, icc_profile)
 
 

@@ -18,7 +18,7 @@ import requests
 from django.conf import settings
 from django.db import connection
 
-from tests.processes import ServiceProcess, start_gateway, wait_until
+from tests.processes import ServiceProcess, start_gateway, start_service
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_HANDLERS = {
@@ -108,14 +108,8 @@ def start_dispatcher(
         name = name or f"dispatcher{len(started)}"
         command = [sys.executable, "manage.py", "run_dispatcher", "--devices", str(devices)]
         command += ["--device-type", device_type, "--name", name]
-        process = ServiceProcess(name, command, {**subprocess_env, **env}, tmp_path)
+        process = start_service(name, command, {**subprocess_env, **env}, tmp_path, "running")
         started.append(process)
-        wait_until(
-            lambda: "running" in process.log_text() or process.process.poll() is not None,
-            30,
-            f"{name} to start",
-        )
-        assert process.process.poll() is None, process.log_text()
         return process
 
     yield start

@@ -16,7 +16,7 @@ import requests
 
 from devices.commands import CommandAnswer, send_command
 from devices.models import Device
-from tests.processes import ServiceProcess, free_port, start_gateway, wait_until
+from tests.processes import ServiceProcess, free_port, start_gateway, start_service
 
 DEVICE_TOKEN = "test-device-token"
 
@@ -92,15 +92,11 @@ def start_agent(
         command = [sys.executable, "manage.py", "run_device", "--id", device_id]
         command += ["--type", device_type, "--size", str(size), "--port", str(port)]
         command += ["--gateway", device_gateway.url]
-        process = ServiceProcess(f"agent-{device_id}", command, {**device_env, **env}, tmp_path)
+        process = start_service(
+            f"agent-{device_id}", command, {**device_env, **env}, tmp_path, "listening on"
+        )
         agent = Agent(process, device_id, port)
         started.append(agent)
-        wait_until(
-            lambda: "listening on" in agent.log() or process.process.poll() is not None,
-            30,
-            f"agent {device_id} to register",
-        )
-        assert process.process.poll() is None, agent.log()
         return agent
 
     yield start
@@ -118,14 +114,8 @@ def start_device_dispatcher(
     def start(name: str = "remote-dispatcher", devices: int = 0, **env: str) -> ServiceProcess:
         command = [sys.executable, "manage.py", "run_dispatcher", "--devices", str(devices)]
         command += ["--name", name]
-        process = ServiceProcess(name, command, {**device_env, **env}, tmp_path)
+        process = start_service(name, command, {**device_env, **env}, tmp_path, "running")
         started.append(process)
-        wait_until(
-            lambda: "running" in process.log_text() or process.process.poll() is not None,
-            30,
-            f"{name} to start",
-        )
-        assert process.process.poll() is None, process.log_text()
         return process
 
     yield start

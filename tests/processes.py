@@ -85,6 +85,21 @@ def wait_until(
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def start_service(
+    name: str, command: list[str], env: dict[str, str], log_dir: Path, ready: str
+) -> ServiceProcess:
+    """Start a command and wait until its log says `ready` (fails if it exits first)."""
+    process = ServiceProcess(name, command, env, log_dir)
+    wait_until(
+        lambda: ready in process.log_text() or process.process.poll() is not None,
+        30,
+        f"{name} to start",
+    )
+    if process.process.poll() is not None:
+        raise RuntimeError(f"{name} exited:\n{process.log_text()}")
+    return process
+
+
 def start_gateway(
     env: dict[str, str], log_dir: Path, port: int | None = None
 ) -> tuple[ServiceProcess, str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import dj_database_url
@@ -31,7 +32,7 @@ def env_float_pair(name: str, default: tuple[float, float]) -> tuple[float, floa
     return (low_f, float(high) if high else low_f)
 
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "zypher-insecure-development-key-change-me")
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or "zypher-insecure-development-key-change-me"
 DEBUG = env_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = os.environ.get(
     "DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver"
@@ -157,6 +158,11 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Every operation's error answers (400, 401, 403, 404, 413, 415, 503), issue 8.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "jobs.api_errors.document_error_responses",
+    ],
 }
 
 LOGGING = {
@@ -236,3 +242,65 @@ ZYPHER_DASHBOARD_REFRESH_SECONDS = float(os.environ.get("ZYPHER_DASHBOARD_REFRES
 # A user's share of device time is flagged when it differs from their entitled share by
 # more than this fraction of all device time in the window.
 ZYPHER_DASHBOARD_SHARE_ALERT = float(os.environ.get("ZYPHER_DASHBOARD_SHARE_ALERT", "0.10"))
+
+# --- production safety (issue 8) ---
+# ZYPHER_ENV=production turns on the secure settings below and refuses to start (any
+# manage.py command, the web server) with an unsafe configuration. The default,
+# "development", is what `make run` and the tests use: a development key, loopback hosts,
+# plain HTTP.
+ZYPHER_ENV = os.environ.get("ZYPHER_ENV", "development").strip().lower()
+DEVELOPMENT_SECRET_KEY = "zypher-insecure-development-key-change-me"
+
+
+def production_problems(environ: Mapping[str, str] | None = None) -> list[str]:
+    """What makes this configuration unsafe for production (empty: safe)."""
+    environ = os.environ if environ is None else environ
+
+    def on(name: str) -> bool:
+        return environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+    problems = []
+    key = environ.get("DJANGO_SECRET_KEY", "")
+    if not key or key == DEVELOPMENT_SECRET_KEY or key.startswith("django-insecure"):
+        problems.append("DJANGO_SECRET_KEY must be set to a secret of your own")
+    elif len(key) < 50 or len(set(key)) < 5:
+        problems.append("DJANGO_SECRET_KEY must be at least 50 characters, not a pattern")
+    if on("DJANGO_DEBUG"):
+        problems.append("DJANGO_DEBUG must be off (it shows settings and tracebacks)")
+    hosts = [host.strip() for host in environ.get("DJANGO_ALLOWED_HOSTS", "").split(",")]
+    if not any(hosts) or "*" in hosts:
+        problems.append("DJANGO_ALLOWED_HOSTS must name the site's hosts (not '*')")
+    if on("ZYPHER_OPEN_MODE"):
+        problems.append("ZYPHER_OPEN_MODE must be off (anyone could act as any user)")
+    return problems
+
+
+if ZYPHER_ENV == "production":
+    from django.core.exceptions import ImproperlyConfigured
+
+    if _problems := production_problems():
+        raise ImproperlyConfigured(
+            "ZYPHER_ENV=production refuses to start: " + "; ".join(_problems) + "."
+        )
+    ALLOWED_HOSTS = [
+        host.strip() for host in os.environ["DJANGO_ALLOWED_HOSTS"].split(",") if host.strip()
+    ]
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SESSION_COOKIE_HTTPONLY = True
+    # Behind a TLS-terminating proxy, set ZYPHER_PROXY_SSL_HEADER=1 (it must then strip any
+    # X-Forwarded-Proto a client sends).
+    if env_bool("ZYPHER_PROXY_SSL_HEADER", False):
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = env_bool("ZYPHER_SSL_REDIRECT", True)
+    SECURE_HSTS_SECONDS = int(os.environ.get("ZYPHER_HSTS_SECONDS", str(365 * 24 * 3600)))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("ZYPHER_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("ZYPHER_HSTS_PRELOAD", True)
+    SECURE_CONTENT_TYPE_NOSNIFF = True
+    SECURE_REFERRER_POLICY = "same-origin"
+    X_FRAME_OPTIONS = "DENY"
+    CSRF_TRUSTED_ORIGINS = [f"https://{host.lstrip('.')}" for host in ALLOWED_HOSTS]
+elif ZYPHER_ENV != "development":
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(f"ZYPHER_ENV must be development or production, not {ZYPHER_ENV!r}")

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import sys
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from devices.agent import AgentConfig, DeviceAgent
+from devices.process_logging import log_to_stdout
 
 
 class Command(BaseCommand):
@@ -37,14 +36,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["size"] < 0:
             raise CommandError("--size must be 0 or more")
-        logging.basicConfig(
-            stream=sys.stdout,
-            level=logging.INFO,
-            format="%(asctime)s %(name)s: %(message)s",
-            force=True,
-        )
-        logging.getLogger("zypher").handlers.clear()
-        logging.getLogger("zypher").propagate = True
+        log_to_stdout()
         config = AgentConfig(
             device_id=options["id"],
             device_type=options["type"],

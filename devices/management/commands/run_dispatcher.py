@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import sys
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from devices.dispatcher import Dispatcher
+from devices.process_logging import log_to_stdout
 
 
 class Command(BaseCommand):
@@ -37,14 +36,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["devices"] < 0:
             raise CommandError("--devices must be 0 or more")
-        logging.basicConfig(
-            stream=sys.stdout,
-            level=logging.INFO,
-            format="%(asctime)s %(name)s: %(message)s",
-            force=True,
-        )
-        logging.getLogger("zypher").handlers.clear()
-        logging.getLogger("zypher").propagate = True
+        log_to_stdout()
         dispatcher = Dispatcher(
             [(options["device_type"], options["devices"])], name=options["name"]
         )
