@@ -6,7 +6,8 @@ Needs the throwaway cluster of tests/pgcluster.py (`make bench`), since it stops
 starts PostgreSQL. While clients submit a steady trickle of jobs over HTTP to the real
 server and a dispatcher with four local devices runs them: kill -9 the dispatcher
 (`--kills` times) and restart it; kill -9 a worker process mid-job (`--worker-kills`
-times); stop PostgreSQL for 5 s and start it; make the database read-only for 5 s. API
+times); kill -9 a remote device agent (`run_device`, type qpu) mid-job while another
+agent takes over its job (`--agent-kills` times); stop PostgreSQL for 5 s and start it; make the database read-only for 5 s. API
 probes run through both outages (every answer must be normal or a JSON 503 with
 Retry-After). Then everything is reconciled (tests/reconcile.py). Prints a table and
 writes bench/results/faults.json. The fault steps are tests/fault_drill.py, shared with
@@ -25,22 +26,70 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import requests  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
 from bench.common import log, print_table, write_results  # noqa: E402
 from bench.soak import drill_env, reset_tables, start_dispatcher  # noqa: E402  (sets up Django)
+from devices.commands import send_command  # noqa: E402
+from devices.models import Device  # noqa: E402
 from jobs.models import Job, User  # noqa: E402
 from tests.fault_drill import (  # noqa: E402
     admin_cookies,
     bad_answers,
     database_outage,
+    kill_agent,
     kill_dispatcher,
     kill_worker,
     read_only_database,
+    reconcile_agent_jobs,
 )
 from tests.loadgen import Clients, plan_weighted_jobs  # noqa: E402
-from tests.processes import start_gateway, wait_until  # noqa: E402
+from tests.processes import (  # noqa: E402
+    ServiceProcess,
+    free_port,
+    start_gateway,
+    start_service,
+    wait_until,
+)
+
+# Remote agents: short runs and a quick health check, as in tests/device_fixtures.py.
+AGENT_ENV = {
+    "ZYPHER_DEVICE_TOKEN": "faults-device-token",
+    "ZYPHER_QPU_SECONDS": "0.3",
+    "ZYPHER_DEVICE_PING_SECONDS": "0.5",
+    "ZYPHER_DEVICE_MISSED_PINGS": "2",
+    "ZYPHER_DEVICE_TIMEOUT_SECONDS": "1",
+}
+
+
+def start_agent(
+    env: dict[str, str], logs: Path, url: str, name: str, qpu_seconds: str
+) -> ServiceProcess:
+    """`manage.py run_device` of type qpu on a free port, registered and started."""
+    command = [sys.executable, "manage.py", "run_device", "--id", name, "--type", "qpu"]
+    command += ["--size", "20", "--port", str(free_port()), "--gateway", url]
+    agent = start_service(
+        f"agent-{name}", command, {**env, "ZYPHER_QPU_SECONDS": qpu_seconds}, logs, "listening on"
+    )
+    send_command(Device.objects.get(name=name), "start")
+    return agent
+
+
+def submit_qpu_jobs(url: str, tag: str, count: int) -> list[str]:
+    body = {
+        "user_id": "drill00",
+        "device_type": "qpu",
+        "jobs": [{"instructions": ["h 0", "measure"], "shots": 10, "size": 4}] * count,
+    }
+    response = requests.post(
+        url + "/api/programs/", json=body, headers={"Idempotency-Key": tag}, timeout=30
+    )
+    response.raise_for_status()
+    return response.json()["job_ids"]
+
+
 from tests.reconcile import load_job_rows, read_executions, reconcile  # noqa: E402
 
 
@@ -50,6 +99,7 @@ def main() -> int:
     )
     parser.add_argument("--kills", type=int, default=5, help="kill -9 of the dispatcher")
     parser.add_argument("--worker-kills", type=int, default=3)
+    parser.add_argument("--agent-kills", type=int, default=3, help="kill -9 of a remote agent")
     parser.add_argument("--down-seconds", type=float, default=5.0)
     parser.add_argument("--lease", type=float, default=5.0, help="ZYPHER_LEASE_SECONDS")
     options = parser.parse_args()
@@ -72,6 +122,7 @@ def main() -> int:
         logs,
         ZYPHER_LEASE_SECONDS=str(options.lease),
         ZYPHER_MAX_ATTEMPTS="10",
+        **AGENT_ENV,
     )
     connection.close()
     gateway, url = start_gateway(env, logs)
@@ -83,6 +134,8 @@ def main() -> int:
 
     recoveries = []
     probes = []
+    agents: list[ServiceProcess] = []
+    agent_jobs: list[str] = []
     try:
         clients = Clients(url, jobs, processes=2, timeout=600, interval=0.02)
         dispatcher = start("d0")
@@ -95,6 +148,15 @@ def main() -> int:
         for _ in range(options.worker_kills):
             log("faults: kill -9 a worker mid-job")
             recoveries.append(kill_worker(dispatcher))
+            time.sleep(1)
+        if options.agent_kills:
+            agents.append(start_agent(env, logs, url, "qpu-spare", "0.3"))
+        for n in range(options.agent_kills):
+            log("faults: kill -9 a remote device agent mid-job")
+            doomed = start_agent(env, logs, url, f"qpu-doomed{n}", "3")
+            agents.append(doomed)
+            agent_jobs += submit_qpu_jobs(url, f"agent-kill-{n}", 4)
+            recoveries.append(kill_agent(doomed, f"qpu-doomed{n}"))
             time.sleep(1)
         known = str(Job.objects.order_by("id").values_list("public_id", flat=True).first())
         cookies = admin_cookies(url, "operator", "drill-password")
@@ -118,11 +180,14 @@ def main() -> int:
             interval=0.5,
         )
     finally:
-        for process in started:
+        for process in [*started, *agents]:
             process.stop()
         gateway.stop()
     result = reconcile(report.accepted, load_job_rows(), read_executions(logs / "executions.log"))
     problems = result.problems(strict=False)
+    problems += reconcile_agent_jobs(agent_jobs, [agent.log_text() for agent in agents])
+    mid_run = [r for r in recoveries if r.fault.startswith("kill -9 device agent")]
+    problems += [r.notes[0] for r in mid_run if "killed mid-run" not in r.notes[0]]
     bad = [a for probe in probes for a in bad_answers(probe)]
     if bad:
         problems.append(f"{len(bad)} bad API answers during outages, e.g. {bad[:3]}")
@@ -144,6 +209,9 @@ def main() -> int:
         ("kill -9 worker", "job_released_s", "job given back to the queue"),
         ("kill -9 worker", "worker_replaced_s", "worker replaced"),
         ("kill -9 worker", "released_job_done_s", "that job done"),
+        ("kill -9 device agent", "agent_offline_s", "agent marked offline (missed pings)"),
+        ("kill -9 device agent", "job_requeued_s", "its job requeued"),
+        ("kill -9 device agent", "job_done_elsewhere_s", "that job done on another agent"),
         ("PostgreSQL stopped", "api_recovered_s", "API accepts jobs after start"),
         ("PostgreSQL stopped", "dispatcher_claims_s", "same dispatcher claims after start"),
         ("database read-only", "api_recovered_s", "API accepts jobs once writable"),
@@ -161,6 +229,7 @@ def main() -> int:
         if recovery.fault.startswith(("PostgreSQL", "database")):
             print(f"{recovery.fault}: {'; '.join(recovery.notes)}")
     print(f"reconcile: {result.summary()}")
+    print(f"remote agent jobs: {len(agent_jobs)}, all succeeded once unless problems below")
     print(f"HTTP answers to the clients: {report.statuses}")
     print("reconciles: yes" if not problems else f"PROBLEMS: {problems}")
     path = write_results(
@@ -168,6 +237,7 @@ def main() -> int:
         {
             "lease_seconds": options.lease,
             "jobs_planned": len(jobs),
+            "agent_jobs": len(agent_jobs),
             "recoveries": [
                 {"fault": r.fault, "timings": r.timings, "notes": r.notes} for r in recoveries
             ],

@@ -166,6 +166,83 @@ def kill_worker(dispatcher: ServiceProcess, attempts: int = 5) -> Recovery:
     raise AssertionError(f"no worker was caught mid-job in {attempts} tries")
 
 
+def kill_agent(agent: ServiceProcess, device_name: str, timeout: float = 60) -> Recovery:
+    """kill -9 a remote device agent (`manage.py run_device`) while it runs a job; time
+    until the dispatcher marks it offline, until its job is requeued (off that device),
+    and until the job succeeded on another device."""
+    from devices.models import Device
+    from jobs.models import Job
+
+    recovery = Recovery("kill -9 device agent mid-job")
+    job = wait_until(
+        lambda: Job.objects.filter(status="running", device=device_name).first(),
+        timeout,
+        f"{device_name} to run a job",
+    )
+    public_id = str(job.public_id)
+    wait_until(lambda: f"run job {public_id}" in agent.log_text(), 10, "the agent to take the job")
+    os.kill(agent.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    agent.process.wait(timeout=10)
+    finished_there = f"job {public_id} succeeded" in agent.log_text()
+    recovery.notes.append(
+        f"job {public_id} on {device_name}: "
+        + ("had finished, unreported" if finished_there else "killed mid-run")
+    )
+    wait_until(
+        lambda: Device.objects.filter(name=device_name, state="offline").exists(),
+        timeout,
+        "the dispatcher to mark the agent offline",
+    )
+    recovery.timings["agent_offline_s"] = time.monotonic() - killed_at
+
+    def requeued() -> bool:
+        row = Job.objects.get(public_id=public_id)
+        return not (row.status == "running" and row.device == device_name)
+
+    wait_until(requeued, timeout, "the agent's job to be requeued")
+    recovery.timings["job_requeued_s"] = time.monotonic() - killed_at
+    done = wait_until(
+        lambda: Job.objects.filter(public_id=public_id, status="succeeded").first(),
+        timeout,
+        "the requeued job to succeed elsewhere",
+    )
+    recovery.timings["job_done_elsewhere_s"] = time.monotonic() - killed_at
+    recovery.notes.append(f"rerun on {done.device}, attempt {done.attempts}")
+    if done.device == device_name:
+        raise AssertionError(f"job {public_id} was recorded on the killed agent {device_name}")
+    return recovery
+
+
+def reconcile_agent_jobs(job_ids: list[str], agent_logs: list[str]) -> list[str]:
+    """Jobs run by remote agents, against the agents' own logs (`job <id> succeeded` is
+    logged before the report is sent): each accepted job exists and succeeded once, on a
+    device that logged it; an execution logged twice only for a job claimed twice."""
+    from jobs.models import Job
+
+    problems = []
+    rows = {
+        str(pid): (status, attempts, device)
+        for pid, status, attempts, device in Job.objects.filter(public_id__in=job_ids).values_list(
+            "public_id", "status", "attempts", "device"
+        )
+    }
+    logged = "\n".join(agent_logs)
+    for public_id in job_ids:
+        if public_id not in rows:
+            problems.append(f"job {public_id}: lost (accepted, not in the database)")
+            continue
+        status, attempts, device = rows[public_id]
+        runs = logged.count(f"job {public_id} succeeded")
+        if status != "succeeded":
+            problems.append(f"job {public_id}: {status} on {device!r}")
+        elif runs == 0:
+            problems.append(f"job {public_id}: succeeded, but no agent logged it")
+        elif runs > 1 and attempts < 2:
+            problems.append(f"job {public_id}: ran {runs} times in one claim")
+    return problems
+
+
 # --- the database outage ----------------------------------------------------------------
 
 

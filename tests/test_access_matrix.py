@@ -1,7 +1,8 @@
 """Who may read, create, cancel and change what: one table, every endpoint and admin page.
 
 Actors: anonymous, user A (alice), user B (bob), staff. Token mode (open mode off), as
-in production. Each row is a request and the status each actor gets; a 404 for another
+in production. A device agent is any actor with the registration token
+(`X-Zypher-Device-Token`): the device rows are run with and without it. Each row is a request and the status each actor gets; a 404 for another
 user's job or prediction is deliberate (its id is not confirmed to exist). Rows that
 change state get fresh objects per actor, so the order of the table does not matter.
 """
@@ -9,6 +10,7 @@ change state get fresh objects per actor, so the order of the table does not mat
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,20 +20,27 @@ from django.test import Client
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from devices import pool
 from jobs.models import Job, User
 from jobs.predict import close_db_connections
+from jobs.programs import ProgramJob, create_program
 from jobs.queue import JobSpec, submit_jobs
 
 pytest_plugins = ["tests.api_fixtures"]
 
 ACTORS = ("anonymous", "alice", "bob", "staff")
+DEVICE_TOKEN = "matrix-device-token"
+WITH_TOKEN = {"X-Zypher-Device-Token": DEVICE_TOKEN}
+A_DEVICE = {"id": "qpu-{actor}", "type": "qpu", "size": 4, "url": "http://127.0.0.1:9/"}
+A_PROGRAM = {"device_type": "qpu", "jobs": [{"instructions": ["h 0"], "shots": 1, "size": 1}]}
 
 
 @dataclass(frozen=True)
 class Row:
     name: str
     method: str
-    path: str  # may name {alice_job}, {bob_job}, {alice_prediction}, {alice_pk}
+    path: str  # may name {alice_job}, {bob_job}, {alice_prediction}, {alice_pk}, {device},
+    # {alice_program}, {bob_program}
     expected: dict[str, int]  # actor -> status
     body: Any = None
     headers: dict[str, str] | None = None
@@ -115,6 +124,92 @@ ROWS = [
         "/predict/{alice_prediction}",
         {"anonymous": 401, "alice": 400, "bob": 404, "staff": 400},
     ),
+    # --- devices: the registration token (a device agent) or staff; commands: staff ---
+    Row(
+        "list devices",
+        "GET",
+        "/api/devices/",
+        {"anonymous": 401, "alice": 401, "bob": 401, "staff": 200},
+    ),
+    Row("list devices with the token", "GET", "/api/devices/", every(200), headers=WITH_TOKEN),
+    Row(
+        "register a device",
+        "POST",
+        "/api/devices/",
+        {"anonymous": 401, "alice": 401, "bob": 401, "staff": 201},
+        body=A_DEVICE,
+    ),
+    Row(
+        "register a device with the token",
+        "POST",
+        "/api/devices/",
+        every(201),
+        body=A_DEVICE,
+        headers=WITH_TOKEN,
+    ),
+    Row(
+        "register a device with a wrong token",
+        "POST",
+        "/api/devices/",
+        {"anonymous": 403, "alice": 403, "bob": 403, "staff": 201},
+        body=A_DEVICE,
+        headers={"X-Zypher-Device-Token": "not-the-token"},
+    ),
+    Row(
+        "remove a device",
+        "DELETE",
+        "/api/devices/{device}/",
+        {"anonymous": 401, "alice": 401, "bob": 401, "staff": 204},
+    ),
+    Row(
+        "remove a device with the token",
+        "DELETE",
+        "/api/devices/{device}/",
+        every(204),
+        headers=WITH_TOKEN,
+    ),
+    Row(
+        "send a device a command",
+        "POST",
+        "/api/devices/{device}/commands/",
+        {"anonymous": 401, "alice": 403, "bob": 403, "staff": 200},
+        body={"command": "status"},
+    ),
+    Row(
+        "send a device a command with the token",
+        "POST",
+        "/api/devices/{device}/commands/",
+        {"anonymous": 401, "alice": 403, "bob": 403, "staff": 200},
+        body={"command": "status"},
+        headers=WITH_TOKEN,
+    ),
+    # --- programs ---
+    Row(
+        "submit a program",
+        "POST",
+        "/api/programs/",
+        {"anonymous": 401, "alice": 201, "bob": 201, "staff": 201},
+        body=A_PROGRAM,
+    ),
+    Row(
+        "submit a program for alice",
+        "POST",
+        "/api/programs/",
+        {"anonymous": 401, "alice": 201, "bob": 403, "staff": 201},
+        body={**A_PROGRAM, "user_id": "alice"},
+    ),
+    Row(
+        "read alice's program",
+        "GET",
+        "/api/programs/{alice_program}/",
+        {"anonymous": 401, "alice": 200, "bob": 404, "staff": 200},
+    ),
+    Row(
+        "read bob's program",
+        "GET",
+        "/api/programs/{bob_program}/",
+        {"anonymous": 401, "alice": 404, "bob": 200, "staff": 200},
+    ),
     # --- open to all ---
     Row("health", "GET", "/api/health/", every(200)),
     Row("OpenAPI schema", "GET", "/api/schema/", every(200)),
@@ -151,7 +246,8 @@ ROWS = [
 
 
 @pytest.fixture
-def world(token_mode: None, make_user: Callable[..., User]) -> dict[str, Any]:
+def world(token_mode: None, make_user: Callable[..., User], settings: Any) -> dict[str, Any]:
+    settings.ZYPHER_DEVICE_TOKEN = DEVICE_TOKEN
     users = {
         "alice": make_user("alice"),
         "bob": make_user("bob"),
@@ -166,7 +262,15 @@ def _fresh_ids(users: dict[str, User]) -> dict[str, str]:
     [alice_job], _ = submit_jobs(users["alice"], [JobSpec("limited_f", 1)])
     [bob_job], _ = submit_jobs(users["bob"], [JobSpec("limited_f", 2)])
     [prediction], _ = submit_jobs(users["alice"], [JobSpec("predict", "x")])
+    # A simulated device (no agent): it answers `status` itself.
+    device, _ = pool.register_device(f"sim-{uuid.uuid4().hex[:8]}", "qpu", 4, "addr1")
+    circuit = [ProgramJob(["h 0"], 1, 1)]
+    alice_program, _, _ = create_program(users["alice"], circuit, device_type="qpu")
+    bob_program, _, _ = create_program(users["bob"], circuit, device_type="qpu")
     return {
+        "device": device.name,
+        "alice_program": str(alice_program.public_id),
+        "bob_program": str(bob_program.public_id),
         "alice_job": str(alice_job.public_id),
         "bob_job": str(bob_job.public_id),
         "alice_prediction": str(prediction.public_id),

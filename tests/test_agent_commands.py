@@ -154,6 +154,39 @@ def test_forged_stale_replayed_and_malformed_messages_are_refused_and_the_agent_
     assert agent.command("ping").status == 200
 
 
+def test_tampered_streamed_oversize_and_replayed_run_messages_are_refused_and_it_stays_up(
+    start_agent,
+):
+    agent = start_agent("qpu-y", size=4, ZYPHER_QPU_SECONDS="30")
+    agent.command("start")
+    secret = agent.device().secret
+    ping = protocol.encode({"command": "ping", "args": {}})
+
+    def sign(body: bytes, path: str = "/commands") -> dict[str, str]:
+        return protocol.sign(secret, "POST", path, body)
+
+    # A good signature over another body, or for another path.
+    tampered = raw_command(agent, protocol.encode({"command": "stop", "args": {}}), sign(ping))
+    assert tampered.status_code == 401
+    assert raw_command(agent, ping, sign(ping, "/elsewhere")).status_code == 401
+    # Oversize without a Content-Length (chunked), far beyond the server's own limit.
+    chunks = (b"x" * 65536 for _ in range(4 * protocol.MAX_COMMAND_BYTES // 65536))
+    streamed = requests.post(agent.url + "/commands", data=chunks, headers=sign(b""), timeout=10)
+    assert streamed.status_code == 413
+    # A replayed `run` must not start the job a second time.
+    run = protocol.encode({"command": "run", "args": FAKE_RUN})
+    headers = sign(run)
+    assert raw_command(agent, run, headers).status_code == 200
+    replayed = raw_command(agent, run, headers)
+    assert replayed.status_code == 401 and "replayed" in replayed.json()["error"]
+    assert agent.log().count(f"run job {FAKE_RUN['job_id']}") == 1
+    assert agent.command("status").body["result"]["job"]["job_id"] == FAKE_RUN["job_id"]
+    # Still up and still answering.
+    assert agent.process.process.poll() is None
+    assert agent.command("ping").status == 200
+    assert agent.device().state == "ready"
+
+
 def test_the_commands_api_sends_commands_for_staff(start_agent, device_gateway):
     agent = start_agent("qpu-api", size=4)
     staff = User.objects.create(username="operator", is_staff=True)

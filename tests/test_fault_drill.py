@@ -1,9 +1,12 @@
+# ruff: noqa: F811 - the fixtures imported from tests.device_fixtures are parameters here
 """The fault drill, short: faults under load, then nothing lost, nothing recorded twice.
 
 While clients submit a steady trickle of jobs over HTTP: the dispatcher is killed with
 kill -9 three times and restarted, a worker process is killed mid-job, PostgreSQL
-is stopped for 5 s and started again, and the database is made read-only for 5 s. The API must answer 503 with a JSON error while
-the database is down and recover by itself; the same dispatcher process must carry on.
+is stopped for 5 s and started again, and the database is made read-only for 5 s. The API
+must answer 503 with a JSON error while the database is down and recover by itself; the
+same dispatcher process must carry on. Separately, a remote device agent is killed with
+kill -9 mid-job while another agent runs the rest of a batch of qpu jobs.
 The longer version with the figures is bench/faults.py.
 """
 
@@ -14,13 +17,22 @@ from pathlib import Path
 import pytest
 
 from jobs.models import Job, User
+from tests.device_fixtures import (  # noqa: F401 - fixtures used by name
+    device_env,
+    device_gateway,
+    device_settings,
+    start_agent,
+    start_device_dispatcher,
+)
 from tests.fault_drill import (
     admin_cookies,
     bad_answers,
     database_outage,
+    kill_agent,
     kill_dispatcher,
     kill_worker,
     read_only_database,
+    reconcile_agent_jobs,
 )
 from tests.loadgen import Clients, plan_weighted_jobs
 from tests.processes import wait_until
@@ -91,3 +103,43 @@ def test_faults_lose_nothing_and_record_nothing_twice(
     assert outage.timings["dispatcher_claims_s"] < 15
     assert read_only.timings["api_recovered_s"] < 10
     assert read_only.timings["dispatcher_claims_s"] < 15
+
+
+def test_an_agent_killed_mid_job_loses_nothing_and_runs_nothing_twice(
+    device_gateway, start_agent, start_device_dispatcher
+):
+    # The doomed agent's runs last long enough to be caught mid-job; the other's are short.
+    doomed = start_agent("qpu-doomed", size=20, ZYPHER_QPU_SECONDS="3")
+    spare = start_agent("qpu-spare", size=20)
+    doomed.command("start")
+    spare.command("start")
+    dispatcher = start_device_dispatcher()
+    job_ids = []
+    for batch in range(2):
+        body = {
+            "user_id": "alice",
+            "device_type": "qpu",
+            "jobs": [{"instructions": ["h 0", "measure"], "shots": 10, "size": 4}] * 4,
+        }
+        response = device_gateway.post(
+            "/api/programs/", body, headers={"Idempotency-Key": f"{batch}"}
+        )
+        assert response.status_code == 201, response.text
+        job_ids += response.json()["job_ids"]
+
+    recovery = kill_agent(doomed.process, "qpu-doomed", timeout=30)
+    print(recovery.fault, {k: round(v, 2) for k, v in recovery.timings.items()}, recovery.notes)
+    wait_until(
+        lambda: not Job.objects.filter(status__in=["queued", "running"]).exists(),
+        30,
+        "every job to end",
+    )
+
+    assert "killed mid-run" in recovery.notes[0]
+    assert reconcile_agent_jobs(job_ids, [doomed.log(), spare.log()]) == []
+    assert Job.objects.filter(public_id__in=job_ids, status="succeeded").count() == len(job_ids)
+    assert not Job.objects.filter(status__in=["queued", "running"]).exists()
+    assert "went offline" in dispatcher.log_text()
+    assert spare.process.process.poll() is None
+    assert recovery.timings["job_requeued_s"] < 10
+    assert recovery.timings["job_done_elsewhere_s"] < 15
