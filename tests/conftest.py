@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from django.conf import settings
 from django.db import connection
 
-from tests.processes import ServiceProcess, start_gateway, start_service
+from tests.processes import Gateway, ServiceProcess, start_gateway, start_service
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_HANDLERS = {
@@ -72,19 +71,6 @@ def subprocess_env(transactional_db: None, tmp_path: Path) -> dict[str, str]:
         env.pop("DATABASE_URL", None)
         env["ZYPHER_SQLITE_PATH"] = str(db["NAME"])
     return env
-
-
-class Gateway:
-    def __init__(self, process: ServiceProcess, url: str) -> None:
-        self.process = process
-        self.url = url
-
-    def post(self, path: str, body: Any, **kwargs: Any) -> requests.Response:
-        return requests.post(self.url + path, json=body, timeout=30, **kwargs)
-
-    def get(self, path: str, **kwargs: Any) -> requests.Response:
-        url = path if path.startswith("http") else self.url + path
-        return requests.get(url, timeout=30, **kwargs)
 
 
 @pytest.fixture

@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from devices.commands import CommandAnswer, send_command
 from devices.models import Device
-from tests.processes import ServiceProcess, free_port, start_gateway, start_service
+from tests.processes import Gateway, ServiceProcess, free_port, start_gateway, start_service
 
 DEVICE_TOKEN = "test-device-token"
 
@@ -44,22 +43,10 @@ def device_env(subprocess_env: dict[str, str], device_settings: None) -> dict[st
     return subprocess_env
 
 
-class DeviceGateway:
-    def __init__(self, process: ServiceProcess, url: str) -> None:
-        self.process = process
-        self.url = url
-
-    def post(self, path: str, body: Any, **kwargs: Any) -> requests.Response:
-        return requests.post(self.url + path, json=body, timeout=30, **kwargs)
-
-    def get(self, path: str, **kwargs: Any) -> requests.Response:
-        return requests.get(self.url + path, timeout=30, **kwargs)
-
-
 @pytest.fixture
-def device_gateway(device_env: dict[str, str], tmp_path: Path) -> Iterator[DeviceGateway]:
+def device_gateway(device_env: dict[str, str], tmp_path: Path) -> Iterator[Gateway]:
     process, url = start_gateway(device_env, tmp_path)
-    yield DeviceGateway(process, url)
+    yield Gateway(process, url)
     process.stop()
 
 
@@ -82,7 +69,7 @@ class Agent:
 
 @pytest.fixture
 def start_agent(
-    device_env: dict[str, str], device_gateway: DeviceGateway, tmp_path: Path
+    device_env: dict[str, str], device_gateway: Gateway, tmp_path: Path
 ) -> Iterator[Callable[..., Agent]]:
     """Factory: `manage.py run_device` on a free port, registered with the gateway."""
     started: list[Agent] = []

@@ -85,6 +85,21 @@ def wait_until(
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+class Gateway:
+    """A running web server and its URL, with JSON helpers."""
+
+    def __init__(self, process: ServiceProcess, url: str) -> None:
+        self.process = process
+        self.url = url
+
+    def post(self, path: str, body: Any, **kwargs: Any) -> requests.Response:
+        return requests.post(self.url + path, json=body, timeout=30, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        url = path if path.startswith("http") else self.url + path
+        return requests.get(url, timeout=30, **kwargs)
+
+
 def start_service(
     name: str, command: list[str], env: dict[str, str], log_dir: Path, ready: str
 ) -> ServiceProcess:
