@@ -16,30 +16,23 @@ from typing import Any
 from urllib.parse import urlparse
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from devices import protocol
 from devices.models import Device, SeenNonce
 from jobs.models import Job, JobStatus
 from jobs.queue import (
-    NOTIFY_CHANNEL,
     ClaimedJob,
     claim_next,
     finish_job,
     pool_id_for,
     release_job,
     renew_leases,
+    wake_dispatchers,
 )
 
 log = logging.getLogger("zypher.devices")
-
-
-def wake_dispatchers(device_type: str) -> None:
-    """A device became idle: wake idle dispatchers now (PostgreSQL) rather than at their poll."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, device_type])
 
 
 def kind_for_url(url: str) -> str:

@@ -90,19 +90,15 @@ ON CONFLICT (pool_id, user_id) DO UPDATE SET
          AND jobs_fairshareaccount.virtual_time < excluded.virtual_time
         THEN excluded.virtual_time ELSE jobs_fairshareaccount.virtual_time END,
     queued_count = jobs_fairshareaccount.queued_count + excluded.queued_count
-RETURNING queued_count
 """
 
 
-def _enqueue(pool_id: int, user_id: int, count: int, device_type: str) -> None:
+def _enqueue(pool_id: int, user_id: int, count: int) -> None:
+    """The ORM path's enqueue (SQLite, which polls instead of NOTIFY). On PostgreSQL
+    zypher_submit does the same and NOTIFYs only when a user becomes backlogged: one
+    NOTIFY per job would serialise commits under a burst (a database-wide lock)."""
     with connection.cursor() as cursor:
         cursor.execute(_ENQUEUE_SQL, [pool_id, user_id, pool_id, count])
-        (queued_now,) = cursor.fetchone()
-        # Wake idle dispatchers only when a user becomes backlogged: while it already
-        # had work queued the pool was busy anyway. One NOTIFY per job would serialise
-        # commits under a burst (NOTIFY takes a database-wide lock at commit).
-        if queued_now == count and connection.vendor == "postgresql":
-            cursor.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, device_type])
 
 
 def submit_jobs(
@@ -156,7 +152,7 @@ def submit_jobs(
                     _insert_on_postgres(owner, device_type, pool_jobs, program)
                 else:
                     Job.objects.bulk_create(pool_jobs)
-                    _enqueue(pool_id_for(device_type), owner.pk, len(pool_jobs), device_type)
+                    _enqueue(pool_id_for(device_type), owner.pk, len(pool_jobs))
     except IntegrityError:
         # A concurrent retry with the same key won the race: answer with its jobs.
         if idempotency_key is not None and (existing := _jobs_for_keys(owner, keys)):
@@ -442,9 +438,18 @@ def finish_and_claim_next(
 
 def notify_done(public_id: str) -> None:
     """Wake requests waiting for this job (synchronous mode) on PostgreSQL."""
+    _notify(DONE_CHANNEL, public_id)
+
+
+def wake_dispatchers(device_type: str) -> None:
+    """Work or a free device appeared in a pool: wake idle dispatchers (PostgreSQL)."""
+    _notify(NOTIFY_CHANNEL, device_type)
+
+
+def _notify(channel: str, payload: str) -> None:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_notify(%s, %s)", [DONE_CHANNEL, public_id])
+            cursor.execute("SELECT pg_notify(%s, %s)", [channel, payload])
 
 
 def renew_leases(claims: list[ClaimedJob]) -> set[int]:
@@ -511,9 +516,7 @@ def release_job(job_id: int, fencing_token: int, reason: str) -> str | None:
             running_count=F("running_count") - 1,
             queued_count=F("queued_count") + 1,
         )
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, job.device_type])
+        wake_dispatchers(job.device_type)
         return JobStatus.QUEUED
 
 
