@@ -39,14 +39,14 @@ test-sqlite: $(VENV)/.installed browser
 	$(VENV)/bin/pytest -q
 
 test-postgres: $(VENV)/.installed browser
-	$(PY) tests/pgcluster.py -- $(VENV)/bin/pytest -q
+	$(PY) tests/support/pgcluster.py -- $(VENV)/bin/pytest -q
 
 bench: $(VENV)/.installed
-	$(PY) tests/pgcluster.py -- $(PY) bench/run_all.py performance
+	$(PY) tests/support/pgcluster.py -- $(PY) -m bench.run_all performance
 
 # The soak, the fault drill and the long fuzz run (docs/reliability.md).
 reliability: $(VENV)/.installed
-	$(PY) tests/pgcluster.py -- $(PY) bench/run_all.py reliability
+	$(PY) tests/support/pgcluster.py -- $(PY) -m bench.run_all reliability
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

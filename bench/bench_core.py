@@ -1,6 +1,6 @@
 """Core performance: submit, bulk submit, the claim at any backlog, the device's idle gap.
 
-    python tests/pgcluster.py --durable -- .venv/bin/python bench/bench_core.py [--quick]
+    python tests/support/pgcluster.py --durable -- .venv/bin/python -m bench.bench_core [--quick]
 
 Needs PostgreSQL (DATABASE_URL). Every figure stands next to a ceiling measured in the
 same run (a trivial JSON view, a `SELECT 1` round trip), since the machine is shared.
@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from bench.common import (  # noqa: E402
     RESULTS,
     log,
@@ -38,7 +36,7 @@ from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
 from jobs.queue import _pool_ids, claim_next, finish_job  # noqa: E402
-from tests.processes import ServiceProcess, start_gateway, wait_until  # noqa: E402
+from tests.support.processes import ServiceProcess, start_gateway, wait_until  # noqa: E402
 
 # --- filling the tables fast --------------------------------------------------------
 
@@ -354,7 +352,7 @@ def main() -> int:
     options = parser.parse_args()
     if connection.vendor != "postgresql":
         print(
-            "bench_core needs PostgreSQL: run it through `make bench` (tests/pgcluster.py)",
+            "bench_core needs PostgreSQL: run it through `make bench` (tests/support/pgcluster.py)",
             file=sys.stderr,
         )
         return 2

@@ -1,12 +1,12 @@
 """The operators' dashboard with 1,000,000 jobs: every query it makes, timed.
 
-    python tests/pgcluster.py -- .venv/bin/python bench/bench_dashboard.py [--quick]
+    python tests/support/pgcluster.py -- .venv/bin/python -m bench.bench_dashboard [--quick]
 
 Needs PostgreSQL (DATABASE_URL). Fills the jobs table with INSERT ... SELECT
 generate_series (no Python loop): a month of history, a busy last hour on 16 devices
 (about 1,900 jobs per device), a backlog of 100,000 queued jobs over 1,000 users, and a
 job running on every device; then VACUUM ANALYZE, as autovacuum would. Each dashboard
-function of `jobs.stats` is timed next to a `SELECT 1` round trip measured in the same
+function of `jobs.monitoring.stats` is timed next to a `SELECT 1` round trip measured in the same
 run, then the whole dashboard (figures, charts and template), the JSON API's figures and
 a Prometheus scrape (the first one of a process counts the history once). Prints a table
 and writes bench/results/dashboard.json.
@@ -19,10 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import log, percentile, print_table, setup_django, write_results  # noqa: E402
 
@@ -34,8 +31,8 @@ from django.template.loader import render_to_string  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
-from jobs import metrics, stats  # noqa: E402
-from jobs.dashboard import panels_context  # noqa: E402
+from jobs.monitoring import metrics, stats  # noqa: E402
+from jobs.monitoring.dashboard import panels_context  # noqa: E402
 from jobs.queue import _pool_ids  # noqa: E402
 
 USERS = 1_000
@@ -212,7 +209,10 @@ def main() -> int:
     parser.add_argument("--explain", action="store_true", help="print each query's plan")
     options = parser.parse_args()
     if connection.vendor != "postgresql":
-        print("bench_dashboard needs PostgreSQL: run it under tests/pgcluster.py", file=sys.stderr)
+        print(
+            "bench_dashboard needs PostgreSQL: run it under tests/support/pgcluster.py",
+            file=sys.stderr,
+        )
         return 2
     rows = 200_000 if options.quick else options.rows
     repeats = 5 if options.quick else 30

@@ -1,9 +1,9 @@
 """How many synchronous /predict requests can wait at once, and what that costs.
 
-    python bench/bench_predict.py [--waiting 1000] [--skip-gthread]
+    python -m bench.bench_predict [--waiting 1000] [--skip-gthread]
 
 On PostgreSQL (DATABASE_URL; without it the script re-runs itself under
-tests/pgcluster.py), in a database of its own that it drops afterwards, it starts the
+tests/support/pgcluster.py), in a database of its own that it drops afterwards, it starts the
 web server as `make run` does (gunicorn, 2 uvicorn workers) and measures:
 
 1. the sync overhead on an idle device: response time of a sync prediction minus the
@@ -332,8 +332,10 @@ def main() -> None:
     args = parser.parse_args()
     server_url = os.environ.get("DATABASE_URL", "")
     if not server_url.startswith("postgres"):
-        pgcluster = [sys.executable, str(ROOT / "tests" / "pgcluster.py"), "--"]
-        os.execv(sys.executable, [*pgcluster, sys.executable, __file__, *sys.argv[1:]])
+        pgcluster = [sys.executable, str(ROOT / "tests" / "support" / "pgcluster.py"), "--"]
+        os.execv(
+            sys.executable, [*pgcluster, sys.executable, "-m", "bench.bench_predict", *sys.argv[1:]]
+        )
 
     logs = ROOT / "var" / "bench-predict"
     logs.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ Compares, on the same synthetic photo and curve:
 
 Targets: whole path within 1.5x of the floor; at least 10x faster than the naive approach
 for JPEG in and out. Also measures the stroke's coverage error against an exact stroke,
-next to matplotlib's Agg. Run: `.venv/bin/python bench/bench_splines.py` (about a minute);
+next to matplotlib's Agg. Run: `.venv/bin/python -m bench.bench_splines` (about a minute);
 writes bench/results/splines.json.
 """
 
@@ -21,13 +21,11 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "zypher.settings")
 
 import django  # noqa: E402

@@ -1,17 +1,17 @@
 """Fault drill: faults under load, each timed until the system recovered by itself.
 
-    python tests/pgcluster.py -- .venv/bin/python bench/faults.py [--kills 5]
+    python tests/support/pgcluster.py -- .venv/bin/python -m bench.faults [--kills 5]
 
-Needs the throwaway cluster of tests/pgcluster.py (`make bench`), since it stops and
+Needs the throwaway cluster of tests/support/pgcluster.py (`make bench`), since it stops and
 starts PostgreSQL. While clients submit a steady trickle of jobs over HTTP to the real
 server and a dispatcher with four local devices runs them: kill -9 the dispatcher
 (`--kills` times) and restart it; kill -9 a worker process mid-job (`--worker-kills`
 times); kill -9 a remote device agent (`run_device`, type qpu) mid-job while another
 agent takes over its job (`--agent-kills` times); stop PostgreSQL for 5 s and start it; make the database read-only for 5 s. API
 probes run through both outages (every answer must be normal or a JSON 503 with
-Retry-After). Then everything is reconciled (tests/reconcile.py). Prints a table and
-writes bench/results/faults.json. The fault steps are tests/fault_drill.py, shared with
-tests/test_fault_drill.py.
+Retry-After). Then everything is reconciled (tests/support/reconcile.py). Prints a table and
+writes bench/results/faults.json. The fault steps are tests/support/fault_drill.py, shared with
+tests/reliability/test_fault_drill.py.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import requests  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
@@ -35,7 +33,7 @@ from bench.soak import drill_env, reset_tables, start_dispatcher  # noqa: E402  
 from devices.commands import send_command  # noqa: E402
 from devices.models import Device  # noqa: E402
 from jobs.models import Job, User  # noqa: E402
-from tests.fault_drill import (  # noqa: E402
+from tests.support.fault_drill import (  # noqa: E402
     admin_cookies,
     bad_answers,
     database_outage,
@@ -45,8 +43,8 @@ from tests.fault_drill import (  # noqa: E402
     read_only_database,
     reconcile_agent_jobs,
 )
-from tests.loadgen import Clients, plan_weighted_jobs  # noqa: E402
-from tests.processes import (  # noqa: E402
+from tests.support.loadgen import Clients, plan_weighted_jobs  # noqa: E402
+from tests.support.processes import (  # noqa: E402
     ServiceProcess,
     free_port,
     start_gateway,
@@ -54,7 +52,7 @@ from tests.processes import (  # noqa: E402
     wait_until,
 )
 
-# Remote agents: short runs and a quick health check, as in tests/device_fixtures.py.
+# Remote agents: short runs and a quick health check, as in tests/support/device_fixtures.py.
 AGENT_ENV = {
     "ZYPHER_DEVICE_TOKEN": "faults-device-token",
     "ZYPHER_QPU_SECONDS": "0.3",
@@ -90,7 +88,7 @@ def submit_qpu_jobs(url: str, tag: str, count: int) -> list[str]:
     return response.json()["job_ids"]
 
 
-from tests.reconcile import load_job_rows, read_executions, reconcile  # noqa: E402
+from tests.support.reconcile import load_job_rows, read_executions, reconcile  # noqa: E402
 
 
 def main() -> int:
@@ -105,7 +103,7 @@ def main() -> int:
     options = parser.parse_args()
     if connection.vendor != "postgresql" or "ZYPHER_TEST_PGDATA" not in os.environ:
         print(
-            "faults needs the throwaway cluster of tests/pgcluster.py: `make bench`",
+            "faults needs the throwaway cluster of tests/support/pgcluster.py: `make bench`",
             file=sys.stderr,
         )
         return 2

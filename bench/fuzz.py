@@ -1,6 +1,6 @@
-"""Schemathesis, the larger run: tests/test_schemathesis.py with many more examples.
+"""Schemathesis, the larger run: tests/api/test_schemathesis.py with many more examples.
 
-    python tests/pgcluster.py -- .venv/bin/python bench/fuzz.py [--examples 200] [--strict]
+    python tests/support/pgcluster.py -- .venv/bin/python -m bench.fuzz [--examples 200] [--strict]
 
 Runs the same two fuzz tests as `make test` (open mode without a token, and a staff
 token; every operation of /api/schema/) with `--examples` per operation. `--strict` adds
@@ -20,8 +20,6 @@ import tempfile
 import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import ROOT, print_table, write_results  # noqa: E402
 
@@ -46,7 +44,7 @@ def main() -> int:
             "-q",
             "-p",
             "no:cacheprovider",
-            "tests/test_schemathesis.py",
+            "tests/api/test_schemathesis.py",
             f"--junitxml={report}",
         ],
         cwd=ROOT,

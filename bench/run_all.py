@@ -1,8 +1,8 @@
 """`make bench` and `make reliability`: benchmarks in turn, each printing its table and
-writing JSON to bench/results/. Runs inside tests/pgcluster.py, so all share one
+writing JSON to bench/results/. Runs inside tests/support/pgcluster.py, so all share one
 throwaway PostgreSQL.
 
-    python bench/run_all.py [performance|reliability]
+    python -m bench.run_all [performance|reliability]
 
 `performance` (the default, `make bench`, under 15 minutes here): the core figures,
 /predict, the dashboard and splines. `reliability` (`make reliability`): the soak, the
@@ -18,21 +18,21 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 GROUPS = {
-    "performance": ["bench_core.py", "bench_predict.py", "bench_dashboard.py", "bench_splines.py"],
-    "reliability": ["soak.py", "faults.py", "fuzz.py"],
+    "performance": ["bench_core", "bench_predict", "bench_dashboard", "bench_splines"],
+    "reliability": ["soak", "faults", "fuzz"],
 }
 
 
 def main(argv: list[str]) -> int:
     group = argv[0] if argv else "performance"
     if group not in GROUPS:
-        print(f"usage: python bench/run_all.py [{'|'.join(GROUPS)}]", file=sys.stderr)
+        print(f"usage: python -m bench.run_all [{'|'.join(GROUPS)}]", file=sys.stderr)
         return 2
     failures = []
     for script in GROUPS[group]:
         print(f"\n=== {script} ===", flush=True)
         started = time.monotonic()
-        code = subprocess.call([sys.executable, str(BENCH / script)], cwd=BENCH.parent)
+        code = subprocess.call([sys.executable, "-m", f"bench.{script}"], cwd=BENCH.parent)
         print(f"=== {script}: exit {code} after {time.monotonic() - started:.0f}s ===", flush=True)
         if code:
             failures.append(script)

@@ -1,12 +1,12 @@
 """Soak: 100 weighted users submit 10,000 jobs over HTTP while four devices run them.
 
-    python tests/pgcluster.py -- .venv/bin/python bench/soak.py [--users 100] [--jobs 10000]
+    python tests/support/pgcluster.py -- .venv/bin/python -m bench.soak [--users 100] [--jobs 10000]
 
 On PostgreSQL (DATABASE_URL; `make bench` provides a throwaway cluster): the real web
 server (gunicorn, as `make run`) and one dispatcher with four local devices. Users get
 weights 1..5 and ask for their weight's share of the jobs; client processes submit them
 one request each while the devices run the test handler `sleep` (a few milliseconds,
-logging each completed run). Then everything is reconciled (tests/reconcile.py): every
+logging each completed run). Then everything is reconciled (tests/support/reconcile.py): every
 accepted job in exactly one final state, the succeeded count against the handler's own
 log, no job twice, and the device time of each continuously backlogged user against its
 weight share. Prints a table and writes bench/results/soak.json.
@@ -20,8 +20,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402
     log,
@@ -39,11 +37,11 @@ from django.db import connection  # noqa: E402
 
 from jobs.models import Job, User  # noqa: E402
 from jobs.queue import _pool_ids  # noqa: E402
-from tests.loadgen import Clients, plan_weighted_jobs  # noqa: E402
-from tests.processes import ServiceProcess, start_gateway, wait_until  # noqa: E402
-from tests.reconcile import fairness, load_job_rows, read_executions, reconcile  # noqa: E402
+from tests.support.loadgen import Clients, plan_weighted_jobs  # noqa: E402
+from tests.support.processes import ServiceProcess, start_gateway, wait_until  # noqa: E402
+from tests.support.reconcile import fairness, load_job_rows, read_executions, reconcile  # noqa: E402
 
-TEST_HANDLERS = {"sleep": "tests.handlers:sleep"}
+TEST_HANDLERS = {"sleep": "tests.support.handlers:sleep"}
 
 
 def reset_tables() -> None:

@@ -27,7 +27,7 @@ import aiohttp
 from aiohttp import web
 
 from devices import protocol
-from devices.qpu import measure
+from devices.qpu.mock import measure
 
 log = logging.getLogger("zypher.agent")
 

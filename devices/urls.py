@@ -1,6 +1,7 @@
 from django.urls import path
 
-from devices import compat, views
+from devices import views
+from devices.qpu import compat
 
 urlpatterns = [
     path("api/devices/", views.DeviceListCreateView.as_view(), name="device-list"),

@@ -32,8 +32,8 @@ from devices.serializers import (
     DeviceRegisterSerializer,
     DeviceSerializer,
 )
+from jobs.api.parsers import JSONParser
 from jobs.models import Job, JobStatus
-from jobs.parsers import JSONParser
 
 log = logging.getLogger("zypher.devices")
 

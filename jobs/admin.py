@@ -1,7 +1,7 @@
 """The admin: users with weights, jobs, and the fair-share bookkeeping.
 
-The operators' dashboard is a page of the same admin site (`jobs.admin_site`,
-`jobs.dashboard`). The list filters here never ask the jobs table for its distinct
+The operators' dashboard is a page of the same admin site (`jobs.monitoring.admin_site`,
+`jobs.monitoring.dashboard`). The list filters here never ask the jobs table for its distinct
 values (a full scan with millions of jobs): pools, kinds, users and devices are listed
 from their own small tables.
 """

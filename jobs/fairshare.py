@@ -2,7 +2,7 @@
 
 This module is the reference model of Zypher's scheduler. It has no Django import;
 `jobs.queue` applies the same arithmetic to the database, and a differential test
-(`tests/test_claim_matches_policy.py`) checks that both hand out work in the same order.
+(`tests/queue/test_claim_matches_policy.py`) checks that both hand out work in the same order.
 
 The policy, per device pool:
 
@@ -28,7 +28,7 @@ receive in it satisfy
 
     | W_i / w_i  -  W_j / w_j |  <=  C_max / w_i  +  C_max / w_j
 
-where C_max is the longest single job. `tests/test_fairness_policy.py` checks exactly
+where C_max is the longest single job. `tests/queue/test_fairness_policy.py` checks exactly
 this bound on random traces.
 """
 

@@ -24,7 +24,7 @@ BUILTIN_HANDLERS: dict[str, str] = {
     "predict": "jobs.handlers:predict",
     "noop": "jobs.handlers:noop",
     "spline": "splines.handlers:render_spline_job",
-    "qpu": "devices.qpu:qpu_handler",
+    "qpu": "devices.qpu.mock:qpu_handler",
 }
 
 

@@ -1,7 +1,9 @@
 from django.urls import path, re_path
 from rest_framework.authtoken.views import obtain_auth_token
 
-from jobs import predict_views, stats_views, views
+from jobs.api import views
+from jobs.monitoring import views as stats_views
+from jobs.predict import views as predict_views
 
 urlpatterns = [
     path("api/health/", views.HealthView.as_view(), name="health"),

@@ -1,7 +1,7 @@
 """Fixtures that start real things: the web server, dispatchers, on the test database.
 
 The suite runs twice under `make test`: on SQLite, then on a throwaway PostgreSQL
-(tests/pgcluster.py sets DATABASE_URL). Tests marked `postgres` skip on SQLite.
+(tests/support/pgcluster.py sets DATABASE_URL). Tests marked `postgres` skip on SQLite.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from tests.processes import Gateway, ServiceProcess, start_gateway, start_service
+from tests.support.processes import Gateway, ServiceProcess, start_gateway, start_service
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_HANDLERS = {
-    "sleep": "tests.handlers:sleep",
-    "boom": "tests.handlers:boom",
-    "crash": "tests.handlers:crash",
+    "sleep": "tests.support.handlers:sleep",
+    "boom": "tests.support.handlers:boom",
+    "crash": "tests.support.handlers:crash",
 }
 
 

@@ -54,7 +54,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "jobs.middleware.ApiErrorMiddleware",
+    "jobs.api.middleware.ApiErrorMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -126,7 +126,7 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 LOGIN_URL = "/admin/login/"
 
 # Request size limits: a body over ZYPHER_MAX_BODY_BYTES is refused with 413 before
-# it is read (jobs.middleware), so a bulk submit of many jobs still fits.
+# it is read (jobs.api.middleware), so a bulk submit of many jobs still fits.
 ZYPHER_MAX_BODY_BYTES = int(os.environ.get("ZYPHER_MAX_BODY_BYTES", str(8 * 1024 * 1024)))
 DATA_UPLOAD_MAX_MEMORY_SIZE = ZYPHER_MAX_BODY_BYTES
 ZYPHER_MAX_BULK_JOBS = int(os.environ.get("ZYPHER_MAX_BULK_JOBS", "10000"))
@@ -147,7 +147,7 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.MultiPartParser",
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "jobs.api_errors.exception_handler",
+    "EXCEPTION_HANDLER": "jobs.api.errors.exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
 }
@@ -161,7 +161,7 @@ SPECTACULAR_SETTINGS = {
     # Every operation's error answers (400, 401, 403, 404, 413, 415, 503), issue 8.
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "jobs.api_errors.document_error_responses",
+        "jobs.api.errors.document_error_responses",
     ],
 }
 
@@ -231,10 +231,10 @@ ZYPHER_CALLBACK_MAX_ATTEMPTS = int(os.environ.get("ZYPHER_CALLBACK_MAX_ATTEMPTS"
 ZYPHER_CALLBACK_BACKOFF_SECONDS = float(os.environ.get("ZYPHER_CALLBACK_BACKOFF_SECONDS", "1"))
 
 # --- dashboard ---
-# The operators' dashboard lives in the admin: its site (jobs.admin_site) replaces the
+# The operators' dashboard lives in the admin: its site (jobs.monitoring.admin_site) replaces the
 # default one, so every admin page, and the dashboard among them, is served by it.
 INSTALLED_APPS = [
-    "jobs.admin_site.ZypherAdminConfig" if app == "django.contrib.admin" else app
+    "jobs.monitoring.admin_site.ZypherAdminConfig" if app == "django.contrib.admin" else app
     for app in INSTALLED_APPS
 ]
 # How often the dashboard re-renders its panels in the open page (seconds).

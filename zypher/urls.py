@@ -17,7 +17,7 @@ urlpatterns = [
     path("", include("jobs.urls")),
     path("", include("splines.urls")),
     path("", include("devices.urls")),
-    path("", include("jobs.program_views")),
+    path("", include("jobs.api.programs")),
     path("media/<path:path>", serve, {"document_root": settings.MEDIA_ROOT}),
 ]
 

@@ -4,7 +4,7 @@ They are the same steps as `jobs.queue.claim_next` and `jobs.queue.finish_job` (
 versions, which SQLite runs), written as PL/pgSQL so that a device waits for one round
 trip and one commit between jobs instead of a dozen statements. Each statement in a
 VOLATILE function sees a fresh snapshot, so the account chosen after the pool row is
-locked is the committed state, as in the ORM version. `tests/test_claim_matches_policy.py`
+locked is the committed state, as in the ORM version. `tests/queue/test_claim_matches_policy.py`
 replays random traces through these functions (on PostgreSQL) and the reference policy.
 """
 

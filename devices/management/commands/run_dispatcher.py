@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from devices.dispatcher import Dispatcher
+from devices.dispatcher.loop import Dispatcher
 from devices.process_logging import log_to_stdout
 
 

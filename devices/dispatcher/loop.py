@@ -1,0 +1,365 @@
+"""The dispatcher behind `run_dispatcher`: an asyncio loop that hands jobs to devices.
+
+One loop owns scheduling. Database work runs in a single dedicated thread (Django's
+ORM is synchronous and its connection belongs to that thread). Local devices are
+worker processes; each holds at most one job. The loop:
+
+* claims a job for every idle device (`jobs.queue.claim_next`), sends it to the worker;
+* settles each outcome (`jobs.queue.finish_job`), which the fencing token may refuse;
+* renews the leases of the jobs it holds every lease/3 seconds, and requeues any job
+  whose lease expired (a dispatcher that was killed or hung), every few seconds;
+* replaces a worker that died, giving its job back to the queue;
+* sleeps when there is nothing to do until a NOTIFY (PostgreSQL) or a short poll;
+* hands jobs to remote agents and simulated devices, checks their health and requeues
+  the job of a device that vanished (`devices.dispatcher.remote`);
+* posts each finished program's results to its callback URL (`jobs.programs`).
+
+Local devices are registered in the pool (`devices.models.Device`) while it runs.
+
+SIGTERM or Ctrl-C: stop claiming, let running jobs finish for a grace period, requeue
+what is still running, exit 0. A second signal requeues at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections, connection
+
+from devices import pool
+from devices.dispatcher.remote import RemoteDevices
+from devices.dispatcher.worker import JobOrder, JobOutcome, worker_main
+from jobs.api.errors import database_unavailable
+from jobs.notifications import notifications
+from jobs.programs import CallbackCourier
+from jobs.queue import (
+    NOTIFY_CHANNEL,
+    ClaimedJob,
+    claim_next,
+    finish_and_claim_next,
+    finish_job,
+    release_job,
+    renew_leases,
+    requeue_expired_leases,
+)
+
+log = logging.getLogger("zypher.dispatcher")
+R = TypeVar("R")
+
+_spawn = multiprocessing.get_context("spawn")
+
+
+@dataclass
+class LocalDevice:
+    """A worker process and the job it runs, if any."""
+
+    name: str
+    device_type: str
+    process: Any = None
+    connection: Any = None
+    claim: ClaimedJob | None = None
+    started: float = 0.0
+    outcomes: list[JobOutcome] = field(default_factory=list)
+
+    @property
+    def idle(self) -> bool:
+        return self.claim is None and self.process is not None and self.process.is_alive()
+
+
+class Dispatcher:
+    def __init__(self, device_types: list[tuple[str, int]], name: str | None = None) -> None:
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.devices = [
+            LocalDevice(name=f"{self.name}-{device_type}-{index}", device_type=device_type)
+            for device_type, count in device_types
+            for index in range(count)
+        ]
+        self.db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zypher-db")
+        self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.stopping = False
+        self.stop_now = False
+        self.empty_pools: set[str] = set()
+        self.lease_seconds = settings.ZYPHER_LEASE_SECONDS
+        self.remote = RemoteDevices(self)
+        self.callbacks = CallbackCourier()
+
+    # --- database calls, all in one thread, retried while the database is away ---
+
+    async def db(self, function: Callable[..., R], *args: Any, retry: bool = True) -> R:
+        loop = asyncio.get_running_loop()
+        delay = 0.5
+        while True:
+            try:
+                return await loop.run_in_executor(
+                    self.db_thread, self._in_db_thread, function, args
+                )
+            except DatabaseError as exc:
+                # Lost connection or read-only session (issue 8): wait it out.
+                if not retry or not database_unavailable(exc):
+                    raise
+                log.warning(
+                    "database unavailable (%s); retrying in %.1fs", str(exc).strip()[:120], delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    @staticmethod
+    def _in_db_thread(function: Callable[..., R], args: tuple[Any, ...]) -> R:
+        close_old_connections()
+        try:
+            return function(*args)
+        except DatabaseError as exc:
+            if database_unavailable(exc):
+                connection.close()  # reconnect on the next call (a read-only session stays so)
+            raise
+
+    # --- workers ---
+
+    def start_worker(self, device: LocalDevice) -> None:
+        parent_end, child_end = _spawn.Pipe()
+        process = _spawn.Process(
+            target=worker_main, args=(child_end, os.getpid()), name=device.name, daemon=True
+        )
+        process.start()
+        child_end.close()  # so that the parent sees EOF when the child dies
+        device.process, device.connection = process, parent_end
+        loop = asyncio.get_running_loop()
+        loop.add_reader(parent_end.fileno(), self._on_worker_readable, device)
+        log.info("device %s (%s) started, pid %s", device.name, device.device_type, process.pid)
+
+    def _on_worker_readable(self, device: LocalDevice) -> None:
+        try:
+            outcome = device.connection.recv()
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(device.connection.fileno())
+            self.events.put_nowait(("died", device))
+            return
+        self.events.put_nowait(("outcome", (device, outcome)))
+
+    # --- the loop ---
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        for device in self.devices:
+            self.start_worker(device)
+        local = [(device.name, device.device_type) for device in self.devices]
+        await self.db(pool.register_local_devices, self.name, local)
+        log.info(
+            "dispatcher %s running %d local device(s); lease %.0fs",
+            self.name,
+            len(self.devices),
+            self.lease_seconds,
+        )
+        background = [
+            asyncio.create_task(self.keep_leases()),
+            asyncio.create_task(self.reap_expired()),
+            asyncio.create_task(self.remote.run()),
+            asyncio.create_task(self.deliver_callbacks()),
+        ]
+        if connection.vendor == "postgresql":
+            background.append(asyncio.create_task(self.listen_for_work()))
+        try:
+            await self.main_loop()
+        finally:
+            for task in background:
+                task.cancel()
+            await self.remote.shut_down()
+            await self.shut_down_devices()
+            await self.db(pool.unregister_local_devices, [device.name for device in self.devices])
+            self.db_thread.shutdown(wait=True)
+        log.info("dispatcher %s stopped", self.name)
+
+    def request_stop(self) -> None:
+        if self.stopping:
+            log.info("second stop signal: requeueing running jobs now")
+            self.stop_now = True
+        else:
+            log.info("stop requested: no new claims; waiting for running jobs")
+        self.stopping = True
+        self.events.put_nowait(("wake", None))
+
+    async def main_loop(self) -> None:
+        grace_deadline: float | None = None
+        while True:
+            if not self.stopping:
+                await self.fill_idle_devices()
+            else:
+                busy = [device for device in self.devices if device.claim is not None]
+                if grace_deadline is None:
+                    grace_deadline = time.monotonic() + settings.ZYPHER_SHUTDOWN_GRACE_SECONDS
+                if not busy or self.stop_now or time.monotonic() >= grace_deadline:
+                    return
+            try:
+                kind, payload = await asyncio.wait_for(
+                    self.events.get(), timeout=settings.ZYPHER_IDLE_POLL_SECONDS
+                )
+            except TimeoutError:
+                self.empty_pools.clear()
+                self.remote.wake.set()
+                continue
+            if kind == "outcome":
+                await self.settle(*payload)
+            elif kind == "died":
+                await self.replace_dead_worker(payload)
+            elif kind == "wake":
+                self.empty_pools.clear()
+                self.remote.wake.set()
+
+    async def fill_idle_devices(self) -> None:
+        for device in self.devices:
+            if not device.idle or device.device_type in self.empty_pools:
+                continue
+            claim = await self.db(claim_next, device.device_type, device.name)
+            if claim is None:
+                self.empty_pools.add(device.device_type)
+                continue
+            self.send(device, claim)
+
+    def send(self, device: LocalDevice, claim: ClaimedJob) -> None:
+        device.claim, device.started = claim, time.monotonic()
+        device.connection.send(JobOrder(claim.id, claim.fencing_token, claim.kind, claim.input))
+        log.info(
+            "start job %s user=%s kind=%s device=%s attempt=%d",
+            claim.public_id,
+            claim.owner,
+            claim.kind,
+            device.name,
+            claim.fencing_token,
+        )
+
+    async def settle(self, device: LocalDevice, outcome: JobOutcome) -> None:
+        """Record an outcome and, unless stopping, claim the device's next job in the same
+        transaction, so the device waits for one commit between jobs."""
+        claim = device.claim
+        device.claim = None
+        if claim is None or claim.id != outcome.job_id:
+            return
+        fields = {
+            "succeeded": outcome.succeeded,
+            "duration": outcome.duration,
+            "result": outcome.result,
+            "error": outcome.error,
+        }
+        next_claim = None
+        if self.stopping or device.device_type in self.empty_pools:
+            accepted = await self.db(lambda: finish_job(claim, **fields))
+        else:
+            accepted, next_claim = await self.db(
+                lambda: finish_and_claim_next(claim, device.name, **fields)
+            )
+        state = "succeeded" if outcome.succeeded else f"failed ({outcome.error[:200]})"
+        if not accepted:
+            state = "result refused: lease lost to another holder"
+        log.info(
+            "end job %s user=%s kind=%s device=%s duration=%.3fs %s",
+            claim.public_id,
+            claim.owner,
+            claim.kind,
+            device.name,
+            outcome.duration,
+            state,
+        )
+        if next_claim is not None:
+            self.send(device, next_claim)
+        elif not self.stopping:
+            self.empty_pools.add(device.device_type)
+
+    async def replace_dead_worker(self, device: LocalDevice) -> None:
+        process = device.process
+        process.join(timeout=1)
+        claim, device.claim = device.claim, None
+        if claim is not None:
+            reason = f"worker process of device {device.name} exited with code {process.exitcode}"
+            status = await self.db(release_job, claim.id, claim.fencing_token, reason)
+            log.warning("job %s: %s; now %s", claim.public_id, reason, status)
+        if not self.stopping:
+            self.start_worker(device)
+
+    async def keep_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            if self.devices:
+                await self.db(pool.touch_local_devices, [device.name for device in self.devices])
+            claims = [device.claim for device in self.devices if device.claim is not None]
+            if not claims:
+                continue
+            held = await self.db(renew_leases, claims)
+            for device in self.devices:
+                if (
+                    device.claim is not None
+                    and device.claim in claims
+                    and device.claim.id not in held
+                ):
+                    # Cancelled by an operator, or taken over after a lost lease: stop the
+                    # work; the worker is replaced and nothing of this run is recorded.
+                    log.warning(
+                        "job %s is no longer held by this dispatcher; stopping device %s",
+                        device.claim.public_id,
+                        device.name,
+                    )
+                    device.process.kill()
+
+    async def reap_expired(self) -> None:
+        while True:
+            await asyncio.sleep(min(2.0, self.lease_seconds / 4))
+            for public_id, status in await self.db(requeue_expired_leases):
+                log.warning("job %s: lease expired; now %s", public_id, status)
+                self.events.put_nowait(("wake", None))
+
+    async def deliver_callbacks(self) -> None:
+        """Post the results of finished programs to their callback URLs, with backoff."""
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                await self.callbacks.deliver_due(self.db)
+            except Exception:
+                log.exception("callback delivery failed")
+
+    async def listen_for_work(self) -> None:
+        """Wake on NOTIFY (PostgreSQL); reconnects by itself if the database restarts, and
+        looks for work after each reconnect (what was notified meanwhile is lost)."""
+
+        def wake() -> None:
+            self.events.put_nowait(("wake", None))
+
+        async for _ in notifications(NOTIFY_CHANNEL, on_connect=wake):
+            wake()
+
+    async def shut_down_devices(self) -> None:
+        for device in self.devices:
+            claim, device.claim = device.claim, None
+            process = device.process
+            if process is None:
+                continue
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(device.connection.fileno())
+            if claim is not None:
+                process.kill()
+                process.join(timeout=5)
+                status = await self.db(
+                    release_job,
+                    claim.id,
+                    claim.fencing_token,
+                    "dispatcher shut down before it finished",
+                )
+                log.info("job %s requeued at shutdown; now %s", claim.public_id, status)
+            elif process.is_alive():
+                with contextlib.suppress(BrokenPipeError, OSError):
+                    device.connection.send(None)
+                process.join(timeout=5)
+                if process.is_alive():
+                    process.kill()

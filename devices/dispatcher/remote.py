@@ -1,0 +1,244 @@
+"""The dispatcher's side of remote and simulated devices.
+
+* Dispatch: for every ready, idle remote or simulated device, claim the next job that
+  fits it (`claim_next(type, name, size)`, the same fair-share policy as local devices)
+  and mark the device busy in the same transaction; then POST a signed `run` to its agent
+  (or, for a simulated device, run the mock QPU here). The agent reports the result to
+  the gateway's API, which settles the job (`devices.pool.apply_report`).
+* Health: every ZYPHER_DEVICE_PING_SECONDS, a signed `status` to every remote device.
+  While the agent says it runs (or has yet to report) the device's job, its lease is
+  renewed; after ZYPHER_DEVICE_MISSED_PINGS unanswered checks in a row the device is
+  marked offline and its job requeued (`release_job`: attempts + 1 at its next claim).
+  A job the agent no longer has is not renewed, so its lease runs out and it is requeued.
+
+Several dispatchers may run: the device row is locked while a job is claimed for it, and
+every settle or release carries the claim's fencing token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from django.conf import settings
+
+from devices import pool, protocol
+from devices.commands import COMMAND_PATH
+from devices.models import Device
+from devices.qpu.mock import QpuInputError, measure
+from jobs.queue import ClaimedJob, renew_leases
+
+if TYPE_CHECKING:
+    from devices.dispatcher.loop import Dispatcher
+
+log = logging.getLogger("zypher.dispatcher")
+
+
+class RemoteDevices:
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+        self.wake = asyncio.Event()
+        self.session: aiohttp.ClientSession | None = None
+        # Simulated devices whose job runs in this dispatcher: name → (claim, task).
+        self.simulated: dict[str, tuple[ClaimedJob, asyncio.Task[None]]] = {}
+        self.sending: set[asyncio.Task[None]] = set()
+
+    async def db(self, function: Any, *args: Any) -> Any:
+        return await self.dispatcher.db(function, *args)
+
+    # --- the loops ---
+
+    async def run(self) -> None:
+        self.session = aiohttp.ClientSession()
+        tasks = [
+            asyncio.create_task(self.dispatch_loop()),
+            asyncio.create_task(self.health_loop()),
+            asyncio.create_task(self.keep_simulated_leases()),
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await self.session.close()
+
+    async def dispatch_loop(self) -> None:
+        while True:
+            if not self.dispatcher.stopping:
+                try:
+                    await self.dispatch_to_idle_devices()
+                except Exception:  # a bad row must not end the loop
+                    log.exception("dispatch to remote devices failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=settings.ZYPHER_IDLE_POLL_SECONDS)
+            self.wake.clear()
+
+    async def dispatch_to_idle_devices(self) -> None:
+        # A (type, size) that found nothing: devices of that type no bigger find nothing either.
+        nothing_fits: dict[str, int] = {}
+        for device in await self.db(pool.idle_devices):
+            if nothing_fits.get(device.device_type, -1) >= device.size:
+                continue
+            claimed = await self.db(pool.claim_for_device, device.name)
+            if claimed is None:
+                nothing_fits[device.device_type] = device.size
+                continue
+            device, claim = claimed
+            log.info(
+                "start job %s user=%s kind=%s device=%s attempt=%d",
+                claim.public_id,
+                claim.owner,
+                claim.kind,
+                device.name,
+                claim.fencing_token,
+            )
+            if device.kind == Device.Kind.SIMULATED:
+                task = asyncio.create_task(self.run_simulated(device, claim))
+                self.simulated[device.name] = (claim, task)
+            else:
+                task = asyncio.create_task(self.send_run(device, claim))
+                self.sending.add(task)
+                task.add_done_callback(self.sending.discard)
+
+    async def post_command(
+        self, device: Device, command: str, args: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        """A signed command to an agent; (status, answer). Raises on no answer."""
+        assert self.session is not None
+        body = protocol.encode({"command": command, "args": args})
+        headers = protocol.sign(device.secret, "POST", COMMAND_PATH, body)
+        timeout = aiohttp.ClientTimeout(total=settings.ZYPHER_DEVICE_TIMEOUT_SECONDS)
+        async with self.session.post(
+            device.url.rstrip("/") + COMMAND_PATH, data=body, headers=headers, timeout=timeout
+        ) as response:
+            try:
+                answer = await response.json(content_type=None)
+            except ValueError:
+                answer = {}
+            return response.status, answer if isinstance(answer, dict) else {}
+
+    async def send_run(self, device: Device, claim: ClaimedJob) -> None:
+        args = {
+            "job_id": claim.public_id,
+            "fencing_token": claim.fencing_token,
+            "kind": claim.kind,
+            "input": claim.input,
+            "size": device.size,
+        }
+        try:
+            status, answer = await self.post_command(device, "run", args)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            reason = f"device {device.name} did not take the job: {exc or type(exc).__name__}"
+            job_status = await self.db(
+                pool.give_back, device.name, claim, reason, Device.State.OFFLINE
+            )
+            log.warning("job %s: %s; now %s", claim.public_id, reason, job_status)
+            return
+        if status != 200:
+            reason = f"device {device.name} refused the job: {answer.get('error', status)}"
+            next_state = answer.get("state") if answer.get("state") == "unready" else "busy"
+            job_status = await self.db(pool.give_back, device.name, claim, reason, next_state)
+            log.warning("job %s: %s; now %s", claim.public_id, reason, job_status)
+
+    async def run_simulated(self, device: Device, claim: ClaimedJob) -> None:
+        """A simulated device: the mock QPU (or the job's handler) runs here."""
+        started = time.monotonic()
+        try:
+            if claim.kind == "qpu" or device.device_type == "qpu":
+                await asyncio.sleep(settings.ZYPHER_QPU_SECONDS)
+                result, succeeded, error = measure(claim.input, device.size), True, ""
+            else:
+                from jobs.handlers import resolve_handler
+
+                handler = resolve_handler(claim.kind)
+                result = await asyncio.to_thread(handler, claim.input)
+                succeeded, error = True, ""
+        except asyncio.CancelledError:
+            raise
+        except (QpuInputError, Exception) as exc:
+            result, succeeded, error = None, False, f"{type(exc).__name__}: {exc}"
+        self.simulated.pop(device.name, None)
+        duration = time.monotonic() - started
+        accepted = await self.db(
+            lambda: pool.settle_on_device(
+                device.name,
+                claim,
+                succeeded=succeeded,
+                duration=duration,
+                result=result,
+                error=error,
+            )
+        )
+        log.info(
+            "end job %s device=%s duration=%.3fs %s",
+            claim.public_id,
+            device.name,
+            duration,
+            "succeeded" if succeeded and accepted else error or "result refused: claim lost",
+        )
+        self.wake.set()
+
+    async def keep_simulated_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.dispatcher.lease_seconds / 3)
+            if not self.simulated:
+                continue
+            running = dict(self.simulated)
+            held = await self.db(renew_leases, [claim for claim, _ in running.values()])
+            for name, (claim, task) in running.items():
+                if claim.id not in held:
+                    log.warning(
+                        "job %s no longer held; stopping simulated %s", claim.public_id, name
+                    )
+                    task.cancel()
+                    self.simulated.pop(name, None)
+                    await self.db(pool.free_device, name, claim.id, claim.fencing_token, "ready")
+
+    async def health_loop(self) -> None:
+        while True:
+            try:
+                devices = await self.db(pool.devices_to_check)
+                await asyncio.gather(*(self.check(device) for device in devices))
+            except Exception:
+                log.exception("health checks failed")
+            await asyncio.sleep(settings.ZYPHER_DEVICE_PING_SECONDS)
+
+    async def check(self, device: Device) -> None:
+        """One health check: renew the device's job lease, or count a missed ping."""
+        if device.kind == Device.Kind.SIMULATED:
+            await self.db(pool.reconcile_simulated, device, set(self.simulated))
+            return
+        try:
+            status, answer = await self.post_command(device, "status", {})
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            missed = await self.db(pool.record_missed_ping, device.name)
+            if missed >= settings.ZYPHER_DEVICE_MISSED_PINGS and device.state != "offline":
+                reason = f"{missed} health checks unanswered ({exc or type(exc).__name__})"
+                await self.db(pool.mark_offline, device.name, reason)
+                self.wake.set()
+            return
+        if status != 200 or not isinstance(answer.get("result"), dict):
+            log.warning("device %s answered its health check with %s: %s", device, status, answer)
+            return
+        freed = await self.db(
+            pool.after_health_check, device.name, answer["state"], answer["result"]
+        )
+        if freed:
+            self.wake.set()
+
+    async def shut_down(self) -> None:
+        """Stop: give back what simulated devices run here (remote agents keep running; their
+        reports settle through the API)."""
+        for name, (claim, task) in list(self.simulated.items()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            status = await self.db(
+                pool.give_back, name, claim, "dispatcher shut down before it finished", "ready"
+            )
+            log.info("job %s requeued at shutdown; now %s", claim.public_id, status)
+        self.simulated.clear()

@@ -1,0 +1,109 @@
+"""JSON errors for every API failure: a 4xx whose body names the problem, never HTML."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+# SQLSTATE 25006: the session is read-only (a database set read-only by an operator, or a
+# connection that landed on a standby after a failover). Like a lost connection, it is
+# an outage to wait out, not a bug: writes will work again on a fresh connection.
+READ_ONLY_SQLSTATE = "25006"
+UNAVAILABLE_MESSAGE = "The database is unavailable; retry shortly."
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` means "the database cannot take this now, retry later": a lost or
+    refused connection, or a read-only session."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return (
+        isinstance(exc, DatabaseError)
+        and getattr(exc.__cause__, "sqlstate", None) == READ_ONLY_SQLSTATE
+    )
+
+
+def forget_connections() -> None:
+    """Close this thread's database connections after an outage, so that the next request
+    opens a fresh one (a read-only session stays read-only for its whole life)."""
+    for connection in connections.all(initialized_only=True):
+        connection.close()
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's handler, with every `detail`-only body also given an `error` key.
+
+    Validation errors keep DRF's `{field: [messages]}` shape, which names the field.
+    A database that is down answers 503, so clients retry instead of reporting a bug.
+    """
+    # Only a lost or refused connection or a read-only session is "unavailable": an
+    # IntegrityError or DataError is a bug to fix (500), not something a retry will cure.
+    if database_unavailable(exc):
+        forget_connections()
+        return Response(
+            {"error": UNAVAILABLE_MESSAGE},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "5"},
+        )
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        return response
+    if isinstance(response.data, dict) and "detail" in response.data:
+        response.data = {"error": str(response.data["detail"])}
+    return response
+
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "description": 'Why the request failed: `{"error": "…"}`, or for a validation error '
+    "the invalid fields, each with its messages (a bulk submit adds `items`).",
+    "properties": {"error": {"type": "string"}},
+    "additionalProperties": True,
+}
+_ERROR_RESPONSES = {
+    "400": "Invalid input: the body names the problem (and the field).",
+    "401": "No or an invalid token (`Authorization: Token <key>`).",
+    "403": "Authenticated, but not allowed (another user's account, staff only).",
+    "404": "No such object, or not one the requester may see.",
+    "413": "The body is over `ZYPHER_MAX_BODY_BYTES`.",
+    "415": "The body is not JSON.",
+    "503": "The database is unavailable or read-only; retry after `Retry-After` seconds.",
+}
+
+
+def document_error_responses(
+    result: dict[str, Any], generator: Any, request: Any, public: bool
+) -> dict[str, Any]:
+    """drf-spectacular post-processing hook: state the error contract on every operation.
+
+    The views share it (this module's handler and `jobs.api.middleware`): any operation may
+    answer 401, 403 or 503; one with parameters or a body 400; one with a path parameter
+    404; one with a body 413 and 415. All with the same JSON error body.
+    """
+    schemas = result.setdefault("components", {}).setdefault("schemas", {})
+    schemas.setdefault("Error", _ERROR_SCHEMA)
+    reference = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    for path, operations in result.get("paths", {}).items():
+        for method, operation in operations.items():
+            if method not in {"get", "post", "put", "patch", "delete"}:
+                continue
+            parameters = operation.get("parameters", [])
+            codes = ["401", "403", "503"]
+            if parameters or "requestBody" in operation:
+                codes.append("400")
+            if "{" in path:
+                codes.append("404")
+            if "requestBody" in operation:
+                codes += ["413", "415"]
+            responses = operation.setdefault("responses", {})
+            for code in codes:
+                responses.setdefault(
+                    code, {"description": _ERROR_RESPONSES[code], "content": reference}
+                )
+    return result

@@ -1,0 +1,224 @@
+"""Input validation and output shape of the jobs and users API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from rest_framework import serializers
+from rest_framework.reverse import reverse
+
+from jobs.handlers import known_kinds
+from jobs.models import Job, User
+from jobs.queue import JobSpec
+
+USER_ID_PATTERN = r"^[\w.@+-]{1,150}$"
+DEVICE_TYPE_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+class JobSubmitSerializer(serializers.Serializer):
+    user_id = serializers.RegexField(
+        USER_ID_PATTERN,
+        required=False,
+        help_text="Who the job is for (open mode, or a staff token acting for a user).",
+        error_messages={"invalid": "user_id may hold 1 to 150 letters, digits and . @ + - _"},
+    )
+    input = serializers.JSONField(help_text="The job's input, any JSON value.")
+    kind = serializers.CharField(
+        default="limited_f", max_length=64, help_text="Which handler runs it."
+    )
+    priority = serializers.IntegerField(
+        default=0, min_value=-100, max_value=100, help_text="Orders the user's own jobs."
+    )
+    device_type = serializers.RegexField(
+        DEVICE_TYPE_PATTERN,
+        required=False,
+        help_text="The device pool to run on (default: the local devices' type).",
+        error_messages={"invalid": "device_type may hold 1 to 64 letters, digits and . - _"},
+    )
+
+    def validate_input(self, value: Any) -> Any:
+        check_storable_json(value)
+        return value
+
+    def validate_kind(self, value: str) -> str:
+        kinds = known_kinds()
+        if value not in kinds:
+            raise serializers.ValidationError(
+                f"Unknown kind {value!r}; valid kinds: {', '.join(kinds)}."
+            )
+        return value
+
+    @staticmethod
+    def spec_from(data: dict[str, Any]) -> JobSpec:
+        """The queue's view of one validated item."""
+        return JobSpec(
+            kind=data["kind"],
+            input=data["input"],
+            device_type=data.get("device_type") or settings.ZYPHER_LOCAL_DEVICE_TYPE,
+            priority=data["priority"],
+        )
+
+
+MAX_INPUT_DEPTH = 64
+
+
+def check_storable_json(value: Any) -> None:
+    """Refuse what a JSON column cannot hold the same way on every database.
+
+    Deep nesting exhausts the stack when the value is encoded for PostgreSQL or rendered
+    (a 500), and PostgreSQL's jsonb cannot store the character U+0000 (a DataError).
+    Walks iteratively, so that the check itself cannot recurse too deeply.
+    """
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_INPUT_DEPTH:
+                raise serializers.ValidationError(
+                    f"input is nested deeper than {MAX_INPUT_DEPTH} levels."
+                )
+            if isinstance(item, dict):
+                pending.extend((key, depth) for key in item)
+                pending.extend((child, depth + 1) for child in item.values())
+            else:
+                pending.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str) and "\x00" in item:
+            raise serializers.ValidationError("input may not contain the character U+0000.")
+
+
+class JobSerializer(serializers.ModelSerializer):
+    id = serializers.UUIDField(source="public_id", read_only=True)
+    url = serializers.SerializerMethodField()
+    user_id = serializers.CharField(source="owner.username", read_only=True)
+
+    class Meta:
+        model = Job
+        fields = [
+            "id",
+            "url",
+            "user_id",
+            "kind",
+            "input",
+            "device_type",
+            "priority",
+            "status",
+            "result",
+            "error",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "duration",
+            "device",
+            "attempts",
+        ]
+        read_only_fields = fields
+
+    def get_url(self, job: Job) -> str:
+        return reverse("job-detail", args=[job.public_id], request=self.context.get("request"))
+
+    def to_representation(self, job: Job) -> dict[str, Any]:
+        # Written out by hand: DRF building a ModelSerializer's fields costs about a
+        # millisecond per request, as much as the submit's whole transaction. The
+        # declared fields above still describe the shape for the OpenAPI schema, and
+        # tests/api/test_submit_api.py checks both agree.
+        return {
+            "id": str(job.public_id),
+            "url": self.get_url(job),
+            "user_id": job.owner.username,
+            "kind": job.kind,
+            "input": job.input,
+            "device_type": job.device_type,
+            "priority": job.priority,
+            "status": job.status,
+            "result": job.result,
+            "error": job.error,
+            "created_at": _timestamp(job.created_at),
+            "started_at": _timestamp(job.started_at),
+            "finished_at": _timestamp(job.finished_at),
+            "duration": job.duration,
+            "device": job.device,
+            "attempts": job.attempts,
+        }
+
+
+def _timestamp(value: datetime | None) -> str | None:
+    """ISO 8601 as DRF writes it (UTC with a Z)."""
+    if value is None:
+        return None
+    text = value.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+class JobDetailSerializer(JobSerializer):
+    queue_position = serializers.SerializerMethodField(
+        help_text="While queued: about how many jobs the policy dispatches before this one."
+    )
+
+    class Meta(JobSerializer.Meta):
+        fields = [*JobSerializer.Meta.fields, "queue_position"]
+        read_only_fields = fields
+
+    def get_queue_position(self, job: Job) -> int | None:
+        from jobs.queue import queue_position
+
+        return queue_position(job)
+
+    def to_representation(self, job: Job) -> dict[str, Any]:
+        return {**super().to_representation(job), "queue_position": self.get_queue_position(job)}
+
+
+class UserCreateSerializer(serializers.Serializer):
+    user_id = serializers.RegexField(USER_ID_PATTERN)
+    weight = serializers.FloatField(default=1.0)
+    password = serializers.CharField(required=False, write_only=True, min_length=8)
+    is_staff = serializers.BooleanField(default=False)
+
+    def validate_weight(self, value: float) -> float:
+        return validate_weight(value)
+
+    def validate_user_id(self, value: str) -> str:
+        if User.objects.filter(username=value).exists():
+            raise serializers.ValidationError(f"User {value!r} already exists.")
+        return value
+
+
+class UserWeightSerializer(serializers.Serializer):
+    weight = serializers.FloatField()
+
+    def validate_weight(self, value: float) -> float:
+        return validate_weight(value)
+
+
+def validate_weight(value: float) -> float:
+    if not value > 0 or value == float("inf"):
+        raise serializers.ValidationError("weight must be a positive finite number.")
+    return value
+
+
+class UserSerializer(serializers.Serializer):
+    user_id = serializers.CharField(source="username")
+    weight = serializers.FloatField()
+    is_active = serializers.BooleanField()
+    is_staff = serializers.BooleanField()
+    queued = serializers.IntegerField()
+    running = serializers.IntegerField()
+    device_seconds = serializers.FloatField(help_text="Device time received so far, in seconds.")
+
+
+def user_summary(user: User) -> dict[str, Any]:
+    from django.db.models import Sum
+
+    totals = user.accounts.aggregate(
+        queued=Sum("queued_count"), running=Sum("running_count"), served=Sum("served_seconds")
+    )
+    return {
+        "username": user.username,
+        "weight": user.weight,
+        "is_active": user.is_active,
+        "is_staff": user.is_staff,
+        "queued": totals["queued"] or 0,
+        "running": totals["running"] or 0,
+        "device_seconds": totals["served"] or 0.0,
+    }

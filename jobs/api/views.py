@@ -1,0 +1,264 @@
+"""The jobs and users API: thin views over `jobs.queue`."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.conf import settings
+from django.db.models import QuerySet
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import exceptions, generics, status
+from rest_framework.authtoken.models import Token
+from rest_framework.permissions import IsAdminUser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from jobs.api.parsers import JSONParser
+from jobs.api.serializers import (
+    USER_ID_PATTERN,
+    JobDetailSerializer,
+    JobSerializer,
+    JobSubmitSerializer,
+    UserCreateSerializer,
+    UserSerializer,
+    UserWeightSerializer,
+    user_summary,
+)
+from jobs.models import Job, JobStatus, User
+from jobs.queue import cancel_job, submit_jobs
+
+USER_ID_RULE = "user_id may hold 1 to 150 letters, digits and . @ + - _"
+
+
+def acting_user(request: Request, named_user_id: str | None) -> User:
+    """The account a request acts for.
+
+    A token's own user; a staff token may act for any `user_id` (created on first use,
+    for an application backend submitting for its own end users). In open mode a request
+    without a token names its user (`user_id` or `X-User-Id`), or is `anonymous`.
+    """
+    if request.user.is_authenticated:
+        if not named_user_id or named_user_id == request.user.username:
+            return request.user
+        if not request.user.is_staff:
+            raise exceptions.PermissionDenied(
+                f"This token belongs to {request.user.username!r} and cannot act for {named_user_id!r}."
+            )
+        user, _ = User.objects.get_or_create(username=named_user_id)
+    elif settings.ZYPHER_OPEN_MODE:
+        name = named_user_id or request.headers.get("X-User-Id") or "anonymous"
+        if not re.fullmatch(USER_ID_PATTERN, name):
+            raise exceptions.ValidationError({"user_id": [USER_ID_RULE]})
+        user, _ = User.objects.get_or_create(username=name)
+    else:
+        raise exceptions.NotAuthenticated(
+            "Send 'Authorization: Token <key>' (POST /api/token/ issues one)."
+        )
+    if not user.is_active:
+        raise exceptions.PermissionDenied(
+            f"User {user.username!r} is deactivated and cannot submit jobs."
+        )
+    return user
+
+
+def visible_jobs(request: Request) -> QuerySet[Job]:
+    """Jobs the requester may read: its own, or all for staff."""
+    jobs = Job.objects.select_related("owner")
+    if request.user.is_authenticated:
+        return jobs if request.user.is_staff else jobs.filter(owner=request.user)
+    if settings.ZYPHER_OPEN_MODE:
+        return jobs
+    raise exceptions.NotAuthenticated(
+        "Send 'Authorization: Token <key>' (POST /api/token/ issues one)."
+    )
+
+
+def submit_error(errors: Any) -> dict[str, Any]:
+    """Phrase a bulk submit's errors with the index of each bad item."""
+    pairs = errors.items() if isinstance(errors, dict) else enumerate(errors)
+    bad = {str(index): item for index, item in pairs if item}
+    first = next(iter(bad))
+    return {"error": f"Item {first} is invalid; nothing was queued.", "items": bad}
+
+
+class JobListCreateView(generics.ListAPIView):
+    """List jobs (`?user_id=&status=`) or submit one (an object) or many (a list, all or nothing)."""
+
+    serializer_class = JobSerializer
+    parser_classes = [JSONParser]
+
+    def get_queryset(self) -> QuerySet[Job]:
+        jobs = visible_jobs(self.request)
+        user_id = self.request.query_params.get("user_id")
+        if not self.request.user.is_authenticated and not user_id:
+            raise exceptions.ValidationError({"user_id": ["Name the user whose jobs to list."]})
+        if user_id and not re.fullmatch(USER_ID_PATTERN, user_id):
+            # Also keeps a NUL byte away from PostgreSQL, which refuses it (a 500 before).
+            raise exceptions.ValidationError({"user_id": [USER_ID_RULE]})
+        if user_id:
+            jobs = jobs.filter(owner__username=user_id)
+        job_status = self.request.query_params.get("status")
+        if job_status:
+            if job_status not in JobStatus.values:
+                raise exceptions.ValidationError(
+                    {
+                        "status": [
+                            f"Unknown status {job_status!r}; valid: {', '.join(JobStatus.values)}."
+                        ]
+                    }
+                )
+            jobs = jobs.filter(status=job_status)
+        return jobs.order_by("-id")
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("user_id", str, description="Whose jobs (required without a token)."),
+            OpenApiParameter("status", str, enum=JobStatus.values),
+        ]
+    )
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+    @extend_schema(
+        request=JobSubmitSerializer,
+        responses={201: JobSerializer, 200: JobSerializer},
+        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],
+    )
+    def post(self, request: Request) -> Response:
+        many = isinstance(request.data, list)
+        if many and not request.data:
+            raise exceptions.ValidationError({"error": "The list of jobs is empty."})
+        if many and len(request.data) > settings.ZYPHER_MAX_BULK_JOBS:
+            raise exceptions.ValidationError(
+                {"error": f"At most {settings.ZYPHER_MAX_BULK_JOBS} jobs per request."}
+            )
+        if not many and not isinstance(request.data, dict):
+            raise exceptions.ValidationError(
+                {"error": "Send a JSON object (one job) or a list of them."}
+            )
+        serializer = JobSubmitSerializer(data=request.data, many=many)
+        if not serializer.is_valid():
+            raise exceptions.ValidationError(
+                submit_error(serializer.errors) if many else serializer.errors
+            )
+        items = serializer.validated_data if many else [serializer.validated_data]
+        named = {item.get("user_id") for item in items}
+        if len(named) > 1:
+            raise exceptions.ValidationError(
+                {"user_id": ["All jobs of one request must be for one user."]}
+            )
+        key = request.headers.get("Idempotency-Key") or None
+        if key is not None and len(key) > 200:
+            raise exceptions.ValidationError({"Idempotency-Key": ["At most 200 characters."]})
+        # Last check before writing: in open mode or for staff it creates the named user.
+        owner = acting_user(request, named.pop())
+        specs = [JobSubmitSerializer.spec_from(item) for item in items]
+        jobs, created = submit_jobs(owner, specs, idempotency_key=key)
+        data = JobSerializer(jobs, many=True, context={"request": request}).data
+        code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        return Response(data if many else data[0], status=code)
+
+
+class JobDetailView(generics.RetrieveAPIView):
+    """A job: status, result or error, timestamps, and its queue position while queued."""
+
+    serializer_class = JobDetailSerializer
+    lookup_field = "public_id"
+    lookup_url_kwarg = "job_id"
+
+    def get_queryset(self) -> QuerySet[Job]:
+        return visible_jobs(self.request)
+
+
+class JobCancelView(generics.GenericAPIView):
+    """Cancel a queued job; a job that has started or finished answers 409."""
+
+    serializer_class = JobSerializer
+    lookup_field = "public_id"
+    lookup_url_kwarg = "job_id"
+
+    def get_queryset(self) -> QuerySet[Job]:
+        return visible_jobs(self.request)
+
+    @extend_schema(request=None, responses={200: JobSerializer, 409: None})
+    def post(self, request: Request, job_id: str) -> Response:
+        job = self.get_object()
+        by = request.user.username if request.user.is_authenticated else ""
+        if not cancel_job(job, cancelled_by=by):
+            job.refresh_from_db()
+            return Response(
+                {"error": f"Job is {job.status}; only a queued job can be cancelled."},
+                status=status.HTTP_409_CONFLICT,
+            )
+        job.refresh_from_db()
+        return Response(JobSerializer(job, context={"request": request}).data)
+
+
+class UserCreateView(APIView):
+    """Create a user with a weight (staff only). Answers with the user and an API token."""
+
+    permission_classes = [IsAdminUser]
+    parser_classes = [JSONParser]
+
+    @extend_schema(request=UserCreateSerializer, responses={201: UserSerializer})
+    def post(self, request: Request) -> Response:
+        serializer = UserCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        user = User(username=data["user_id"], weight=data["weight"], is_staff=data["is_staff"])
+        if data.get("password"):
+            user.set_password(data["password"])
+        else:
+            user.set_unusable_password()
+        user.save()
+        token, _ = Token.objects.get_or_create(user=user)
+        body = UserSerializer(user_summary(user)).data
+        return Response({**body, "token": token.key}, status=status.HTTP_201_CREATED)
+
+
+class UserDetailView(APIView):
+    """A user's weight, queued and running counts and device time (the user or staff);
+    PATCH changes the weight (staff), effective at the next dispatch."""
+
+    parser_classes = [JSONParser]
+
+    def get_user(self, request: Request, user_id: str) -> User:
+        if not request.user.is_authenticated:
+            raise exceptions.NotAuthenticated("Send 'Authorization: Token <key>'.")
+        if not request.user.is_staff and request.user.username != user_id:
+            raise exceptions.PermissionDenied("You may only read your own account.")
+        if not re.fullmatch(USER_ID_PATTERN, user_id):  # no such user (nor a NUL byte)
+            raise exceptions.NotFound(f"User {user_id!r} not found.")
+        user = User.objects.filter(username=user_id).first()
+        if user is None:
+            raise exceptions.NotFound(f"User {user_id!r} not found.")
+        return user
+
+    @extend_schema(responses=UserSerializer)
+    def get(self, request: Request, user_id: str) -> Response:
+        return Response(UserSerializer(user_summary(self.get_user(request, user_id))).data)
+
+    @extend_schema(request=UserWeightSerializer, responses=UserSerializer)
+    def patch(self, request: Request, user_id: str) -> Response:
+        if not request.user.is_authenticated:
+            raise exceptions.NotAuthenticated("Send 'Authorization: Token <key>'.")
+        if not request.user.is_staff:
+            raise exceptions.PermissionDenied("Only staff may change a weight.")
+        user = self.get_user(request, user_id)
+        serializer = UserWeightSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        User.objects.filter(pk=user.pk).update(weight=serializer.validated_data["weight"])
+        user.refresh_from_db()
+        return Response(UserSerializer(user_summary(user)).data)
+
+
+class HealthView(APIView):
+    """A trivial JSON view: the ceiling the benchmarks compare the API with."""
+
+    authentication_classes: list[type] = []
+
+    @extend_schema(responses={200: dict})
+    def get(self, request: Request) -> Response:
+        return Response({"status": "ok"})

@@ -1,0 +1,70 @@
+"""The dashboard for machines: `GET /api/stats/`, `GET /metrics`, and removing a user from
+the queue over the API. Thin views over `jobs.monitoring.stats`, `jobs.monitoring.metrics` and `jobs.queue`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.http import require_GET
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import exceptions, serializers
+from rest_framework.permissions import IsAdminUser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from jobs.api.parsers import JSONParser
+from jobs.models import User
+from jobs.monitoring import metrics, stats
+from jobs.queue import remove_user_from_queue
+
+
+class StatsView(APIView):
+    """The dashboard's figures as JSON (staff): queue depth, who holds each device,
+    throughput, service time, fair shares over the last hour."""
+
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(responses={200: dict})
+    def get(self, request: Request) -> Response:
+        return Response(stats.dashboard_stats(flag_above=settings.ZYPHER_DASHBOARD_SHARE_ALERT))
+
+
+class RemoveFromQueueSerializer(serializers.Serializer):
+    deactivate = serializers.BooleanField(
+        default=False, help_text="Also deactivate the user: new submissions get 403."
+    )
+    stop_running = serializers.BooleanField(
+        default=False, help_text="Also stop the user's jobs running now."
+    )
+
+
+class RemoveFromQueueView(APIView):
+    """Cancel every queued job of a user (staff), optionally deactivating the user and
+    stopping their running jobs. Answers `{"cancelled": n}`."""
+
+    permission_classes = [IsAdminUser]
+    parser_classes = [JSONParser]
+
+    @extend_schema(
+        request=RemoveFromQueueSerializer,
+        responses={200: inline_serializer("Removed", {"cancelled": serializers.IntegerField()})},
+    )
+    def post(self, request: Request, user_id: str) -> Response:
+        serializer = RemoveFromQueueSerializer(data=request.data or {})
+        serializer.is_valid(raise_exception=True)
+        user = User.objects.filter(username=user_id).first()
+        if user is None:
+            raise exceptions.NotFound(f"User {user_id!r} not found.")
+        options: dict[str, Any] = serializer.validated_data
+        cancelled = remove_user_from_queue(user, removed_by=request.user.get_username(), **options)
+        return Response({"cancelled": cancelled})
+
+
+@require_GET
+def prometheus_metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus text format, read from the database at scrape time (`jobs.monitoring.metrics`)."""
+    body, content_type = metrics.exposition(request.headers.get("Accept", ""))
+    return HttpResponse(body, content_type=content_type)

@@ -1,0 +1,56 @@
+"""GET /api/stats/: the dashboard's figures as JSON, for staff only."""
+
+from __future__ import annotations
+
+import pytest
+from rest_framework.test import APIClient
+
+from tests.support.api_helpers import client_with_token
+
+pytest_plugins = ["tests.support.dashboard_fixtures"]
+
+STATS_URL = "/api/stats/"
+
+
+def test_staff_read_the_figures_of_the_dashboard(known_queue) -> None:
+    response = client_with_token(known_queue.staff).get(STATS_URL)
+    assert response.status_code == 200
+    body = response.json()
+    assert {
+        "queue_depth",
+        "queued_by_user",
+        "running",
+        "throughput",
+        "service_time",
+        "shares",
+        "fairness",
+        "devices",
+    } <= set(body)
+    assert body["queue_depth"]["total"] == 4
+    assert [(r["user"], r["queued"]) for r in body["queued_by_user"]] == [("carol", 3), ("bob", 1)]
+    (running,) = body["running"]
+    assert (running["device"], running["user"]) == ("d1", "alice")
+    assert running["job"] == str(known_queue.running_job.public_id)
+    assert sorted(body["throughput"]["per_minute"]) == ["1", "15", "5", "60"]
+    assert len(body["throughput"]["last_hour"]) == 60
+    # Every ended job of the fixture lies within the last hour whatever the clock says now.
+    assert [(s["kind"], s["count"]) for s in body["service_time"]] == [
+        ("limited_f", 5),
+        ("predict", 2),
+    ]
+    shares = {row["user"]: row for row in body["shares"]}
+    assert shares["bob"]["received_seconds"] == 80.0
+    assert shares["carol"]["lag_seconds"] == pytest.approx(22.0)
+    assert body["fairness"]["jain_index"] == pytest.approx(289 / 435)
+    assert body["fairness"]["idle_gap"]["counts"] == [1, 1, 0, 0, 1, 0, 0, 1]
+
+
+def test_a_user_who_is_not_staff_is_refused(known_queue) -> None:
+    response = client_with_token(known_queue.alice).get(STATS_URL)
+    assert response.status_code == 403
+
+
+def test_without_credentials_the_figures_are_not_shown(known_queue) -> None:
+    response = APIClient().get(STATS_URL)
+    assert response.status_code in (401, 403)
+    assert "queue_depth" not in response.json()
