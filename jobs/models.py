@@ -13,6 +13,7 @@ import uuid
 from django.contrib.auth.models import AbstractUser
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 
 class User(AbstractUser):
@@ -181,3 +182,20 @@ class FairShareAccount(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} in {self.pool}"
+
+
+class QueueRepair(models.Model):
+    """A drift of the queue's bookkeeping that a checker found and fixed (`jobs.invariants`).
+
+    Kept in the database so that drift is seen, not guessed: `/metrics` counts these rows
+    and the dashboard lists the latest, whichever process repaired them.
+    """
+
+    repaired_at = models.DateTimeField(default=timezone.now, db_index=True)
+    kind = models.CharField(max_length=40)  # which invariant: queued_count, running_count, …
+    subject = models.CharField(max_length=200)  # e.g. "account alice in cpu"
+    detail = models.TextField()  # what was found and what it was set to
+    repaired_by = models.CharField(max_length=150)  # "check_queue", "dispatcher d1", "claim"
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.subject}"

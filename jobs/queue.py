@@ -8,6 +8,13 @@ Claiming is a compare-and-set: the pool row is locked (claims of one pool are
 serialised, which keeps the fair order exact across dispatchers), the job row is taken
 with `FOR UPDATE SKIP LOCKED`, and its `attempts` becomes the fencing token: a result or
 a heartbeat carrying an older token is refused.
+
+One lock order for every function here and its PL/pgSQL twin (`jobs/sql/`): a device
+row (devices.pool), then the pool row, then accounts, then jobs. Several accounts of one
+pool are locked only under that pool's lock (a claim), one user's accounts in several
+pools in pool-id order (remove from queue). A counter changes by the rows a statement
+really changed, never by assigning a value read earlier; the one exception, repairing
+a drifted counter, counts under the account's lock (`jobs.invariants`).
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -27,7 +34,8 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from jobs.models import FairPool, FairShareAccount, Job, JobStatus, Program, User
+from jobs import postgres
+from jobs.models import FairPool, FairShareAccount, Job, JobStatus, Program, QueueRepair, User
 
 log = logging.getLogger("zypher.queue")
 
@@ -143,16 +151,22 @@ def submit_jobs(
     per_pool: dict[str, list[Job]] = {}
     for job in jobs:
         per_pool.setdefault(job.device_type, []).append(job)
-    # On PostgreSQL one pool's jobs are one function call: atomic on its own.
+    # On PostgreSQL one pool's jobs are one function call: atomic on its own. A keyed
+    # submit inside a caller's transaction needs a savepoint, so that losing the race
+    # for its key leaves that transaction usable for reading the winner's jobs.
     single_call = connection.vendor == "postgresql" and len(per_pool) == 1
+    atomic = nullcontext() if single_call and idempotency_key is None else transaction.atomic()
     try:
-        with nullcontext() if single_call else transaction.atomic():
-            for device_type, pool_jobs in sorted(per_pool.items()):
+        with atomic:
+            # Accounts in pool-id order, each before its jobs (the lock order).
+            for device_type, pool_jobs in sorted(
+                per_pool.items(), key=lambda item: pool_id_for(item[0])
+            ):
                 if connection.vendor == "postgresql":
                     _insert_on_postgres(owner, device_type, pool_jobs, program)
                 else:
-                    Job.objects.bulk_create(pool_jobs)
                     _enqueue(pool_id_for(device_type), owner.pk, len(pool_jobs))
+                    Job.objects.bulk_create(pool_jobs)
     except IntegrityError:
         # A concurrent retry with the same key won the race: answer with its jobs.
         if idempotency_key is not None and (existing := _jobs_for_keys(owner, keys)):
@@ -164,29 +178,38 @@ def submit_jobs(
 def _insert_on_postgres(
     owner: User, device_type: str, jobs: list[Job], program: Program | None
 ) -> None:
-    """Insert and enqueue `jobs` in one call of zypher_submit (migration 0004)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT * FROM zypher_submit(%s, %s, %s::uuid[], %s::text[], %s::jsonb[], "
-            "%s::integer[], %s::integer[], %s::text[], %s, %s, %s)",
-            [
-                owner.pk,
-                device_type,
-                [job.public_id for job in jobs],
-                [job.kind for job in jobs],
-                [None if job.input is None else json.dumps(job.input) for job in jobs],
-                [job.priority for job in jobs],
-                [job.size for job in jobs],
-                [job.idempotency_key for job in jobs],
-                program.pk if program else None,
-                jobs[0].created_at,
-                settings.ZYPHER_DEFAULT_COST_SECONDS,
-            ],
-        )
-        ids = dict(cursor.fetchall())
+    """Insert and enqueue `jobs` in one call of zypher_submit (jobs/sql/submit.sql)."""
+    rows = postgres.call(
+        "zypher_submit",
+        {
+            "owner_id": owner.pk,
+            "device_type": device_type,
+            "public_ids": [job.public_id for job in jobs],
+            "kinds": [job.kind for job in jobs],
+            "inputs": [None if job.input is None else json.dumps(job.input) for job in jobs],
+            "priorities": [job.priority for job in jobs],
+            "sizes": [job.size for job in jobs],
+            "keys": [job.idempotency_key for job in jobs],
+            "program_id": program.pk if program else None,
+            "now": jobs[0].created_at,
+            "default_cost": settings.ZYPHER_DEFAULT_COST_SECONDS,
+        },
+        _SUBMIT_CASTS,
+    )
+    ids = dict(rows)
     for job in jobs:
         job.id = ids[job.public_id]
         job._state.adding = False
+
+
+_SUBMIT_CASTS = {
+    "public_ids": "uuid[]",
+    "kinds": "text[]",
+    "inputs": "jsonb[]",
+    "priorities": "integer[]",
+    "sizes": "integer[]",
+    "keys": "text[]",
+}
 
 
 def _jobs_for_keys(owner: User, keys: list[str | None]) -> list[Job]:
@@ -216,33 +239,42 @@ def claim_next(
         pool = FairPool.objects.select_for_update().filter(device_type=device_type).first()
         if pool is None:
             return None
-        for account in _backlogged_accounts(pool):
+        for candidate in _backlogged_accounts(pool):
+            # The account before its jobs: cancels and requeues hold them in that order.
+            account = (
+                FairShareAccount.objects.select_for_update()
+                .select_related("user")
+                .get(pk=candidate.pk)
+            )
+            if account.queued_count <= 0:
+                continue  # emptied by a cancel that committed after the list was read
             job = _queue_head(device_type, account.user_id, device_size)
             if job is not None:
                 return _start_job(pool, account, job, device_name)
             if device_size is None:
-                _recount_queued(account)
+                _recount_queued(account, repaired_by="claim")
     return None
 
 
 def _claim_on_postgres(
     device_type: str, device_name: str, device_size: int | None
 ) -> ClaimedJob | None:
-    """`claim_next` as one call of the PL/pgSQL function zypher_claim (migration 0003)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT * FROM zypher_claim(%s, %s, %s, %s, %s, %s)",
-            [
-                device_type,
-                device_name,
-                device_size,
-                timezone.now(),
-                settings.ZYPHER_LEASE_SECONDS,
-                MAX_ACCOUNTS_SCANNED,
-            ],
-        )
-        row = cursor.fetchone()
-    return _claimed_from_row(row, device_type) if row else None
+    """`claim_next` as one call of the PL/pgSQL function zypher_claim (jobs/sql/claim.sql)."""
+    rows = postgres.call(
+        "zypher_claim",
+        {"now": timezone.now(), **_claim_params(device_type, device_name, device_size)},
+    )
+    return _claimed_from_row(rows[0], device_type) if rows else None
+
+
+def _claim_params(device_type: str, device_name: str, device_size: int | None) -> dict[str, Any]:
+    return {
+        "device_type": device_type,
+        "device": device_name,
+        "device_size": device_size,
+        "lease_seconds": settings.ZYPHER_LEASE_SECONDS,
+        "max_accounts": MAX_ACCOUNTS_SCANNED,
+    }
 
 
 def _claimed_from_row(row: Any, device_type: str) -> ClaimedJob | None:
@@ -264,27 +296,27 @@ def _claimed_from_row(row: Any, device_type: str) -> ClaimedJob | None:
     )
 
 
-_FINISH_PARAMS = "%s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s"
-
-
-def _finish_args(
+def _finish_params(
     claim: ClaimedJob, succeeded: bool, duration: float, result: Any, error: str
-) -> list[Any]:
-    return [
-        claim.id,
-        claim.fencing_token,
-        succeeded,
-        None if result is None else json.dumps(result),
-        error,
-        duration,
-        timezone.now(),
-        claim.pool_id,
-        claim.owner_id,
-        claim.charged_cost,
-        claim.charged_weight,
-        claim.public_id,
-        COST_SMOOTHING,
-    ]
+) -> dict[str, Any]:
+    return {
+        "job_id": claim.id,
+        "fencing_token": claim.fencing_token,
+        "succeeded": succeeded,
+        "result": None if result is None else json.dumps(result),
+        "error": error,
+        "duration": duration,
+        "now": timezone.now(),
+        "pool_id": claim.pool_id,
+        "owner_id": claim.owner_id,
+        "charged_cost": claim.charged_cost,
+        "charged_weight": claim.charged_weight,
+        "public_id": claim.public_id,
+        "smoothing": COST_SMOOTHING,
+    }
+
+
+_FINISH_CASTS = {"result": "jsonb"}
 
 
 def _backlogged_accounts(pool: FairPool) -> Iterator[FairShareAccount]:
@@ -347,15 +379,25 @@ def _start_job(pool: FairPool, account: FairShareAccount, job: Job, device_name:
     )
 
 
-def _recount_queued(account: FairShareAccount) -> None:
-    """Repair a counter that says work is queued when none can be taken."""
+def _recount_queued(account: FairShareAccount, *, repaired_by: str) -> None:
+    """Repair a counter that says work is queued when none can be taken. The caller holds
+    the account's lock, which every change of its queued jobs takes too, so the count
+    cannot go stale before it is written."""
     actual = Job.objects.filter(
         owner_id=account.user_id, device_type=account.pool.device_type, status=JobStatus.QUEUED
     ).count()
+    if actual == account.queued_count:
+        return
     log.warning(
         "account %s: queued_count %s, found %s; repaired", account, account.queued_count, actual
     )
     FairShareAccount.objects.filter(pk=account.pk).update(queued_count=actual)
+    QueueRepair.objects.create(
+        kind="queued_count",
+        subject=f"account {account.user.username} in {account.pool.device_type}",
+        detail=f"queued_count was {account.queued_count}, counted {actual}",
+        repaired_by=repaired_by,
+    )
 
 
 def finish_job(
@@ -368,13 +410,14 @@ def finish_job(
 ) -> bool:
     """Record a job's outcome and settle its cost. False: the claim was lost (fenced off)."""
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT zypher_finish({_FINISH_PARAMS})",
-                _finish_args(claim, succeeded, duration, result, error),
-            )
-            return bool(cursor.fetchone()[0])
+        rows = postgres.call(
+            "zypher_finish",
+            _finish_params(claim, succeeded, duration, result, error),
+            _FINISH_CASTS,
+        )
+        return bool(rows[0][0])
     with transaction.atomic(savepoint=False):
+        _lock_pool_and_account(claim.pool_id, claim.owner_id)
         updated = Job.objects.filter(
             pk=claim.id, status=JobStatus.RUNNING, attempts=claim.fencing_token
         ).update(
@@ -415,25 +458,32 @@ def finish_and_claim_next(
     PostgreSQL also a single round trip.
     """
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT * FROM zypher_finish_and_claim({_FINISH_PARAMS}, %s, %s, %s, %s, %s)",
-                [
-                    *_finish_args(claim, succeeded, duration, result, error),
-                    claim.device_type,
-                    device_name,
-                    device_size,
-                    settings.ZYPHER_LEASE_SECONDS,
-                    MAX_ACCOUNTS_SCANNED,
-                ],
-            )
-            accepted, *row = cursor.fetchone()
+        rows = postgres.call(
+            "zypher_finish_and_claim",
+            {
+                **_finish_params(claim, succeeded, duration, result, error),
+                **_claim_params(claim.device_type, device_name, device_size),
+            },
+            _FINISH_CASTS,
+        )
+        accepted, *row = rows[0]
         return bool(accepted), _claimed_from_row(row, claim.device_type)
     with transaction.atomic():
         accepted = finish_job(
             claim, succeeded=succeeded, duration=duration, result=result, error=error
         )
         return accepted, claim_next(claim.device_type, device_name, device_size)
+
+
+def _lock_pool_and_account(pool_id: int, owner_id: int) -> None:
+    """Take the pool's and then the account's row lock (the lock order), before a job's."""
+    list(FairPool.objects.select_for_update().filter(pk=pool_id).values_list("id"))
+    _lock_accounts(FairShareAccount.objects.filter(pool_id=pool_id, user_id=owner_id))
+
+
+def _lock_accounts(accounts: Any) -> list[FairShareAccount]:
+    """Lock accounts in pool-id order (one user's accounts; see the module docstring)."""
+    return list(accounts.select_for_update().order_by("pool_id", "user_id"))
 
 
 def notify_done(public_id: str) -> None:
@@ -465,21 +515,41 @@ def renew_leases(claims: list[ClaimedJob]) -> set[int]:
         held |= Q(pk=claim.id, attempts=claim.fencing_token)
     expires = timezone.now() + timedelta(seconds=settings.ZYPHER_LEASE_SECONDS)
     with transaction.atomic():
-        still_held = Job.objects.select_for_update().filter(held, status=JobStatus.RUNNING)
+        still_held = (
+            Job.objects.select_for_update().filter(held, status=JobStatus.RUNNING).order_by("id")
+        )
         ids = set(still_held.values_list("id", flat=True))
         Job.objects.filter(id__in=ids).update(lease_expires_at=expires)
     return ids
 
 
-def release_job(job_id: int, fencing_token: int, reason: str) -> str | None:
+def release_job(
+    job_id: int, fencing_token: int, reason: str, *, expired_before: datetime | None = None
+) -> str | None:
     """Give a running job back: requeue it, or fail it after too many attempts.
 
+    With `expired_before` (the reaper), only if its lease still ran out before then when
+    rechecked under the lock: a lease renewed after the reaper read it stays.
     Returns the new status, or None when the job was no longer held with that token.
     """
+    owner_and_pool = (
+        Job.objects.filter(pk=job_id, status=JobStatus.RUNNING, attempts=fencing_token)
+        .values_list("owner_id", "device_type")
+        .first()
+    )
+    if owner_and_pool is None:
+        return None
+    owner_id, device_type = owner_and_pool
+    held = Q(pk=job_id, status=JobStatus.RUNNING, attempts=fencing_token)
+    if expired_before is not None:
+        held &= Q(lease_expires_at__lt=expired_before)
     with transaction.atomic():
+        _lock_accounts(
+            FairShareAccount.objects.filter(pool_id=pool_id_for(device_type), user_id=owner_id)
+        )
         job = (
             Job.objects.select_for_update()
-            .filter(pk=job_id, status=JobStatus.RUNNING, attempts=fencing_token)
+            .filter(held)
             .only(
                 "id",
                 "public_id",
@@ -493,43 +563,51 @@ def release_job(job_id: int, fencing_token: int, reason: str) -> str | None:
         )
         if job is None:
             return None
-        pool_id = pool_id_for(job.device_type)
-        account = FairShareAccount.objects.filter(pool_id=pool_id, user_id=job.owner_id)
+        account = FairShareAccount.objects.filter(
+            pool_id=pool_id_for(device_type), user_id=owner_id
+        )
         refund = job.charged_cost / job.charged_weight
         if job.attempts >= settings.ZYPHER_MAX_ATTEMPTS:
-            Job.objects.filter(pk=job.pk).update(
+            failed = Job.objects.filter(held).update(
                 status=JobStatus.FAILED,
                 error=f"{reason}; gave up after {job.attempts} attempts",
                 finished_at=timezone.now(),
                 lease_expires_at=None,
             )
             account.update(
-                virtual_time=F("virtual_time") - refund, running_count=F("running_count") - 1
+                virtual_time=F("virtual_time") - refund * failed,
+                running_count=F("running_count") - failed,
             )
             notify_done(str(job.public_id))
             return JobStatus.FAILED
-        Job.objects.filter(pk=job.pk).update(
+        requeued = Job.objects.filter(held).update(
             status=JobStatus.QUEUED, started_at=None, device="", lease_expires_at=None, error=reason
         )
         account.update(
-            virtual_time=F("virtual_time") - refund,
-            running_count=F("running_count") - 1,
-            queued_count=F("queued_count") + 1,
+            virtual_time=F("virtual_time") - refund * requeued,
+            running_count=F("running_count") - requeued,
+            queued_count=F("queued_count") + requeued,
         )
-        wake_dispatchers(job.device_type)
+        wake_dispatchers(device_type)
         return JobStatus.QUEUED
 
 
 def requeue_expired_leases(limit: int = 100) -> list[tuple[str, str]]:
     """Release running jobs whose lease ran out (their dispatcher died or hung)."""
+    now = timezone.now()
     expired = list(
-        Job.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=timezone.now())
+        Job.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=now)
         .order_by("lease_expires_at")
         .values_list("id", "attempts", "public_id")[:limit]
     )
     outcomes = []
     for job_id, attempts, public_id in expired:
-        status = release_job(job_id, attempts, "lease expired: the dispatcher holding it stopped")
+        status = release_job(
+            job_id,
+            attempts,
+            "lease expired: the dispatcher holding it stopped",
+            expired_before=now,
+        )
         if status is not None:
             outcomes.append((str(public_id), status))
     return outcomes
@@ -538,13 +616,15 @@ def requeue_expired_leases(limit: int = 100) -> list[tuple[str, str]]:
 def cancel_job(job: Job, *, cancelled_by: str = "") -> bool:
     """Cancel a queued job. False when it is no longer queued."""
     with transaction.atomic():
+        account = FairShareAccount.objects.filter(
+            pool_id=pool_id_for(job.device_type), user_id=job.owner_id
+        )
+        _lock_accounts(account)
         updated = Job.objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(
             status=JobStatus.CANCELLED, finished_at=timezone.now(), cancelled_by=cancelled_by
         )
         if updated:
-            FairShareAccount.objects.filter(
-                pool_id=pool_id_for(job.device_type), user_id=job.owner_id
-            ).update(queued_count=F("queued_count") - 1)
+            account.update(queued_count=F("queued_count") - updated)
             notify_done(str(job.public_id))
     return bool(updated)
 
@@ -554,39 +634,66 @@ def remove_user_from_queue(
 ) -> int:
     """An operator removes `user` from the queue: cancel every queued job (recorded with
     who did it), optionally deactivate the user (new submissions get 403) and stop the
-    jobs running now (their dispatcher sees the lease gone and stops the device).
+    jobs running now (settled for the device time they used so far; their dispatcher
+    sees the lease gone and stops the device).
 
+    The user's accounts are locked first (pool-id order), so a submit or a requeue of
+    theirs waits and lands after; each counter moves by the rows cancelled in its pool.
     Returns the number of jobs cancelled.
     """
     now = timezone.now()
     reason = f"cancelled by operator {removed_by}"
+    cancelled = 0
     with transaction.atomic():
         if deactivate:
             User.objects.filter(pk=user.pk).update(is_active=False)
-        cancelled = Job.objects.filter(owner=user, status=JobStatus.QUEUED).update(
-            status=JobStatus.CANCELLED, finished_at=now, cancelled_by=removed_by, error=reason
-        )
-        FairShareAccount.objects.filter(user=user).update(queued_count=0)
-        if stop_running:
-            running = list(
-                Job.objects.select_for_update()
-                .filter(owner=user, status=JobStatus.RUNNING)
-                .values_list("id", "public_id", "device_type")
+        for account in _lock_accounts(FairShareAccount.objects.filter(user=user)):
+            pool = FairPool.objects.only("device_type").get(pk=account.pool_id)
+            mine = Job.objects.filter(owner=user, device_type=pool.device_type)
+            queued = list(mine.filter(status=JobStatus.QUEUED).values_list("public_id", flat=True))
+            removed = mine.filter(public_id__in=queued, status=JobStatus.QUEUED).update(
+                status=JobStatus.CANCELLED, finished_at=now, cancelled_by=removed_by, error=reason
             )
-            for job_id, public_id, device_type in running:
-                Job.objects.filter(pk=job_id).update(
-                    status=JobStatus.CANCELLED,
-                    finished_at=now,
-                    cancelled_by=removed_by,
-                    error=reason,
-                    lease_expires_at=None,
-                )
-                FairShareAccount.objects.filter(user=user, pool_id=pool_id_for(device_type)).update(
-                    running_count=F("running_count") - 1
-                )
+            FairShareAccount.objects.filter(pk=account.pk).update(
+                queued_count=F("queued_count") - removed
+            )
+            cancelled += removed
+            for public_id in queued:
                 notify_done(str(public_id))
-            cancelled += len(running)
+            if stop_running:
+                cancelled += _stop_running(account, mine, now, removed_by, reason)
     return cancelled
+
+
+def _stop_running(
+    account: FairShareAccount, jobs: Any, now: datetime, removed_by: str, reason: str
+) -> int:
+    """Cancel an account's running jobs and settle the device time each has used."""
+    stopped = 0
+    running = jobs.select_for_update().filter(status=JobStatus.RUNNING).order_by("id")
+    fields = ("id", "public_id", "attempts", "started_at", "charged_cost", "charged_weight")
+    for job in running.only(*fields):
+        used = max(0.0, (now - job.started_at).total_seconds()) if job.started_at else 0.0
+        changed = Job.objects.filter(
+            pk=job.pk, status=JobStatus.RUNNING, attempts=job.attempts
+        ).update(
+            status=JobStatus.CANCELLED,
+            finished_at=now,
+            duration=used,
+            cancelled_by=removed_by,
+            error=reason,
+            lease_expires_at=None,
+        )
+        if not changed:
+            continue
+        FairShareAccount.objects.filter(pk=account.pk).update(
+            running_count=F("running_count") - changed,
+            virtual_time=F("virtual_time") + (used - job.charged_cost) / job.charged_weight,
+            served_seconds=F("served_seconds") + used,
+        )
+        notify_done(str(job.public_id))
+        stopped += changed
+    return stopped
 
 
 def queue_position(job: Job) -> int | None:

@@ -1,0 +1,45 @@
+"""The PostgreSQL hot path: the zypher_* PL/pgSQL functions and how they are called.
+
+The current text of each function is a file in `jobs/sql/`; migrations install frozen
+copies (their module constant `FUNCTIONS`), and `tests/queue/test_sql_files.py` fails
+when the latest migration and the files disagree, so a change to a file needs a new
+migration. Calls name every parameter (`p_job_id => …`), so adding one cannot shift the
+others. SQLite runs the ORM translation of the same steps in `jobs.queue`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from django.db import connection
+
+SQL_DIR = Path(__file__).resolve().parent / "sql"
+FUNCTION_NAMES = ("zypher_submit", "zypher_claim", "zypher_finish", "zypher_finish_and_claim")
+
+
+@cache
+def function_sql(name: str) -> str:
+    """The current `CREATE OR REPLACE FUNCTION` text of `name` (`jobs/sql/<name>.sql`)."""
+    return (SQL_DIR / f"{name.removeprefix('zypher_')}.sql").read_text()
+
+
+@cache
+def _call_sql(function: str, names: tuple[str, ...], casts: tuple[tuple[str, str], ...]) -> str:
+    cast = dict(casts)
+    arguments = ", ".join(
+        f"p_{name} => %({name})s" + (f"::{cast[name]}" if name in cast else "") for name in names
+    )
+    return f"SELECT * FROM {function}({arguments})"
+
+
+def call(
+    function: str, params: Mapping[str, Any], casts: Mapping[str, str] | None = None
+) -> list[tuple[Any, ...]]:
+    """Call a zypher_* function with named parameters (`params` keys without `p_`)."""
+    sql = _call_sql(function, tuple(params), tuple(sorted((casts or {}).items())))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, dict(params))
+        return cursor.fetchall()

@@ -1,0 +1,82 @@
+-- zypher_claim: the next job of a pool by the fair-share policy (jobs.queue.claim_next).
+-- Lock order (README, "One lock order"): pool, then account, then job.
+CREATE OR REPLACE FUNCTION zypher_claim(
+    p_device_type text, p_device text, p_device_size integer, p_now timestamptz,
+    p_lease_seconds double precision, p_max_accounts integer
+) RETURNS TABLE (
+    out_job_id bigint, out_public_id uuid, out_owner_id bigint, out_owner text,
+    out_kind text, out_input jsonb, out_pool_id bigint, out_fencing_token integer,
+    out_charged_cost double precision, out_charged_weight double precision
+) LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_pool record;
+    v_candidate record;
+    v_account record;
+    v_job record;
+    v_actual integer;
+BEGIN
+    SELECT id, virtual_time, cost_estimate INTO v_pool
+    FROM jobs_fairpool WHERE device_type = p_device_type FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    FOR v_candidate IN
+        SELECT a.id FROM jobs_fairshareaccount a
+        WHERE a.pool_id = v_pool.id AND a.queued_count > 0
+        ORDER BY a.virtual_time, a.id
+        LIMIT p_max_accounts
+    LOOP
+        -- The account before its jobs: a cancel or a requeue holds them in this order.
+        SELECT a.id, a.user_id, a.virtual_time, a.queued_count, u.weight, u.username
+        INTO v_account
+        FROM jobs_fairshareaccount a JOIN jobs_user u ON u.id = a.user_id
+        WHERE a.id = v_candidate.id
+        FOR UPDATE OF a;
+        IF v_account.queued_count <= 0 THEN
+            CONTINUE;  -- emptied by a cancel that committed after the list was read
+        END IF;
+        SELECT j.id, j.public_id, j.kind, j.input, j.attempts INTO v_job
+        FROM jobs_job j
+        WHERE j.device_type = p_device_type AND j.owner_id = v_account.user_id
+          AND j.status = 'queued' AND (p_device_size IS NULL OR j.size <= p_device_size)
+        ORDER BY j.priority DESC, j.id
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+            IF p_device_size IS NULL THEN
+                -- Nothing queued although the counter says so: it drifted. Count under
+                -- the account's lock (every change of a queued job takes it), record, fix.
+                SELECT count(*) INTO v_actual FROM jobs_job
+                WHERE owner_id = v_account.user_id AND device_type = p_device_type
+                  AND status = 'queued';
+                IF v_actual <> v_account.queued_count THEN
+                    UPDATE jobs_fairshareaccount SET queued_count = v_actual
+                    WHERE id = v_account.id;
+                    INSERT INTO jobs_queuerepair (repaired_at, kind, subject, detail, repaired_by)
+                    VALUES (p_now, 'queued_count',
+                            'account ' || v_account.username || ' in ' || p_device_type,
+                            'queued_count was ' || v_account.queued_count || ', counted '
+                                || v_actual,
+                            'claim');
+                END IF;
+            END IF;
+            CONTINUE;
+        END IF;
+        UPDATE jobs_job SET status = 'running', started_at = p_now, device = p_device,
+            attempts = v_job.attempts + 1,
+            lease_expires_at = p_now + make_interval(secs => p_lease_seconds),
+            charged_cost = v_pool.cost_estimate, charged_weight = v_account.weight
+        WHERE id = v_job.id;
+        UPDATE jobs_fairshareaccount SET
+            virtual_time = virtual_time + v_pool.cost_estimate / v_account.weight,
+            queued_count = queued_count - 1, running_count = running_count + 1
+        WHERE id = v_account.id;
+        IF v_account.virtual_time > v_pool.virtual_time THEN
+            UPDATE jobs_fairpool SET virtual_time = v_account.virtual_time WHERE id = v_pool.id;
+        END IF;
+        RETURN QUERY SELECT v_job.id, v_job.public_id, v_account.user_id::bigint,
+            v_account.username::text, v_job.kind::text, v_job.input, v_pool.id::bigint,
+            (v_job.attempts + 1)::integer, v_pool.cost_estimate, v_account.weight;
+        RETURN;
+    END LOOP;
+END $$;
