@@ -326,8 +326,12 @@ def _backlogged_accounts(pool: FairPool) -> Iterator[FairShareAccount]:
         .order_by("virtual_time", "id")
         .select_related("user")
     )
-    yield from accounts[:1]
-    yield from accounts[1:MAX_ACCOUNTS_SCANNED]
+    first = accounts.first()
+    if first is None:
+        return
+    yield first
+    # Read after the first was tried (and perhaps repaired): exclude it, not offset 1.
+    yield from accounts.exclude(pk=first.pk)[: MAX_ACCOUNTS_SCANNED - 1]
 
 
 def _queue_head(device_type: str, owner_id: int, device_size: int | None) -> Job | None:
