@@ -8,7 +8,15 @@ import pytest
 
 from jobs.fairshare import FairQueue
 from jobs.models import FairShareAccount, Job, User
-from jobs.queue import JobSpec, cancel_job, claim_next, finish_job, release_job, submit_jobs
+from jobs.queue import (
+    JobSpec,
+    cancel_job,
+    claim_next,
+    finish_and_claim_next,
+    finish_job,
+    release_job,
+    submit_jobs,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -41,10 +49,23 @@ def run_trace(seed: int, steps: int = 300) -> None:
             if rng.random() < 0.1:
                 assert release_job(claim.id, claim.fencing_token, "test") == "queued"
                 model.requeue(dispatch)
-            else:
+            elif rng.random() < 0.5:
                 actual = rng.choice([0.1, 1.0, 3.0, 10.0])
                 assert finish_job(claim, succeeded=True, duration=actual)
                 model.settle(dispatch, actual)
+            else:  # settle and claim the device's next job in one transaction
+                actual = rng.choice([0.1, 1.0, 3.0, 10.0])
+                accepted, following = finish_and_claim_next(
+                    claim, "device", succeeded=True, duration=actual
+                )
+                assert accepted
+                model.settle(dispatch, actual)
+                if following is None:
+                    assert model.next_user() is None
+                else:
+                    dispatch = model.pop(cost=following.charged_cost)
+                    assert (dispatch.user, dispatch.item) == (following.owner, following.id)
+                    running[following.id] = (following, dispatch)
         elif action >= 0.95:
             queued = list(Job.objects.filter(status="queued"))
             if queued:
