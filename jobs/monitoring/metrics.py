@@ -168,6 +168,15 @@ class JobsCollector(Collector):
         yield jobs_total
         yield service
 
+        repairs = CounterMetricFamily(
+            "zypher_queue_repairs",
+            "Drifts of the queue's bookkeeping found and repaired (jobs.invariants), by kind.",
+            labels=["kind"],
+        )
+        for kind, count in stats.queue_repairs_by_kind().items():
+            repairs.add_metric([kind], count)
+        yield repairs
+
     def _device_metrics(self) -> Iterator[Metric]:
         """Device states: the Device table when the devices app has one; the devices of
         the running jobs as `busy` otherwise (or in addition, for unregistered names)."""

@@ -32,7 +32,7 @@ from django.db.models import Count, Min, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
-from jobs.models import FairShareAccount, Job, JobStatus, User
+from jobs.models import FairShareAccount, Job, JobStatus, QueueRepair, User
 
 WINDOW = timedelta(hours=1)
 THROUGHPUT_MINUTES = (1, 5, 15, 60)
@@ -507,6 +507,39 @@ def fairness(rows: list[UserShare], now: datetime | None = None) -> Fairness:
     }
 
 
+# --- the queue's own health ----------------------------------------------------------------------
+
+
+class QueueRepairs(TypedDict):
+    last_hour: int
+    latest: list[dict[str, str]]
+
+
+def queue_repairs_by_kind() -> dict[str, int]:
+    """Repairs of drifted bookkeeping ever made, by invariant (`jobs.invariants`)."""
+    rows = QueueRepair.objects.values_list("kind").annotate(n=Count("id")).order_by("kind")
+    return dict(rows)
+
+
+def queue_repairs(now: datetime | None = None, latest: int = 5) -> QueueRepairs:
+    """Repairs in the last hour and the latest few: drift seen, not guessed."""
+    now = now or timezone.now()
+    recent = QueueRepair.objects.filter(repaired_at__gte=now - timedelta(hours=1))
+    return {
+        "last_hour": recent.count(),
+        "latest": [
+            {
+                "repaired_at": repair.repaired_at.isoformat(),
+                "kind": repair.kind,
+                "subject": repair.subject,
+                "detail": repair.detail,
+                "repaired_by": repair.repaired_by,
+            }
+            for repair in QueueRepair.objects.order_by("-repaired_at")[:latest]
+        ],
+    }
+
+
 # --- everything --------------------------------------------------------------------------------
 
 
@@ -524,6 +557,7 @@ def dashboard_stats(now: datetime | None = None, flag_above: float = 0.10) -> di
         "service_time": service_time(now),
         "shares": user_shares,
         "fairness": fairness(user_shares, now),
+        "queue_repairs": queue_repairs(now),
     }
 
 
@@ -535,6 +569,8 @@ __all__ = [
     "jain_index",
     "oldest_queued_age",
     "queue_depth",
+    "queue_repairs",
+    "queue_repairs_by_kind",
     "queued_by_user",
     "running_jobs",
     "service_time",
