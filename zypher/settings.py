@@ -193,6 +193,8 @@ ZYPHER_HANDLERS: dict[str, str] = json.loads(os.environ.get("ZYPHER_HANDLERS", "
 # that expires (dispatcher killed or hung) is requeued by any dispatcher's reaper.
 ZYPHER_LEASE_SECONDS = float(os.environ.get("ZYPHER_LEASE_SECONDS", "10"))
 ZYPHER_MAX_ATTEMPTS = int(os.environ.get("ZYPHER_MAX_ATTEMPTS", "3"))
+# How often each dispatcher checks the queue's invariants and repairs drift (jobs.invariants).
+ZYPHER_QUEUE_CHECK_SECONDS = float(os.environ.get("ZYPHER_QUEUE_CHECK_SECONDS", "60"))
 # Cost charged at dispatch for a pool that has not finished a job yet (seconds).
 ZYPHER_DEFAULT_COST_SECONDS = float(os.environ.get("ZYPHER_DEFAULT_COST_SECONDS", "1"))
 # How long SIGTERM waits for running jobs before requeueing them.
