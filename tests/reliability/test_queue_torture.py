@@ -36,7 +36,15 @@ def test_concurrent_queue_changes_keep_every_invariant(
     print(report.summary())
 
     # The run really exercised every path, so that a clean result means something.
-    for did in ("submits", "removals", "ended by finish", "ended by cancel", "claimed"):
+    for did in (
+        "submits",
+        "removals",
+        "ended by finish",
+        "ended by cancel",
+        "claimed",
+        "abandoned",
+        "reaped_queued",
+    ):
         assert report.counts[did] > 0, f"the run did no {did}: {report.summary()}"
     assert report.deadlocks == 0, report.summary()
     assert report.problems == [], report.summary()

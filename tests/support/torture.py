@@ -7,13 +7,15 @@ the functions of `jobs.queue` directly, with random small sleeps between steps:
 
 - submitters: single, bulk (over several pools) and keyed submits whose idempotency keys
   repeat, so that two processes race on one key;
-- a canceller: `cancel_job` on random queued jobs;
-- an operator: `remove_user_from_queue`, with and without `stop_running`;
-- dispatchers: `claim_next`, `finish_job`, `finish_and_claim_next`, `release_job`, and
-  now and then a claim dropped on the floor, so that its (short) lease runs out;
-- a reaper: `requeue_expired_leases`;
-- a watcher: samples every pool's virtual time (it must never go back) and looks for
-  negative counters.
+- an operator: `cancel_job` on random queued jobs (as their owners would) and
+  `remove_user_from_queue`, with and without `stop_running`;
+- dispatchers: `claim_next`, `finish_job`, `finish_and_claim_next`, `release_job`, now
+  and then a claim dropped on the floor, so that its (short) lease runs out, and
+  `requeue_expired_leases` between steps, as `run_dispatcher` does;
+- the parent watches meanwhile: it samples every pool's virtual time (it must never go
+  back) and looks for negative counters.
+
+Few processes, since each costs a Django start-up (about 1.5 s of CPU) on a small machine.
 
 Every process writes what it did to its own JSON-lines log: each job it created, each
 ending it caused (a finish, a cancel, a release that gave up) and every exception. After
@@ -43,6 +45,7 @@ from typing import Any, TextIO
 DEADLOCK = "40P01"
 POOLS = ("cpu", "gpu", "qpu")
 RELEASE_REASON = "torture: released"
+OWNER_CANCEL = "owner-via-"  # cancelled_by of a cancel_job, as against a removal
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ class TortureConfig:
     def roles(self) -> list[tuple[str, int]]:
         roles = [("submitter", n) for n in range(self.submitters)]
         roles += [("dispatcher", n) for n in range(self.dispatchers)]
-        return roles + [("canceller", 0), ("operator", 0), ("reaper", 0), ("watcher", 0)]
+        return roles + [("operator", 0)]
 
 
 def user_names(config: TortureConfig) -> dict[str, float]:
@@ -219,12 +222,16 @@ def submitter(
         _pause(rng, 0.03)
 
 
-def canceller(
+def operator(
     name: str, config: TortureConfig, log: EventLog, rng: random.Random, deadline: float
 ) -> None:
-    from jobs.models import Job
-    from jobs.queue import cancel_job
+    """Cancels random queued jobs (as their owners do) and removes random users from the
+    queue, with and without stopping their running jobs (as an operator does)."""
+    from jobs.models import Job, User
+    from jobs.queue import cancel_job, remove_user_from_queue
 
+    users = list(User.objects.filter(username__in=user_names(config)))
+    next_removal = time.time() + rng.uniform(0, 0.6)
     while time.time() < deadline:
         with logged_errors(log, "cancel"):
             newest = Job.objects.order_by("-id").values_list("id", flat=True).first() or 0
@@ -234,25 +241,16 @@ def canceller(
                 .only("id", "owner_id", "device_type", "public_id")
                 .first()
             )
-            if job is not None and cancel_job(job, cancelled_by=name):
+            if job is not None and cancel_job(job, cancelled_by=OWNER_CANCEL + name):
                 log.write("ended", how="cancel", job=job.pk)
+        if time.time() >= next_removal:
+            next_removal = time.time() + rng.uniform(0, 0.6)
+            user = rng.choice(users)
+            stop_running = rng.random() < 0.5
+            with logged_errors(log, "remove"):
+                count = remove_user_from_queue(user, removed_by=name, stop_running=stop_running)
+                log.write("removed", user=user.username, stop_running=stop_running, count=count)
         _pause(rng, 0.05)
-
-
-def operator(
-    name: str, config: TortureConfig, log: EventLog, rng: random.Random, deadline: float
-) -> None:
-    from jobs.models import User
-    from jobs.queue import remove_user_from_queue
-
-    users = list(User.objects.filter(username__in=user_names(config)))
-    while time.time() < deadline:
-        _pause(rng, 0.6)
-        user = rng.choice(users)
-        stop_running = rng.random() < 0.5
-        with logged_errors(log, "remove"):
-            count = remove_user_from_queue(user, removed_by=name, stop_running=stop_running)
-            log.write("removed", user=user.username, stop_running=stop_running, count=count)
 
 
 @dataclass
@@ -321,38 +319,33 @@ class Dispatcher:
 def dispatcher(
     name: str, config: TortureConfig, log: EventLog, rng: random.Random, deadline: float
 ) -> None:
+    from jobs.queue import requeue_expired_leases
+
     device = Dispatcher(f"{name}-device", log, rng, config.pools)
+    next_reap = time.time()
     while time.time() < deadline:
         device.step()
+        if time.time() >= next_reap:  # as run_dispatcher does, between its devices' work
+            next_reap = time.time() + rng.uniform(0.1, 0.5)
+            with logged_errors(log, "reap"):
+                for public_id, status in requeue_expired_leases():
+                    device.counts[f"reaped_{status}"] += 1
+                    if status == "failed":
+                        log.write("ended", how="reap", public_id=public_id)
         _pause(rng, 0.01 if device.claim else 0.03)
     log.write("counts", **device.counts)
     if device.claim is not None:
         log.write("holding", job=device.claim.id)  # its lease runs out: the drain reaps it
 
 
-def reaper(
-    name: str, config: TortureConfig, log: EventLog, rng: random.Random, deadline: float
-) -> None:
-    from jobs.queue import requeue_expired_leases
-
-    while time.time() < deadline:
-        _pause(rng, 0.3)
-        with logged_errors(log, "reap"):
-            for public_id, status in requeue_expired_leases():
-                log.write("reaped", public_id=public_id, status=status)
-                if status == "failed":
-                    log.write("ended", how="reap", public_id=public_id)
-
-
-def watcher(
-    name: str, config: TortureConfig, log: EventLog, rng: random.Random, deadline: float
-) -> None:
-    """Invariants that hold at every instant of committed state, sampled while it changes."""
+def watch(log: EventLog, running: Callable[[], bool]) -> None:
+    """Invariants that hold at every instant of committed state, sampled while it changes
+    (the parent does this while its children run)."""
     from django.db import connection
 
     last: dict[str, float] = {}
     samples = 0
-    while time.time() < deadline:
+    while running():
         with logged_errors(log, "watch"), connection.cursor() as cursor:
             cursor.execute("SELECT device_type, virtual_time FROM jobs_fairpool")
             for pool, virtual_time in cursor.fetchall():
@@ -381,11 +374,8 @@ def watcher(
 
 ROLES: dict[str, Callable[[str, TortureConfig, EventLog, random.Random, float], None]] = {
     "submitter": submitter,
-    "canceller": canceller,
     "operator": operator,
     "dispatcher": dispatcher,
-    "reaper": reaper,
-    "watcher": watcher,
 }
 
 
@@ -403,6 +393,7 @@ class TortureReport:
     jobs: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     drain_seconds: float = 0.0
+    startup_seconds: float = 0.0
 
     @property
     def deadlocks(self) -> int:
@@ -411,7 +402,7 @@ class TortureReport:
     def summary(self) -> str:
         lines = [
             f"torture: {self.seconds:g}s, {self.jobs} jobs {self.statuses}, "
-            f"drained in {self.drain_seconds:.1f}s",
+            f"processes started in {self.startup_seconds:.1f}s, drained in {self.drain_seconds:.1f}s",
             "  did: " + ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items())),
             f"  database errors: {sum(self.errors.values())} (deadlocks {self.deadlocks})",
             *(f"    {n} x {key}" for key, n in self.errors.most_common()),
@@ -458,11 +449,22 @@ def run_torture(config: TortureConfig) -> TortureReport:
     ]
     connection.close()  # no connection held across the children's start
     try:
+        began = time.monotonic()
         for process in processes:
             process.start()
         _wait_until_ready(config, processes)
+        report.startup_seconds = time.monotonic() - began
         started_at.value = time.time()
         start.set()
+        watch_log = EventLog(Path(config.log_dir) / "watcher.jsonl")
+        try:
+            watch_until = started_at.value + config.seconds + 30
+            watch(
+                watch_log,
+                lambda: time.time() < watch_until and any(p.is_alive() for p in processes),
+            )
+        finally:
+            watch_log.close()
         for process in processes:
             process.join(timeout=max(0.0, started_at.value + config.seconds + 30 - time.time()))
             if process.is_alive():
@@ -679,11 +681,11 @@ def _check_ending(job_id: int, row: dict[str, Any], endings: list[Any]) -> list[
     if row["finished_at"] is None:
         return [f"{where}: ended without finished_at"]
     if status == "cancelled":
-        by_operator = row["cancelled_by"].startswith("operator")
-        expected = [] if by_operator else ["cancel"]
+        by_owner = row["cancelled_by"].startswith(OWNER_CANCEL)
+        expected = ["cancel"] if by_owner else []
         if hows != expected:
             return [f"{where}: ended by {hows}, expected {expected}"]
-        if not by_operator and endings[0][0] != row["cancelled_by"]:
+        if by_owner and OWNER_CANCEL + endings[0][0] != row["cancelled_by"]:
             return [f"{where}: cancel accepted by {endings[0][0]}"]
         return []
     if len(endings) != 1:
