@@ -38,7 +38,7 @@ import time
 import traceback
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -414,7 +414,18 @@ class TortureReport:
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "deadlocks": self.deadlocks}
+        # Not dataclasses.asdict: it rebuilds a Counter from (key, value) pairs, counting them.
+        return {
+            "seconds": self.seconds,
+            "jobs": self.jobs,
+            "statuses": self.statuses,
+            "deadlocks": self.deadlocks,
+            "errors": dict(self.errors),
+            "counts": dict(self.counts),
+            "problems": self.problems,
+            "startup_seconds": self.startup_seconds,
+            "drain_seconds": self.drain_seconds,
+        }
 
 
 def create_users(config: TortureConfig) -> None:
