@@ -38,6 +38,11 @@ def main() -> int:
     parser.add_argument("--dispatchers", type=int, default=3)
     parser.add_argument("--submitters", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-removals",
+        action="store_true",
+        help="a baseline without remove_user_from_queue (to tell its faults from others)",
+    )
     options = parser.parse_args()
     if connection.vendor != "postgresql":
         print("torture needs PostgreSQL: run it through `make reliability`", file=sys.stderr)
@@ -52,6 +57,7 @@ def main() -> int:
         dispatchers=options.dispatchers,
         submitters=options.submitters,
         seed=options.seed,
+        removals=not options.no_removals,
     )
     log(f"torture: {options.seconds:g}s, logs in {config.log_dir}")
     report = run_torture(config)

@@ -61,6 +61,7 @@ class TortureConfig:
     dispatchers: int = 3
     max_backlog: int = 400  # submitters pause above this many queued jobs: drains stay short
     lease_seconds: float = 1.0
+    removals: bool = True  # False: a baseline without remove_user_from_queue
     seed: int = 0
 
     def roles(self) -> list[tuple[str, int]]:
@@ -243,7 +244,7 @@ def operator(
             )
             if job is not None and cancel_job(job, cancelled_by=OWNER_CANCEL + name):
                 log.write("ended", how="cancel", job=job.pk)
-        if time.time() >= next_removal:
+        if config.removals and time.time() >= next_removal:
             next_removal = time.time() + rng.uniform(0, 0.6)
             user = rng.choice(users)
             stop_running = rng.random() < 0.5
