@@ -5,8 +5,9 @@ throwaway PostgreSQL.
     python -m bench.run_all [performance|reliability]
 
 `performance` (the default, `make bench`, under 15 minutes here): the core figures,
-/predict, the dashboard and splines. `reliability` (`make reliability`): the soak, the
-fault drill and the long fuzz run of docs/reliability.md.
+scale-out over several dispatchers of one pool, /predict, the dashboard and splines.
+`reliability` (`make reliability`): the soak, the fault drill, the long fuzz run of
+docs/reliability.md and the long queue torture (ZYPHER_TORTURE_SECONDS, default 300).
 """
 
 from __future__ import annotations
@@ -18,8 +19,14 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 GROUPS = {
-    "performance": ["bench_core", "bench_predict", "bench_dashboard", "bench_splines"],
-    "reliability": ["soak", "faults", "fuzz"],
+    "performance": [
+        "bench_core",
+        "bench_scale_out",
+        "bench_predict",
+        "bench_dashboard",
+        "bench_splines",
+    ],
+    "reliability": ["soak", "faults", "fuzz", "torture"],
 }
 
 
