@@ -115,7 +115,7 @@ def _confirm_account(user_id: int, device_type: str, *, repair: bool, by: str) -
     with transaction.atomic():
         pool_id = pool_id_for(device_type)
         account = (
-            FairShareAccount.objects.select_for_update()
+            FairShareAccount.objects.select_for_update(no_key=True)
             .select_related("user")
             .filter(pool_id=pool_id, user_id=user_id)
             .first()
@@ -128,7 +128,7 @@ def _confirm_account(user_id: int, device_type: str, *, repair: bool, by: str) -
                 return found
             account, _ = FairShareAccount.objects.get_or_create(pool_id=pool_id, user_id=user_id)
             account = (
-                FairShareAccount.objects.select_for_update()
+                FairShareAccount.objects.select_for_update(no_key=True)
                 .select_related("user")
                 .get(pk=account.pk)
             )

@@ -236,13 +236,15 @@ def claim_next(
     if connection.vendor == "postgresql":
         return _claim_on_postgres(device_type, device_name, device_size)
     with transaction.atomic(savepoint=False):
-        pool = FairPool.objects.select_for_update().filter(device_type=device_type).first()
+        pool = (
+            FairPool.objects.select_for_update(no_key=True).filter(device_type=device_type).first()
+        )
         if pool is None:
             return None
         for candidate in _backlogged_accounts(pool):
             # The account before its jobs: cancels and requeues hold them in that order.
             account = (
-                FairShareAccount.objects.select_for_update()
+                FairShareAccount.objects.select_for_update(no_key=True)
                 .select_related("user")
                 .get(pk=candidate.pk)
             )
@@ -341,7 +343,7 @@ def _queue_head(device_type: str, owner_id: int, device_size: int | None) -> Job
         jobs = jobs.filter(size__lte=device_size)
     return (
         jobs.order_by("-priority", "id")
-        .select_for_update(skip_locked=True)
+        .select_for_update(skip_locked=True, no_key=True)
         .only("id", "public_id", "kind", "input", "attempts")
         .first()
     )
@@ -481,13 +483,13 @@ def finish_and_claim_next(
 
 def _lock_pool_and_account(pool_id: int, owner_id: int) -> None:
     """Take the pool's and then the account's row lock (the lock order), before a job's."""
-    list(FairPool.objects.select_for_update().filter(pk=pool_id).values_list("id"))
+    list(FairPool.objects.select_for_update(no_key=True).filter(pk=pool_id).values_list("id"))
     _lock_accounts(FairShareAccount.objects.filter(pool_id=pool_id, user_id=owner_id))
 
 
 def _lock_accounts(accounts: Any) -> list[FairShareAccount]:
     """Lock accounts in pool-id order (one user's accounts; see the module docstring)."""
-    return list(accounts.select_for_update().order_by("pool_id", "user_id"))
+    return list(accounts.select_for_update(no_key=True).order_by("pool_id", "user_id"))
 
 
 def notify_done(public_id: str) -> None:
@@ -520,7 +522,9 @@ def renew_leases(claims: list[ClaimedJob]) -> set[int]:
     expires = timezone.now() + timedelta(seconds=settings.ZYPHER_LEASE_SECONDS)
     with transaction.atomic():
         still_held = (
-            Job.objects.select_for_update().filter(held, status=JobStatus.RUNNING).order_by("id")
+            Job.objects.select_for_update(no_key=True)
+            .filter(held, status=JobStatus.RUNNING)
+            .order_by("id")
         )
         ids = set(still_held.values_list("id", flat=True))
         Job.objects.filter(id__in=ids).update(lease_expires_at=expires)
@@ -552,7 +556,7 @@ def release_job(
             FairShareAccount.objects.filter(pool_id=pool_id_for(device_type), user_id=owner_id)
         )
         job = (
-            Job.objects.select_for_update()
+            Job.objects.select_for_update(no_key=True)
             .filter(held)
             .only(
                 "id",
@@ -674,7 +678,7 @@ def _stop_running(
 ) -> int:
     """Cancel an account's running jobs and settle the device time each has used."""
     stopped = 0
-    running = jobs.select_for_update().filter(status=JobStatus.RUNNING).order_by("id")
+    running = jobs.select_for_update(no_key=True).filter(status=JobStatus.RUNNING).order_by("id")
     fields = ("id", "public_id", "attempts", "started_at", "charged_cost", "charged_weight")
     for job in running.only(*fields):
         used = max(0.0, (now - job.started_at).total_seconds()) if job.started_at else 0.0

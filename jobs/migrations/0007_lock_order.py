@@ -77,7 +77,7 @@ DECLARE
     v_actual integer;
 BEGIN
     SELECT id, virtual_time, cost_estimate INTO v_pool
-    FROM jobs_fairpool WHERE device_type = p_device_type FOR UPDATE;
+    FROM jobs_fairpool WHERE device_type = p_device_type FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RETURN;
     END IF;
@@ -92,7 +92,7 @@ BEGIN
         INTO v_account
         FROM jobs_fairshareaccount a JOIN jobs_user u ON u.id = a.user_id
         WHERE a.id = v_candidate.id
-        FOR UPDATE OF a;
+        FOR NO KEY UPDATE OF a;
         IF v_account.queued_count <= 0 THEN
             CONTINUE;  -- emptied by a cancel that committed after the list was read
         END IF;
@@ -102,7 +102,7 @@ BEGIN
           AND j.status = 'queued' AND (p_device_size IS NULL OR j.size <= p_device_size)
         ORDER BY j.priority DESC, j.id
         LIMIT 1
-        FOR UPDATE SKIP LOCKED;
+        FOR NO KEY UPDATE SKIP LOCKED;
         IF NOT FOUND THEN
             IF p_device_size IS NULL THEN
                 -- Nothing queued although the counter says so: it drifted. Count under
@@ -151,9 +151,9 @@ CREATE OR REPLACE FUNCTION zypher_finish(
     p_public_id text, p_smoothing double precision
 ) RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
-    PERFORM 1 FROM jobs_fairpool WHERE id = p_pool_id FOR UPDATE;
+    PERFORM 1 FROM jobs_fairpool WHERE id = p_pool_id FOR NO KEY UPDATE;
     PERFORM 1 FROM jobs_fairshareaccount
-    WHERE pool_id = p_pool_id AND user_id = p_owner_id FOR UPDATE;
+    WHERE pool_id = p_pool_id AND user_id = p_owner_id FOR NO KEY UPDATE;
     UPDATE jobs_job SET
         status = CASE WHEN p_succeeded THEN 'succeeded' ELSE 'failed' END,
         result = CASE WHEN p_succeeded THEN p_result ELSE NULL END,

@@ -16,7 +16,7 @@ DECLARE
     v_actual integer;
 BEGIN
     SELECT id, virtual_time, cost_estimate INTO v_pool
-    FROM jobs_fairpool WHERE device_type = p_device_type FOR UPDATE;
+    FROM jobs_fairpool WHERE device_type = p_device_type FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RETURN;
     END IF;
@@ -31,7 +31,7 @@ BEGIN
         INTO v_account
         FROM jobs_fairshareaccount a JOIN jobs_user u ON u.id = a.user_id
         WHERE a.id = v_candidate.id
-        FOR UPDATE OF a;
+        FOR NO KEY UPDATE OF a;
         IF v_account.queued_count <= 0 THEN
             CONTINUE;  -- emptied by a cancel that committed after the list was read
         END IF;
@@ -41,7 +41,7 @@ BEGIN
           AND j.status = 'queued' AND (p_device_size IS NULL OR j.size <= p_device_size)
         ORDER BY j.priority DESC, j.id
         LIMIT 1
-        FOR UPDATE SKIP LOCKED;
+        FOR NO KEY UPDATE SKIP LOCKED;
         IF NOT FOUND THEN
             IF p_device_size IS NULL THEN
                 -- Nothing queued although the counter says so: it drifted. Count under

@@ -7,9 +7,9 @@ CREATE OR REPLACE FUNCTION zypher_finish(
     p_public_id text, p_smoothing double precision
 ) RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
-    PERFORM 1 FROM jobs_fairpool WHERE id = p_pool_id FOR UPDATE;
+    PERFORM 1 FROM jobs_fairpool WHERE id = p_pool_id FOR NO KEY UPDATE;
     PERFORM 1 FROM jobs_fairshareaccount
-    WHERE pool_id = p_pool_id AND user_id = p_owner_id FOR UPDATE;
+    WHERE pool_id = p_pool_id AND user_id = p_owner_id FOR NO KEY UPDATE;
     UPDATE jobs_job SET
         status = CASE WHEN p_succeeded THEN 'succeeded' ELSE 'failed' END,
         result = CASE WHEN p_succeeded THEN p_result ELSE NULL END,
