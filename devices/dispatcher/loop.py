@@ -147,7 +147,8 @@ class Dispatcher:
                 )
                 if claim:  # a stop ends the wait at once
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.stop_requested.wait(), delay)
+                        async with asyncio.timeout(delay):
+                            await self.stop_requested.wait()
                 else:
                     await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -241,7 +242,8 @@ class Dispatcher:
         finally:
             for task in background:
                 task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            if background:  # bounded: a task that ignores its cancellation must not hold us
+                await asyncio.wait(background, timeout=1.0)
             await self.remote.shut_down(self.db_before_exit)
             await self.shut_down_devices()
             names = [device.name for device in self.devices]
@@ -262,10 +264,9 @@ class Dispatcher:
             self.exit_by = min(self.exit_by, now + SECOND_SIGNAL_SECONDS)
         else:
             log.info("stop requested: no new claims; waiting for running jobs")
-            busy = any(device.claim is not None for device in self.devices) or bool(
-                self.remote.simulated
-            )
-            grace = settings.ZYPHER_SHUTDOWN_GRACE_SECONDS if busy else 0.0
+            # A bound, not a wait: the main loop returns as soon as no job runs here (a claim
+            # in flight when the signal came counts as running).
+            grace = settings.ZYPHER_SHUTDOWN_GRACE_SECONDS
             self.exit_by = now + grace + CLEANUP_SECONDS
             self.stop_requested.set()
             threading.Thread(
@@ -460,6 +461,9 @@ class Dispatcher:
             wake()
 
     async def shut_down_devices(self) -> None:
+        """Stop the workers (an idle one is asked, then killed after a second: it holds no
+        job and no connection) and give back the jobs still running on them."""
+        to_release = []
         for device in self.devices:
             claim, device.claim = device.claim, None
             process = device.process
@@ -469,20 +473,26 @@ class Dispatcher:
                 asyncio.get_running_loop().remove_reader(device.connection.fileno())
             if claim is not None:
                 process.kill()
-                process.join(timeout=5)
-                status = await self.db_before_exit(
-                    release_job,
-                    claim.id,
-                    claim.fencing_token,
-                    "dispatcher shut down before it finished",
-                )
-                log.info("job %s requeued at shutdown; now %s", claim.public_id, status)
-            elif process.is_alive():
+                to_release.append(claim)
+            else:
                 with contextlib.suppress(BrokenPipeError, OSError):
                     device.connection.send(None)
-                process.join(timeout=5)
-                if process.is_alive():
-                    process.kill()
+        deadline = time.monotonic() + 1.0
+        processes = [device.process for device in self.devices if device.process is not None]
+        while any(process.is_alive() for process in processes) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+        for claim in to_release:
+            status = await self.db_before_exit(
+                release_job,
+                claim.id,
+                claim.fencing_token,
+                "dispatcher shut down before it finished",
+            )
+            if status is not None:
+                log.info("job %s requeued at shutdown; now %s", claim.public_id, status)
 
 
 def exit_now(status: int) -> None:

@@ -77,8 +77,11 @@ class RemoteDevices:
                     await self.dispatch_to_idle_devices()
                 except Exception:  # a bad row must not end the loop
                     log.exception("dispatch to remote devices failed")
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+            # cancellation that races with the wake-up, and the loop would never end.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=settings.ZYPHER_IDLE_POLL_SECONDS)
+                async with asyncio.timeout(settings.ZYPHER_IDLE_POLL_SECONDS):
+                    await self.wake.wait()
             self.wake.clear()
 
     async def dispatch_to_idle_devices(self) -> None:

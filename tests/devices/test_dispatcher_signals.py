@@ -65,8 +65,9 @@ def test_a_job_that_ends_within_the_grace_period_is_recorded(start_dispatcher):
     dispatcher = start_dispatcher(devices=1, ZYPHER_SHUTDOWN_GRACE_SECONDS="20")
     wait_until(lambda: _running(job), 30, "the job to start")
     dispatcher.signal(signal.SIGTERM)
-    status, took = _exit_within(dispatcher, 4)
-    assert status == 0 and took < 4, took
+    # Well inside the 20 s grace (a loaded machine may still be starting the worker).
+    status, took = _exit_within(dispatcher, 10)
+    assert status == 0 and took < 10, took
     assert Job.objects.get(pk=job.pk).status == JobStatus.SUCCEEDED
 
 
