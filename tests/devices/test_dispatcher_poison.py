@@ -7,6 +7,7 @@ import pytest
 
 from jobs.models import Job
 from jobs.results import storable_result
+from tests.conftest import on_postgres
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -40,9 +41,14 @@ def test_results_the_database_cannot_store_fail_their_job_and_the_dispatcher_car
     errors = {}
     for name, job_id in ids.items():
         job = wait_until(lambda job_id=job_id: _ended(job_id), 30, f"the {name} job to end")
+        if name == "infinity" and on_postgres():
+            # jsonb keeps 1e200 as an exact number: it comes back an int, squared exactly.
+            assert job.status == "succeeded" and job.result["y"] == 10**400, job.error
+            continue
         assert job.status == "failed" and job.result is None, (name, job.status)
         errors[name] = job.error
-    assert "inf" in errors["infinity"] and "$.y" in errors["infinity"]
+    if not on_postgres():
+        assert "inf" in errors["infinity"] and "$.y" in errors["infinity"]
     assert "NaN" in errors["nan"]
     assert "NUL" in errors["nul"]
     assert "100000" in errors["huge"] and "ZYPHER_MAX_RESULT_BYTES" in errors["huge"]
