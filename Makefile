@@ -15,17 +15,15 @@ $(VENV)/.installed: requirements.txt
 	$(VENV)/bin/pip install -q -r requirements.txt
 	touch $@
 
-# Start the web server (gunicorn) and the dispatcher together until Ctrl-C.
+# Start the web server (gunicorn) and the dispatcher together until Ctrl-C. The
+# supervisor restarts a dispatcher that died, with a backoff, and logs it (devices/supervise.py).
 run: export ZYPHER_OPEN_MODE ?= 1
 run: $(VENV)/.installed
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput -v0
 	$(PY) manage.py ensure_admin
 	@echo "Zypher on http://$(HOST):$(PORT)/  (API /api/jobs/, docs /api/docs/, admin /admin/)"
-	@bash -c 'trap "kill 0 2>/dev/null" EXIT; \
-	  $(VENV)/bin/gunicorn zypher.asgi --access-logfile - & \
-	  $(PY) manage.py run_dispatcher & \
-	  wait -n'
+	@$(PY) -m devices.supervise
 
 # Chromium for the browser tests comes from Debian's packages (never a downloaded build).
 browser:

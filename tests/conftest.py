@@ -24,6 +24,10 @@ TEST_HANDLERS = {
     "sleep": "tests.support.handlers:sleep",
     "boom": "tests.support.handlers:boom",
     "crash": "tests.support.handlers:crash",
+    "not_a_number": "tests.support.handlers:not_a_number",
+    "nul_string": "tests.support.handlers:nul_string",
+    "huge": "tests.support.handlers:huge",
+    "nul_error": "tests.support.handlers:nul_error",
 }
 
 

@@ -130,6 +130,8 @@ LOGIN_URL = "/admin/login/"
 ZYPHER_MAX_BODY_BYTES = int(os.environ.get("ZYPHER_MAX_BODY_BYTES", str(8 * 1024 * 1024)))
 DATA_UPLOAD_MAX_MEMORY_SIZE = ZYPHER_MAX_BODY_BYTES
 ZYPHER_MAX_BULK_JOBS = int(os.environ.get("ZYPHER_MAX_BULK_JOBS", "10000"))
+# A job's result over this many bytes of JSON fails the job (jobs.results).
+ZYPHER_MAX_RESULT_BYTES = int(os.environ.get("ZYPHER_MAX_RESULT_BYTES", str(1024 * 1024)))
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -199,6 +201,9 @@ ZYPHER_QUEUE_CHECK_SECONDS = float(os.environ.get("ZYPHER_QUEUE_CHECK_SECONDS", 
 ZYPHER_DEFAULT_COST_SECONDS = float(os.environ.get("ZYPHER_DEFAULT_COST_SECONDS", "1"))
 # How long SIGTERM waits for running jobs before requeueing them.
 ZYPHER_SHUTDOWN_GRACE_SECONDS = float(os.environ.get("ZYPHER_SHUTDOWN_GRACE_SECONDS", "30"))
+# Tests only: "task=count,...": that many crashes injected at the start of a dispatcher's
+# supervised background task (devices.dispatcher.supervisor), to prove the restarts.
+ZYPHER_TEST_TASK_FAULTS = os.environ.get("ZYPHER_TEST_TASK_FAULTS", "")
 # Fallback poll interval of an idle dispatcher (LISTEN/NOTIFY wakes it sooner on PostgreSQL).
 # SQLite has no NOTIFY, so it polls more often.
 ZYPHER_IDLE_POLL_SECONDS = float(

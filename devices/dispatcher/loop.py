@@ -25,14 +25,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import multiprocessing
 import os
 import signal
 import socket
+import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -40,6 +44,7 @@ from django.db import DatabaseError, close_old_connections, connection
 
 from devices import pool
 from devices.dispatcher.remote import RemoteDevices
+from devices.dispatcher.supervisor import supervise
 from devices.dispatcher.worker import JobOrder, JobOutcome, worker_main
 from jobs.api.errors import database_unavailable
 from jobs.notifications import notifications
@@ -54,6 +59,7 @@ from jobs.queue import (
     renew_leases,
     requeue_expired_leases,
 )
+from jobs.results import settle_outcome
 
 log = logging.getLogger("zypher.dispatcher")
 R = TypeVar("R")
@@ -78,6 +84,15 @@ class LocalDevice:
         return self.claim is None and self.process is not None and self.process.is_alive()
 
 
+# After the grace period, this long to give back what is still running; then the process
+# exits even if the database never answered (the leases hand its jobs back).
+CLEANUP_SECONDS = 5.0
+# A second stop signal: gone within this long.
+SECOND_SIGNAL_SECONDS = 2.0
+# The watchdog's margin past the deadline before it ends the process itself.
+WATCHDOG_MARGIN_SECONDS = 3.0
+
+
 class Dispatcher:
     def __init__(self, device_types: list[tuple[str, int]], name: str | None = None) -> None:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
@@ -88,16 +103,28 @@ class Dispatcher:
         ]
         self.db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zypher-db")
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        self.stopping = False
+        self.stop_requested = asyncio.Event()
         self.stop_now = False
+        # Monotonic time by which the process is gone, set at the first stop signal.
+        self.exit_by = math.inf
+        self.failure: str | None = None  # why the dispatcher gave up (exit status 1)
         self.empty_pools: set[str] = set()
         self.lease_seconds = settings.ZYPHER_LEASE_SECONDS
-        self.remote = RemoteDevices(self)
+        self.remote = RemoteDevices(self.db, self.stop_requested, self.lease_seconds)
         self.callbacks = CallbackCourier()
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_requested.is_set()
 
     # --- database calls, all in one thread, retried while the database is away ---
 
-    async def db(self, function: Callable[..., R], *args: Any, retry: bool = True) -> R:
+    async def db(
+        self, function: Callable[..., R], *args: Any, retry: bool = True, claim: bool = False
+    ) -> R:
+        """Run `function(*args)` in the database thread. While the database is unreachable
+        the call is retried until the dispatcher's exit deadline; with `retry=False` not at
+        all, and a `claim` (useful only while running) not after a stop was asked."""
         loop = asyncio.get_running_loop()
         delay = 0.5
         while True:
@@ -107,13 +134,40 @@ class Dispatcher:
                 )
             except DatabaseError as exc:
                 # Lost connection or read-only session (issue 8): wait it out.
-                if not retry or not database_unavailable(exc):
+                remaining = self.exit_by - time.monotonic()
+                if (
+                    not retry
+                    or not database_unavailable(exc)
+                    or remaining <= delay
+                    or (claim and self.stopping)
+                ):
                     raise
                 log.warning(
                     "database unavailable (%s); retrying in %.1fs", str(exc).strip()[:120], delay
                 )
-                await asyncio.sleep(delay)
+                if claim:  # a stop ends the wait at once
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await self.stop_requested.wait()
+                else:
+                    await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def db_before_exit(self, function: Callable[..., R], *args: Any) -> R | None:
+        """A database call of the shutdown: bounded by the exit deadline. None if it could
+        not be made (the database away): what it would have given back, the leases do."""
+        remaining = self.exit_by - time.monotonic()
+        try:
+            return await asyncio.wait_for(
+                self.db(function, *args, retry=False), max(remaining, 0.1)
+            )
+        except (TimeoutError, DatabaseError) as exc:
+            log.warning(
+                "%s not done before exit (%s); leases hand back what it would have",
+                getattr(function, "__name__", "database call"),
+                str(exc).strip()[:120] or type(exc).__name__,
+            )
+            return None
 
     @staticmethod
     def _in_db_thread(function: Callable[..., R], args: tuple[Any, ...]) -> R:
@@ -150,57 +204,101 @@ class Dispatcher:
 
     # --- the loop ---
 
-    async def run(self) -> None:
+    async def run(self) -> int:
+        """Run until stopped; the exit status: 0 after a stop signal, 1 after a failure."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(self.request_stop))
         for device in self.devices:
             self.start_worker(device)
         local = [(device.name, device.device_type) for device in self.devices]
-        await self.db(pool.register_local_devices, self.name, local)
-        log.info(
-            "dispatcher %s running %d local device(s); lease %.0fs",
-            self.name,
-            len(self.devices),
-            self.lease_seconds,
-        )
-        background = [
-            asyncio.create_task(self.keep_leases()),
-            asyncio.create_task(self.reap_expired()),
-            asyncio.create_task(self.remote.run()),
-            asyncio.create_task(self.deliver_callbacks()),
-        ]
-        if connection.vendor == "postgresql":
-            background.append(asyncio.create_task(self.listen_for_work()))
+        self.remote.start()
+        background: list[asyncio.Task[None]] = []
         try:
+            await self.db(pool.register_local_devices, self.name, local)
+            log.info(
+                "dispatcher %s running %d local device(s); lease %.0fs",
+                self.name,
+                len(self.devices),
+                self.lease_seconds,
+            )
+            tasks = {
+                "lease-renewal": self.keep_leases,
+                "reaper": self.reap_expired,
+                "callbacks": self.deliver_callbacks,
+                **self.remote.tasks(),
+            }
+            if connection.vendor == "postgresql":
+                tasks["listen"] = self.listen_for_work
+            background = [
+                asyncio.create_task(supervise(name, task, self.give_up), name=name)
+                for name, task in tasks.items()
+            ]
             await self.main_loop()
+        except Exception:
+            log.critical("the dispatcher's main loop failed; stopping", exc_info=True)
+            self.failure = self.failure or "the main loop failed"
+            self.request_stop()
         finally:
             for task in background:
                 task.cancel()
-            await self.remote.shut_down()
+            if background:  # bounded: a task that ignores its cancellation must not hold us
+                await asyncio.wait(background, timeout=1.0)
+            await self.remote.shut_down(self.db_before_exit)
             await self.shut_down_devices()
-            await self.db(pool.unregister_local_devices, [device.name for device in self.devices])
-            self.db_thread.shutdown(wait=True)
+            names = [device.name for device in self.devices]
+            await self.db_before_exit(pool.unregister_local_devices, names)
+            # A call stuck in the database thread must not hold the exit (see run_dispatcher).
+            self.db_thread.shutdown(wait=False, cancel_futures=True)
+        if self.failure is not None:
+            log.critical("dispatcher %s stopped: %s; exit status 1", self.name, self.failure)
+            return 1
         log.info("dispatcher %s stopped", self.name)
+        return 0
 
     def request_stop(self) -> None:
+        now = time.monotonic()
         if self.stopping:
             log.info("second stop signal: requeueing running jobs now")
             self.stop_now = True
+            self.exit_by = min(self.exit_by, now + SECOND_SIGNAL_SECONDS)
         else:
             log.info("stop requested: no new claims; waiting for running jobs")
-        self.stopping = True
+            # A bound, not a wait: the main loop returns as soon as no job runs here (a claim
+            # in flight when the signal came counts as running).
+            grace = settings.ZYPHER_SHUTDOWN_GRACE_SECONDS
+            self.exit_by = now + grace + CLEANUP_SECONDS
+            self.stop_requested.set()
+            threading.Thread(
+                target=self._watchdog, name="zypher-stop-watchdog", daemon=True
+            ).start()
         self.events.put_nowait(("wake", None))
+
+    def give_up(self, reason: str) -> None:
+        """A background task keeps crashing: stop, and exit non-zero (never half alive)."""
+        self.failure = self.failure or reason
+        self.request_stop()
+
+    def _watchdog(self) -> None:
+        """Ends the process if the orderly stop overran its deadline (a call that never
+        returns): a dispatcher that was told to stop never stays."""
+        while time.monotonic() < self.exit_by + WATCHDOG_MARGIN_SECONDS:
+            time.sleep(0.1)
+        log.critical("dispatcher %s did not stop by its deadline; exiting now", self.name)
+        exit_now(1)
 
     async def main_loop(self) -> None:
         grace_deadline: float | None = None
         while True:
             if not self.stopping:
-                await self.fill_idle_devices()
+                try:
+                    await self.fill_idle_devices()
+                except DatabaseError:
+                    log.exception("claiming failed; trying again at the next wake-up")
             else:
                 busy = [device for device in self.devices if device.claim is not None]
                 if grace_deadline is None:
-                    grace_deadline = time.monotonic() + settings.ZYPHER_SHUTDOWN_GRACE_SECONDS
+                    grace_deadline = self.exit_by - CLEANUP_SECONDS
                 if not busy or self.stop_now or time.monotonic() >= grace_deadline:
                     return
             try:
@@ -211,19 +309,27 @@ class Dispatcher:
                 self.empty_pools.clear()
                 self.remote.wake.set()
                 continue
-            if kind == "outcome":
-                await self.settle(*payload)
-            elif kind == "died":
-                await self.replace_dead_worker(payload)
-            elif kind == "wake":
-                self.empty_pools.clear()
-                self.remote.wake.set()
+            try:
+                await self.handle_event(kind, payload)
+            except Exception:  # one job's event can never end the loop
+                log.exception("handling %s failed", kind)
+
+    async def handle_event(self, kind: str, payload: Any) -> None:
+        if kind == "outcome":
+            await self.settle(*payload)
+        elif kind == "died":
+            await self.replace_dead_worker(payload)
+        elif kind == "wake":
+            self.empty_pools.clear()
+            self.remote.wake.set()
 
     async def fill_idle_devices(self) -> None:
         for device in self.devices:
             if not device.idle or device.device_type in self.empty_pools:
                 continue
-            claim = await self.db(claim_next, device.device_type, device.name)
+            if self.stopping:
+                return
+            claim = await self.db(claim_next, device.device_type, device.name, claim=True)
             if claim is None:
                 self.empty_pools.add(device.device_type)
                 continue
@@ -248,19 +354,28 @@ class Dispatcher:
         device.claim = None
         if claim is None or claim.id != outcome.job_id:
             return
-        fields = {
-            "succeeded": outcome.succeeded,
-            "duration": outcome.duration,
-            "result": outcome.result,
-            "error": outcome.error,
-        }
-        next_claim = None
-        if self.stopping or device.device_type in self.empty_pools:
-            accepted = await self.db(lambda: finish_job(claim, **fields))
+        claim_next_too = not (self.stopping or device.device_type in self.empty_pools)
+        if claim_next_too:
+            record = partial(finish_and_claim_next, claim, device.name)
         else:
-            accepted, next_claim = await self.db(
-                lambda: finish_and_claim_next(claim, device.name, **fields)
+            record = partial(finish_job, claim)
+        try:
+            written = await self.db(
+                partial(
+                    settle_outcome,
+                    record,
+                    succeeded=outcome.succeeded,
+                    duration=outcome.duration,
+                    result=outcome.result,
+                    error=outcome.error,
+                )
             )
+        except DatabaseError as exc:
+            # Not recorded (the database away past the deadline, or an error not about
+            # this job): its lease is no longer renewed, so the reaper requeues it.
+            log.warning("job %s: outcome not recorded (%s)", claim.public_id, exc)
+            return
+        accepted, next_claim = written if claim_next_too else (written, None)
         state = "succeeded" if outcome.succeeded else f"failed ({outcome.error[:200]})"
         if not accepted:
             state = "result refused: lease lost to another holder"
@@ -274,7 +389,12 @@ class Dispatcher:
             state,
         )
         if next_claim is not None:
-            self.send(device, next_claim)
+            if self.stopping:  # stopped while the claim was in flight: hand it straight back
+                await self.db_before_exit(
+                    release_job, next_claim.id, next_claim.fencing_token, "dispatcher stopping"
+                )
+            else:
+                self.send(device, next_claim)
         elif not self.stopping:
             self.empty_pools.add(device.device_type)
 
@@ -326,7 +446,8 @@ class Dispatcher:
             await asyncio.sleep(0.5)
             try:
                 await self.callbacks.deliver_due(self.db)
-            except Exception:
+            except DatabaseError:
+                # One program's row or answer: its attempt is counted; try again later.
                 log.exception("callback delivery failed")
 
     async def listen_for_work(self) -> None:
@@ -340,6 +461,9 @@ class Dispatcher:
             wake()
 
     async def shut_down_devices(self) -> None:
+        """Stop the workers (an idle one is asked, then killed after a second: it holds no
+        job and no connection) and give back the jobs still running on them."""
+        to_release = []
         for device in self.devices:
             claim, device.claim = device.claim, None
             process = device.process
@@ -349,17 +473,43 @@ class Dispatcher:
                 asyncio.get_running_loop().remove_reader(device.connection.fileno())
             if claim is not None:
                 process.kill()
-                process.join(timeout=5)
-                status = await self.db(
-                    release_job,
-                    claim.id,
-                    claim.fencing_token,
-                    "dispatcher shut down before it finished",
-                )
-                log.info("job %s requeued at shutdown; now %s", claim.public_id, status)
-            elif process.is_alive():
+                to_release.append(claim)
+            else:
                 with contextlib.suppress(BrokenPipeError, OSError):
                     device.connection.send(None)
-                process.join(timeout=5)
-                if process.is_alive():
-                    process.kill()
+        deadline = time.monotonic() + 1.0
+        processes = [device.process for device in self.devices if device.process is not None]
+        while any(process.is_alive() for process in processes) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+        for claim in to_release:
+            status = await self.db_before_exit(
+                release_job,
+                claim.id,
+                claim.fencing_token,
+                "dispatcher shut down before it finished",
+            )
+            if status is not None:
+                log.info("job %s requeued at shutdown; now %s", claim.public_id, status)
+
+
+def exit_now(status: int) -> None:
+    """Leave the process at once, logs flushed: no thread (a database call that never
+    returns, a handler in a simulated device) can hold the exit. Workers die with it."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def run_until_stopped(dispatcher: Dispatcher) -> None:
+    """Run `dispatcher` and end the process with its exit status (`run_dispatcher`)."""
+    loop = asyncio.new_event_loop()
+    try:
+        status = loop.run_until_complete(dispatcher.run())
+    except BaseException:
+        log.critical("dispatcher %s failed", dispatcher.name, exc_info=True)
+        status = 1
+    exit_now(status)

@@ -21,60 +21,67 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
 
 import aiohttp
 from django.conf import settings
 
 from devices import pool, protocol
 from devices.commands import COMMAND_PATH
+from devices.dispatcher.worker import JobOrder, JobOutcome, run_order
 from devices.models import Device
 from devices.qpu.mock import QpuInputError, measure
 from jobs.queue import ClaimedJob, renew_leases
-
-if TYPE_CHECKING:
-    from devices.dispatcher.loop import Dispatcher
+from jobs.results import settle_outcome
 
 log = logging.getLogger("zypher.dispatcher")
 
+# Runs a function in the dispatcher's database thread (retrying while the database is away).
+DatabaseRunner = Callable[..., Awaitable[Any]]
+
 
 class RemoteDevices:
-    def __init__(self, dispatcher: Dispatcher) -> None:
-        self.dispatcher = dispatcher
+    """Given what it needs from the dispatcher, not the dispatcher: its database runner,
+    its stop event and the lease length."""
+
+    def __init__(
+        self, db: DatabaseRunner, stop_requested: asyncio.Event, lease_seconds: float
+    ) -> None:
+        self.db = db
+        self.stop_requested = stop_requested
+        self.lease_seconds = lease_seconds
         self.wake = asyncio.Event()
         self.session: aiohttp.ClientSession | None = None
         # Simulated devices whose job runs in this dispatcher: name → (claim, task).
         self.simulated: dict[str, tuple[ClaimedJob, asyncio.Task[None]]] = {}
         self.sending: set[asyncio.Task[None]] = set()
 
-    async def db(self, function: Any, *args: Any) -> Any:
-        return await self.dispatcher.db(function, *args)
+    # --- the loops, each run (and restarted) by the dispatcher's supervisor ---
 
-    # --- the loops ---
-
-    async def run(self) -> None:
+    def start(self) -> None:
         self.session = aiohttp.ClientSession()
-        tasks = [
-            asyncio.create_task(self.dispatch_loop()),
-            asyncio.create_task(self.health_loop()),
-            asyncio.create_task(self.keep_simulated_leases()),
-        ]
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await self.session.close()
+
+    def tasks(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        return {
+            "remote-dispatch": self.dispatch_loop,
+            "health-checks": self.health_loop,
+            "simulated-leases": self.keep_simulated_leases,
+        }
 
     async def dispatch_loop(self) -> None:
         while True:
-            if not self.dispatcher.stopping:
+            if not self.stop_requested.is_set():
                 try:
                     await self.dispatch_to_idle_devices()
                 except Exception:  # a bad row must not end the loop
                     log.exception("dispatch to remote devices failed")
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+            # cancellation that races with the wake-up, and the loop would never end.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=settings.ZYPHER_IDLE_POLL_SECONDS)
+                async with asyncio.timeout(settings.ZYPHER_IDLE_POLL_SECONDS):
+                    await self.wake.wait()
             self.wake.clear()
 
     async def dispatch_to_idle_devices(self) -> None:
@@ -122,6 +129,14 @@ class RemoteDevices:
             return response.status, answer if isinstance(answer, dict) else {}
 
     async def send_run(self, device: Device, claim: ClaimedJob) -> None:
+        try:
+            await self._send_run(device, claim)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # its lease runs out and the reaper requeues it
+            log.exception("job %s: sending it to device %s failed", claim.public_id, device.name)
+
+    async def _send_run(self, device: Device, claim: ClaimedJob) -> None:
         args = {
             "job_id": claim.public_id,
             "fencing_token": claim.fencing_token,
@@ -145,46 +160,54 @@ class RemoteDevices:
             log.warning("job %s: %s; now %s", claim.public_id, reason, job_status)
 
     async def run_simulated(self, device: Device, claim: ClaimedJob) -> None:
-        """A simulated device: the mock QPU (or the job's handler) runs here."""
-        started = time.monotonic()
+        """A simulated device: the mock QPU (or the job's handler) runs here and the outcome
+        is settled like a local worker's (`jobs.results.settle_outcome`)."""
         try:
-            if claim.kind == "qpu" or device.device_type == "qpu":
-                await asyncio.sleep(settings.ZYPHER_QPU_SECONDS)
-                result, succeeded, error = measure(claim.input, device.size), True, ""
-            else:
-                from jobs.handlers import resolve_handler
-
-                handler = resolve_handler(claim.kind)
-                result = await asyncio.to_thread(handler, claim.input)
-                succeeded, error = True, ""
+            outcome = await self._simulate(device, claim)
+            self.simulated.pop(device.name, None)
+            accepted = await self.db(
+                partial(
+                    settle_outcome,
+                    partial(pool.settle_on_device, device.name, claim),
+                    succeeded=outcome.succeeded,
+                    duration=outcome.duration,
+                    result=outcome.result,
+                    error=outcome.error,
+                )
+            )
         except asyncio.CancelledError:
             raise
-        except (QpuInputError, Exception) as exc:
-            result, succeeded, error = None, False, f"{type(exc).__name__}: {exc}"
-        self.simulated.pop(device.name, None)
-        duration = time.monotonic() - started
-        accepted = await self.db(
-            lambda: pool.settle_on_device(
-                device.name,
-                claim,
-                succeeded=succeeded,
-                duration=duration,
-                result=result,
-                error=error,
-            )
-        )
+        except Exception:  # not settled: its lease runs out and the reaper requeues it
+            self.simulated.pop(device.name, None)
+            log.exception("job %s on simulated %s not settled", claim.public_id, device.name)
+            return
         log.info(
             "end job %s device=%s duration=%.3fs %s",
             claim.public_id,
             device.name,
-            duration,
-            "succeeded" if succeeded and accepted else error or "result refused: claim lost",
+            outcome.duration,
+            ("succeeded" if outcome.succeeded else f"failed ({outcome.error[:200]})")
+            if accepted
+            else "result refused: claim lost",
         )
         self.wake.set()
 
+    async def _simulate(self, device: Device, claim: ClaimedJob) -> JobOutcome:
+        order = JobOrder(claim.id, claim.fencing_token, claim.kind, claim.input)
+        if not (claim.kind == "qpu" or device.device_type == "qpu"):
+            return await asyncio.to_thread(run_order, order)
+        started = time.monotonic()
+        await asyncio.sleep(settings.ZYPHER_QPU_SECONDS)
+        try:
+            result, succeeded, error = measure(claim.input, device.size), True, ""
+        except (QpuInputError, Exception) as exc:
+            result, succeeded, error = None, False, f"{type(exc).__name__}: {exc}"
+        duration = time.monotonic() - started
+        return JobOutcome(claim.id, claim.fencing_token, succeeded, result, error, duration)
+
     async def keep_simulated_leases(self) -> None:
         while True:
-            await asyncio.sleep(self.dispatcher.lease_seconds / 3)
+            await asyncio.sleep(self.lease_seconds / 3)
             if not self.simulated:
                 continue
             running = dict(self.simulated)
@@ -230,15 +253,19 @@ class RemoteDevices:
         if freed:
             self.wake.set()
 
-    async def shut_down(self) -> None:
+    async def shut_down(self, db_before_exit: DatabaseRunner) -> None:
         """Stop: give back what simulated devices run here (remote agents keep running; their
-        reports settle through the API)."""
+        reports settle through the API), with `db_before_exit`, bounded by the deadline."""
         for name, (claim, task) in list(self.simulated.items()):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            status = await self.db(
+            status = await db_before_exit(
                 pool.give_back, name, claim, "dispatcher shut down before it finished", "ready"
             )
             log.info("job %s requeued at shutdown; now %s", claim.public_id, status)
         self.simulated.clear()
+        for task in list(self.sending):
+            task.cancel()
+        if self.session is not None:
+            await self.session.close()

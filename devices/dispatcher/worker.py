@@ -7,7 +7,6 @@ gives the job back to the queue; nothing it half-did is recorded.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -36,14 +35,19 @@ class JobOutcome:
 
 
 def run_order(order: JobOrder) -> JobOutcome:
-    """Run one job through its handler and time it."""
+    """Run one job through its handler and time it: the local workers' and the simulated
+    devices' way to run a job (the outcome is then written by `jobs.results.settle_outcome`)."""
     from jobs.handlers import resolve_handler
+    from jobs.results import storable_result
 
     started = time.monotonic()
     try:
         result = resolve_handler(order.kind)(order.input)
-        json.dumps(result)  # a result the API cannot return is a failure of the handler
-        succeeded, error = True, ""
+        # Checked here too, so that a huge or unpicklable result never crosses the pipe.
+        problem = storable_result(result)
+        succeeded, error = problem is None, problem or ""
+        if problem is not None:
+            result = None
     except Exception as exc:  # a handler's failure is the job's failure, not the worker's
         result, succeeded = None, False
         error = f"{type(exc).__name__}: {exc}"

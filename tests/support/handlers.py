@@ -32,3 +32,24 @@ def boom(input: Any) -> None:
 
 def crash(input: Any) -> None:
     os._exit(13)
+
+
+def not_a_number(input: Any) -> dict[str, Any]:
+    """A result JSON cannot store: NaN."""
+    return {"value": float("nan")}
+
+
+def nul_string(input: Any) -> dict[str, Any]:
+    """A result PostgreSQL cannot store: a NUL character in a key and a value."""
+    return {"text": "before\x00after", "key\x00": 1}
+
+
+def huge(input: Any) -> dict[str, Any]:
+    """A result of `input["bytes"]` characters (over ZYPHER_MAX_RESULT_BYTES in the tests)."""
+    size = int(input.get("bytes", 2_000_000)) if isinstance(input, dict) else 2_000_000
+    return {"blob": "x" * size}
+
+
+def nul_error(input: Any) -> None:
+    """Fails with a message PostgreSQL cannot store in a text column."""
+    raise ValueError("bad byte \x00 in the error")

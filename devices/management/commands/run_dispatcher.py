@@ -1,14 +1,18 @@
-"""`python manage.py run_dispatcher`: the scheduling loop and the local devices."""
+"""`python manage.py run_dispatcher`: the scheduling loop and the local devices.
+
+SIGTERM or Ctrl-C stops it within ZYPHER_SHUTDOWN_GRACE_SECONDS (at once when no job
+runs), database reachable or not; a second signal within two seconds. Exit status 1
+means it gave up on a failure; restart it (`make run` does).
+"""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from devices.dispatcher.loop import Dispatcher
+from devices.dispatcher.loop import Dispatcher, run_until_stopped
 from devices.process_logging import log_to_stdout
 
 
@@ -40,4 +44,6 @@ class Command(BaseCommand):
         dispatcher = Dispatcher(
             [(options["device_type"], options["devices"])], name=options["name"]
         )
-        asyncio.run(dispatcher.run())
+        # Ends the process with the dispatcher's exit status: 0 after SIGTERM or Ctrl-C,
+        # 1 when it gave up (a background task that keeps crashing, the main loop failed).
+        run_until_stopped(dispatcher)
