@@ -46,6 +46,7 @@ from devices import pool
 from devices.dispatcher.remote import RemoteDevices
 from devices.dispatcher.supervisor import supervise
 from devices.dispatcher.worker import JobOrder, JobOutcome, worker_main
+from jobs import invariants
 from jobs.api.errors import database_unavailable
 from jobs.notifications import notifications
 from jobs.programs import CallbackCourier
@@ -226,6 +227,7 @@ class Dispatcher:
                 "lease-renewal": self.keep_leases,
                 "reaper": self.reap_expired,
                 "callbacks": self.deliver_callbacks,
+                "queue-check": self.check_queue,
                 **self.remote.tasks(),
             }
             if connection.vendor == "postgresql":
@@ -438,6 +440,16 @@ class Dispatcher:
             await asyncio.sleep(min(2.0, self.lease_seconds / 4))
             for public_id, status in await self.db(requeue_expired_leases):
                 log.warning("job %s: lease expired; now %s", public_id, status)
+                self.events.put_nowait(("wake", None))
+
+    async def check_queue(self) -> None:
+        """Check the queue's invariants and repair drift (`jobs.invariants`), so it is
+        seen, logged and counted (`QueueRepair` rows) instead of stranding jobs."""
+        while True:
+            await asyncio.sleep(settings.ZYPHER_QUEUE_CHECK_SECONDS)
+            repaired = await self.db(invariants.repair, f"dispatcher {self.name}")
+            if repaired:
+                log.warning("queue check repaired %d drift(s)", len(repaired))
                 self.events.put_nowait(("wake", None))
 
     async def deliver_callbacks(self) -> None:
