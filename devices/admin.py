@@ -1,9 +1,17 @@
-"""The admin: the device pool, with actions that send devices commands."""
+"""The admin: the device pool, with actions that send devices commands.
+
+A device's state, job, fencing token, pool and size belong to the pool and the
+dispatcher (`devices.pool`): they are read-only here, changed by commands (start, stop)
+or by removing the device, never by editing the row. Only the URL may be edited, and
+saving writes that column alone: a full-row save would write back the job and token
+as they were read, over a dispatch that happened meanwhile.
+"""
 
 from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
+from django.forms import ModelForm
 from django.http import HttpRequest
 
 from devices import pool
@@ -27,12 +35,29 @@ class DeviceAdmin(admin.ModelAdmin):
     list_filter = ["state", "kind", "device_type"]
     search_fields = ["name", "url"]
     ordering = ["device_type", "name"]
-    readonly_fields = ["current_job", "fencing_token", "registered_at", "last_seen", "missed_pings"]
+    readonly_fields = [
+        "name",
+        "device_type",
+        "size",
+        "kind",
+        "state",
+        "current_job",
+        "fencing_token",
+        "dispatcher",
+        "registered_at",
+        "last_seen",
+        "missed_pings",
+    ]
     exclude = ["secret"]
     actions = ["send_start", "send_stop", "send_ping", "send_terminate"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # devices register themselves (POST /api/devices/)
+
+    def save_model(self, request: HttpRequest, obj: Device, form: ModelForm, change: bool) -> None:
+        changed = {name: getattr(obj, name) for name in form.changed_data}
+        if change and changed:
+            Device.objects.filter(pk=obj.pk).update(**changed)
 
     def delete_model(self, request: HttpRequest, obj: Device) -> None:
         pool.remove_device(obj.name)  # its running job goes back to the queue

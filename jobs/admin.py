@@ -1,5 +1,14 @@
 """The admin: users with weights, jobs, and the fair-share bookkeeping.
 
+The admin never changes queue state behind `jobs.queue`'s back (issue 12): a job's
+status, attempts, lease, charge, owner, pool and size and the fair-share bookkeeping
+(pools, accounts) are read-only here, since a hand-edited row would leave the counters
+unequal to the jobs they count. Jobs are not added here (that bypasses `submit_jobs`),
+and queued or running jobs are never deleted (nor users who have some, nor accounts or
+pools): operators cancel queued jobs (`cancel_job`) and requeue running ones
+(`release_job`) with the actions, which take the queue's locks. Weights stay editable;
+a queued job's priority too, written with a compare-and-set on its status.
+
 The operators' dashboard is a page of the same admin site (`jobs.monitoring.admin_site`,
 `jobs.monitoring.dashboard`). The list filters here never ask the jobs table for its distinct
 values (a full scan with millions of jobs): pools, kinds, users and devices are listed
@@ -14,15 +23,17 @@ from typing import Any
 from django.apps import apps
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin
-from django.db.models import Q, QuerySet, Sum
+from django.db.models import Count, Q, QuerySet, Sum
+from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponseRedirect
 from django.urls import reverse
 
 from jobs.handlers import known_kinds
-from jobs.models import FairPool, FairShareAccount, Job, JobStatus, User
-from jobs.queue import cancel_job
+from jobs.models import FINAL_STATUSES, FairPool, FairShareAccount, Job, JobStatus, User
+from jobs.queue import cancel_job, release_job
 
 LISTED_CHOICES = 50
+LIVE_STATUSES = [JobStatus.QUEUED, JobStatus.RUNNING]
 
 
 @admin.register(User)
@@ -63,6 +74,31 @@ class ZypherUserAdmin(UserAdmin):
     @admin.display(description="device time served (s)", ordering="served_seconds")
     def device_seconds(self, user: Any) -> str:
         return f"{user.served_seconds or 0.0:.1f}"
+
+    def get_deleted_objects(
+        self, objs: Any, request: HttpRequest
+    ) -> tuple[list[Any], dict[str, int], set[str], list[str]]:
+        """A user goes with their accounts and ended jobs; one with queued or running
+        jobs is refused (remove them from the queue first)."""
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        # The job and account admins refuse deletes one by one; with their user, ended
+        # jobs and accounts that count nothing may go (the model permissions still apply).
+        for model in (Job, FairShareAccount):
+            codename = f"{model._meta.app_label}.delete_{model._meta.model_name}"
+            if request.user.has_perm(codename):
+                perms_needed.discard(model._meta.verbose_name)
+        live = (
+            Job.objects.filter(owner__in=list(objs), status__in=LIVE_STATUSES)
+            .values("owner__username")
+            .annotate(live=Count("id"))
+            .order_by("owner__username")
+        )
+        for row in live:
+            protected.append(
+                f"{row['owner__username']}: {row['live']} queued or running job(s); "
+                "remove the user from the queue first"
+            )
+        return deleted, counts, perms_needed, protected
 
     @admin.action(description="Remove selected users from the queue…")
     def remove_from_queue(
@@ -162,8 +198,41 @@ class JobAdmin(admin.ModelAdmin):
     list_select_related = ["owner"]
     ordering = ["-id"]
     show_full_result_count = False
-    raw_id_fields = ["owner"]
-    actions = ["cancel_selected"]
+    actions = ["cancel_selected", "requeue_selected"]
+    editable_while_queued = ["priority"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # jobs are submitted through the API (`submit_jobs` counts them)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
+        # Ended jobs may go (retention); queued and running ones are cancelled or requeued.
+        allowed = super().has_delete_permission(request, obj)
+        return allowed and (obj is None or obj.status in FINAL_STATUSES)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        # Re-checked in the statement: a job may have been requeued since the confirmation.
+        queryset.filter(status__in=list(FINAL_STATUSES)).delete()
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Job | None = None) -> list[str]:
+        fields = [field.name for field in Job._meta.fields]
+        if obj is not None and obj.status == JobStatus.QUEUED:
+            return [name for name in fields if name not in self.editable_while_queued]
+        return fields
+
+    def save_model(self, request: HttpRequest, obj: Job, form: ModelForm, change: bool) -> None:
+        """Write only the fields the operator may change, and only while still queued
+        (`obj.save()` would write back every column as read, over a claim)."""
+        changed = {name: getattr(obj, name) for name in form.changed_data}
+        changed = {k: v for k, v in changed.items() if k in self.editable_while_queued}
+        if not changed:
+            return
+        updated = Job.objects.filter(pk=obj.pk, status=JobStatus.QUEUED).update(**changed)
+        if not updated:
+            self.message_user(
+                request,
+                f"Job {obj.public_id} is no longer queued: nothing changed.",
+                messages.ERROR,
+            )
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Job], search_term: str
@@ -186,17 +255,45 @@ class JobAdmin(admin.ModelAdmin):
         )
         self.message_user(request, f"Cancelled {cancelled} queued job(s).", messages.SUCCESS)
 
+    @admin.action(description="Requeue selected running jobs")
+    def requeue_selected(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        """Give running jobs back to the queue (their dispatcher sees the lease gone and
+        stops the device); a job out of attempts fails instead, as after any release."""
+        reason = f"requeued by operator {request.user.get_username()}"
+        running = queryset.filter(status=JobStatus.RUNNING).order_by("id")
+        outcomes = [
+            release_job(job_id, attempts, reason)
+            for job_id, attempts in running.values_list("id", "attempts")
+        ]
+        requeued = outcomes.count(JobStatus.QUEUED)
+        failed = outcomes.count(JobStatus.FAILED)
+        text = f"Requeued {requeued} running job(s)."
+        if failed:
+            text += f" {failed} had used all their attempts and failed."
+        self.message_user(request, text, messages.SUCCESS)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Shown, never written: the queue's bookkeeping changes only through jobs.queue."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
 
 @admin.register(FairPool)
-class FairPoolAdmin(admin.ModelAdmin):
+class FairPoolAdmin(ReadOnlyAdmin):
+    # Pool rows are the scheduler's clock; processes cache their ids.
     list_display = ["device_type", "virtual_time", "cost_estimate"]
-
-    def has_delete_permission(self, request: HttpRequest, obj: FairPool | None = None) -> bool:
-        return False  # pool rows are the scheduler's clock; processes cache their ids
 
 
 @admin.register(FairShareAccount)
-class FairShareAccountAdmin(admin.ModelAdmin):
+class FairShareAccountAdmin(ReadOnlyAdmin):
     list_display = [
         "user",
         "pool",

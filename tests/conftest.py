@@ -17,7 +17,13 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from tests.support.processes import Gateway, ServiceProcess, start_gateway, start_service
+from tests.support.processes import (
+    Gateway,
+    ServiceProcess,
+    start_gateway,
+    start_service,
+    stop_all,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_HANDLERS = {
@@ -42,6 +48,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "postgres" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_run() -> Iterator[None]:
+    """Session finalizer: kill the process group of every service a fixture left running.
+
+    A run killed with SIGKILL skips this; the parent-death signal and the reaper process
+    of tests/support/processes.py cover that case.
+    """
+    yield
+    stop_all()
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,9 @@ resolves them when their job reaches a final status:
   transaction that ends a job (finish, fail, cancel), so a waiter wakes within
   milliseconds of the commit. Each waiter is also re-read every `SAFETY_RECHECK_SECONDS`
   and everyone is re-read after a reconnect, so a lost notification costs a delay,
-  never a hang;
+  never a hang. While that connection is down (or found dead by its ping, see
+  `jobs.notifications`), waiters fall back at once to the poll below, and go back to
+  NOTIFY when it is up again;
 * on SQLite (no NOTIFY), a poll with per-waiter backoff (`POLL_FIRST_SECONDS` doubling
   to `POLL_MAX_SECONDS`), batched: one `SELECT … WHERE public_id IN (…)` per tick for
   all waiters that are due, whatever their number.
@@ -53,8 +55,10 @@ DB_THREADS = 8  # threads (and so database connections) per web process for /pre
 POLL_FIRST_SECONDS = 0.01  # SQLite: first re-read of a waiting job, then doubling…
 POLL_MAX_SECONDS = 0.2  # …up to this interval
 SAFETY_RECHECK_SECONDS = 30.0  # PostgreSQL: re-read a waiting job this often regardless
-LISTEN_READY_SECONDS = 2.0  # how long a waiter waits for the LISTEN connection to come up
+LISTEN_READY_SECONDS = 2.0  # how long the first waiters wait for the first LISTEN attempt
 RECONNECT_SECONDS = 1.0
+LISTEN_PING_SECONDS = 5.0  # the LISTEN connection proves itself alive this often…
+LISTEN_PING_TIMEOUT_SECONDS = 5.0  # …or is replaced
 
 _db_executor = ThreadPoolExecutor(max_workers=DB_THREADS, thread_name_prefix="predict-db")
 
@@ -166,6 +170,9 @@ class CompletionHub:
         self.loop = loop
         self.use_notify = use_notify
         self.listening = asyncio.Event()  # set while the LISTEN connection is up
+        # Set once the first attempt to listen ended, up or not: from then on nobody
+        # waits for the listener (while it is down, the poll covers every waiter).
+        self._listen_settled = asyncio.Event()
         self._waiters: dict[str, _Waiter] = {}
         self._tick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -246,10 +253,12 @@ class CompletionHub:
     async def _listen_loop(self) -> None:
         def connected() -> None:
             self.listening.set()
+            self._listen_settled.set()
             self.wake_all()  # anything that ended while we were not listening: re-read all
 
         def disconnected() -> None:
             self.listening.clear()
+            self._listen_settled.set()
             self._reschedule_for_polling()
 
         async for public_id in notifications(
@@ -257,6 +266,8 @@ class CompletionHub:
             on_connect=connected,
             on_disconnect=disconnected,
             retry_seconds=RECONNECT_SECONDS,
+            ping_seconds=LISTEN_PING_SECONDS,
+            ping_timeout=LISTEN_PING_TIMEOUT_SECONDS,
         ):
             self.wake(public_id)
 
@@ -269,12 +280,17 @@ class CompletionHub:
         self._tick.set()
 
     async def ready(self) -> None:
-        """Wait (briefly) for the LISTEN connection, so no NOTIFY is missed after a read."""
+        """On first use, wait (briefly) for the LISTEN connection, so that the first
+        waiters are woken by NOTIFY rather than by the poll.
+
+        Only the first attempt is awaited: once the listener has been up or failed,
+        nobody waits for it, since the poll covers every waiter while it is down (waiting
+        for a reconnect here added its delay to every wait loop; issue 12).
+        """
         self._start()
-        if self.use_notify and not self.listening.is_set():
-            # Past this, the poll covers the waiters until the listener is up.
+        if self.use_notify and not self._listen_settled.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.listening.wait(), LISTEN_READY_SECONDS)
+                await asyncio.wait_for(self._listen_settled.wait(), LISTEN_READY_SECONDS)
 
     async def close(self) -> None:
         for task in self._tasks:

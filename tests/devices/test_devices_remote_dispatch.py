@@ -127,13 +127,16 @@ def test_a_device_killed_mid_job_loses_nothing(
     os.kill(doomed.process.pid, signal.SIGKILL)
     doomed.process.process.wait(timeout=10)
     survivor.command("start")
+    # Two recovery paths race here (offline detection, lease expiry); either may requeue
+    # the job. What must hold is the outcome: requeued once, run again, ended once.
     wait_until(lambda: Device.objects.get(name="qpu-doomed").state == "offline", 20, "offline")
     wait_until(lambda: Job.objects.get(public_id=job_id).status == "succeeded", 30, "the rerun")
     job = Job.objects.get(public_id=job_id)
     assert job.device == "qpu-survivor" and job.attempts == 2
     assert sum(job.result["counts"].values()) == 50
-    assert "went offline" in dispatcher.log_text()
     # Ran to completion once: only the survivor finished it.
-    assert f"job {job_id} succeeded" in survivor.log()
+    assert survivor.log().count(f"job {job_id} succeeded") == 1
     assert f"job {job_id} succeeded" not in doomed.log()
     assert not Job.objects.filter(status__in=["queued", "running"]).exists()
+    assert Device.objects.get(name="qpu-survivor").current_job is None
+    assert dispatcher.process.poll() is None

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from devices.models import Device
 from jobs.models import Job, User
 from tests.support.device_fixtures import (  # noqa: F401 - fixtures used by name
     device_env,
@@ -139,7 +140,10 @@ def test_an_agent_killed_mid_job_loses_nothing_and_runs_nothing_twice(
     assert reconcile_agent_jobs(job_ids, [doomed.log(), spare.log()]) == []
     assert Job.objects.filter(public_id__in=job_ids, status="succeeded").count() == len(job_ids)
     assert not Job.objects.filter(status__in=["queued", "running"]).exists()
-    assert "went offline" in dispatcher.log_text()
+    # Offline detection or lease expiry may requeue the job (they race): assert the outcome.
+    assert Device.objects.get(name="qpu-doomed").state == "offline"
+    assert Device.objects.get(name="qpu-spare").current_job is None
+    assert dispatcher.process.poll() is None
     assert spare.process.process.poll() is None
     assert recovery.timings["job_requeued_s"] < 10
     assert recovery.timings["job_done_elsewhere_s"] < 15

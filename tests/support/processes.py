@@ -1,16 +1,36 @@
 """Real processes for tests and benchmarks: the web server and dispatchers, with logs.
 
 Plain Python (no pytest), so that bench/ starts servers exactly as the tests do.
+
+Everything started here dies with the process that started it, however that one ends
+(a finished run, Ctrl-C, kill -9 of pytest); three layers, since none covers all cases:
+
+* each service runs in a process group of its own (`start_new_session`), so one
+  `killpg` reaches its children too (gunicorn's workers, the dispatcher's workers);
+* the direct child gets the parent-death signal (Linux `prctl(PR_SET_PDEATHSIG)`):
+  SIGKILL the moment its parent dies. The kernel sends it when the *thread* that forked
+  dies, so it is set only when forking from the main thread (fixtures run there);
+* a small reaper process, started on first use in a session of its own, holds the read
+  end of a pipe from this process and a list of the live groups; when the pipe closes
+  (this process ended, even by SIGKILL) it kills every group still listed. A normal
+  exit also stops the groups at once (`stop_all`, called by an atexit hook and by the
+  suite's session finalizer).
+
+Processes forked (not exec'd) from this one inherit the pipe and so delay the reaper
+until they exit too.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import ctypes
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +39,108 @@ from typing import Any
 import requests
 
 ROOT = Path(__file__).resolve().parents[2]
+PR_SET_PDEATHSIG = 1
+
+try:
+    _prctl: Any = ctypes.CDLL(None, use_errno=True).prctl  # resolved before any fork
+except (OSError, AttributeError):  # not Linux: the reaper alone covers
+    _prctl = None
+
+# Run with `python -c` by the reaper process: no imports of ours, so it starts fast.
+_REAPER_SOURCE = """
+import os, signal
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+groups, pending = set(), b""
+while True:
+    chunk = os.read(0, 4096)
+    if not chunk:
+        break
+    *lines, pending = (pending + chunk).split(b"\\n")
+    for line in lines:
+        if line[:1] == b"+":
+            groups.add(int(line[1:]))
+        elif line[:1] == b"-":
+            groups.discard(int(line[1:]))
+for pgid in groups:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
+class _GroupReaper:
+    """The reaper process of this process, started on first use (one per process)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner_pid = 0
+        self._write_end: int | None = None
+
+    def _pipe(self) -> int:
+        if self._write_end is None or self._owner_pid != os.getpid():
+            read_end, write_end = os.pipe()  # not inheritable: no exec'd child holds it
+            subprocess.Popen(
+                [sys.executable, "-c", _REAPER_SOURCE],
+                stdin=read_end,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # outlives us, untouched by our signals
+            )
+            os.close(read_end)
+            self._write_end, self._owner_pid = write_end, os.getpid()
+        return self._write_end
+
+    def _send(self, line: str) -> None:
+        with self._lock:
+            os.write(self._pipe(), line.encode())
+
+    def track(self, pgid: int) -> None:
+        self._send(f"+{pgid}\n")
+
+    def forget(self, pgid: int) -> None:
+        self._send(f"-{pgid}\n")
+
+
+_reaper = _GroupReaper()
+_live: set[ServiceProcess] = set()
+
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+    def set_parent_death_signal() -> None:  # in the child, between fork and exec
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before the signal was armed
+            os._exit(1)
+
+    return set_parent_death_signal
+
+
+def popen_tied(command: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """`subprocess.Popen` in a new process group that dies with this process.
+
+    Call `untie(process)` once the group is known to be gone.
+    """
+    preexec = None
+    if _prctl is not None and threading.current_thread() is threading.main_thread():
+        preexec = _die_with_parent(os.getpid())
+    process = subprocess.Popen(command, start_new_session=True, preexec_fn=preexec, **kwargs)
+    _reaper.track(process.pid)
+    return process
+
+
+def untie(process: subprocess.Popen[bytes]) -> None:
+    """Take a stopped group off the reaper's list (its id may be reused later)."""
+    _reaper.forget(process.pid)
+
+
+def stop_all() -> None:
+    """Kill every service still running (the session finalizer and atexit call this)."""
+    for service in list(_live):
+        service.kill()
+        service.close()
+
+
+atexit.register(stop_all)
 
 
 def free_port() -> int:
@@ -34,14 +156,10 @@ class ServiceProcess:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        self.process = popen_tied(
+            command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT
         )
+        _live.add(self)
 
     @property
     def pid(self) -> int:
@@ -56,20 +174,24 @@ class ServiceProcess:
 
     def kill(self) -> None:
         """kill -9 of the whole process group (the dispatcher and its workers)."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # the group may outlive its leader
         self.process.wait(timeout=10)
+
+    def close(self) -> None:
+        """The group is gone: forget it and close the log."""
+        if self in _live:
+            _live.discard(self)
+            untie(self.process)
+        self._log.close()
 
     def stop(self, timeout: float = 20) -> int | None:
         if self.process.poll() is None:
             self.signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)  # leftovers of the group, if any
-        self._log.close()
+        self.kill()  # the leader if it did not stop, and leftovers of the group
+        self.close()
         return self.process.returncode
 
 
