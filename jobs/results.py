@@ -14,10 +14,11 @@ import json
 import logging
 import math
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import DataError, IntegrityError, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 
 log = logging.getLogger("zypher.queue")
 R = TypeVar("R")
@@ -105,8 +106,12 @@ def settle_outcome(
         succeeded, result, error = False, None, problem
     if not succeeded:
         result, error = None, storable_error(error)
+    # Inside a caller's transaction a savepoint keeps it usable after a refused write; in
+    # autocommit a failed statement undoes only itself, and a savepoint would cost the
+    # device's idle gap two more round trips (BEGIN, COMMIT) on the hot path.
+    guard = transaction.atomic() if connection.in_atomic_block else nullcontext()
     try:
-        with transaction.atomic():
+        with guard:
             return record(succeeded=succeeded, duration=duration, result=result, error=error)
     except (DataError, IntegrityError) as exc:
         log.warning("the database refused an outcome (%s); recording a failure", exc)
