@@ -18,6 +18,8 @@ BENCH_HANDLERS = {"stamp": "bench.handlers:stamp"}
 
 
 def setup_django() -> None:
+    # Every benchmark writes logs and JSON under bench/results/: a fresh clone has none.
+    RESULTS.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "zypher.settings")
     os.environ.setdefault("ZYPHER_HANDLERS", json.dumps(BENCH_HANDLERS))
     import django
