@@ -123,7 +123,9 @@ class DeviceAgent:
         self.nonces = protocol.MemoryNonceStore(config.max_age)
         self.job: RunningJob | None = None
         self.calculations: set[asyncio.Task[None]] = set()
-        self.unreported: dict[str, UnreportedResult] = {}
+        # By (job id, fencing token): a job requeued while its first report was undelivered
+        # may run here again, and each run's report is answered on its own.
+        self.unreported: dict[tuple[str, int], UnreportedResult] = {}
         self.report_tasks: set[asyncio.Task[Any]] = set()
         self.terminated = asyncio.Event()
         self.session: aiohttp.ClientSession | None = None
@@ -180,14 +182,19 @@ class DeviceAgent:
                 "fencing_token": job.fencing_token,
                 "seconds": round(now - job.started, 3),
             },
-            "unreported": sorted(self.unreported),
-            # How long ago each unreported job ended: the gateway keeps its lease only so long.
-            "unreported_seconds": {
-                job_id: round(now - unreported.ended, 3)
-                for job_id, unreported in self.unreported.items()
-            },
+            "unreported": sorted({job_id for job_id, _ in self.unreported}),
+            # How long ago each unreported job ended (its latest run): the gateway keeps its
+            # lease only so long.
+            "unreported_seconds": self.unreported_seconds(now),
             "calculations": len(self.calculations),
         }
+
+    def unreported_seconds(self, now: float) -> dict[str, float]:
+        seconds: dict[str, float] = {}
+        for (job_id, _), unreported in self.unreported.items():
+            ago = round(now - unreported.ended, 3)
+            seconds[job_id] = min(ago, seconds.get(job_id, ago))
+        return seconds
 
     async def set_state(self, state: str) -> None:
         """Change state and tell the gateway, waiting briefly for it: once the operator sees
@@ -241,10 +248,11 @@ class DeviceAgent:
             "duration": round(time.monotonic() - started, 6),
             "state": self.state,
         }
-        self.unreported[job.job_id] = UnreportedResult(report)
+        key = (job.job_id, job.fencing_token)
+        self.unreported[key] = UnreportedResult(report)
         self.job = None
         log.info("job %s %s", job.job_id, "succeeded" if succeeded else f"failed: {error}")
-        task = asyncio.create_task(self.resend_until_answered(job.job_id))
+        task = asyncio.create_task(self.resend_until_answered(key))
         self.report_tasks.add(task)
         task.add_done_callback(self.report_tasks.discard)
 
@@ -256,9 +264,18 @@ class DeviceAgent:
         task.add_done_callback(self.report_tasks.discard)
         return task
 
-    async def post_report(self, report: dict[str, Any], attempt: int) -> ReportOutcome:
-        """One signed POST of a report; logs one line with the outcome. Never raises
-        (but for cancellation): whatever goes wrong is an attempt to make again."""
+    def next_delay(self, attempt: int) -> float:
+        return backoff_delay(
+            attempt - 1, self.config.report_backoff_seconds, self.config.report_backoff_max_seconds
+        )
+
+    async def post_report(
+        self, report: dict[str, Any], attempt: int, retry_in: float | None
+    ) -> ReportOutcome:
+        """One signed POST of a report; logs one line with the outcome (and when the next
+        try is, `retry_in`, None for none). Never raises (but for cancellation): whatever
+        goes wrong is an attempt to make again."""
+        then = "no more tries" if retry_in is None else f"next try in {retry_in:.1f}s"
         path = f"/api/devices/{self.config.device_id}/reports/"
         about = report["report"]
         if "job_id" in report:
@@ -275,14 +292,15 @@ class DeviceAgent:
             raise
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning(
-                "report %s not delivered (attempt %d: %s)",
+                "report %s not delivered (attempt %d: %s); %s",
                 about,
                 attempt,
                 _short(str(exc) or type(exc).__name__),
+                then,
             )
             return "retry"
         except Exception:  # a bug here must not end the resending, nor the agent
-            log.exception("report %s not delivered (attempt %d)", about, attempt)
+            log.exception("report %s not delivered (attempt %d); %s", about, attempt, then)
             return "retry"
         try:
             answer = json.loads(text)
@@ -297,27 +315,27 @@ class DeviceAgent:
             log.warning("report %s refused for good (%s: %s); dropped", about, status, _short(text))
         else:
             log.warning(
-                "report %s not delivered (attempt %d: %s %s)", about, attempt, status, _short(text)
+                "report %s not delivered (attempt %d: %s %s); %s",
+                about,
+                attempt,
+                status,
+                _short(text),
+                then,
             )
         return outcome
 
-    async def resend_until_answered(self, job_id: str) -> None:
+    async def resend_until_answered(self, key: tuple[str, int]) -> None:
         """Send a finished job's report until the gateway accepts it or refuses it for
-        good, then forget the job. Other answers (5xx, no answer, a timeout) mean another
-        try after a backoff; the gateway requeues a job it waited too long for, and its
-        late report is then refused by its fencing token."""
-        while (unreported := self.unreported.get(job_id)) is not None:
+        good, then forget it. Other answers (5xx, no answer, a timeout) mean another try
+        after a backoff; the gateway requeues a job it waited too long for, and its late
+        report is then refused by its fencing token."""
+        while (unreported := self.unreported.get(key)) is not None:
             unreported.attempts += 1
-            outcome = await self.post_report(unreported.report, unreported.attempts)
+            delay = self.next_delay(unreported.attempts)
+            outcome = await self.post_report(unreported.report, unreported.attempts, delay)
             if outcome != "retry":
-                self.unreported.pop(job_id, None)
+                self.unreported.pop(key, None)
                 return
-            delay = backoff_delay(
-                unreported.attempts - 1,
-                self.config.report_backoff_seconds,
-                self.config.report_backoff_max_seconds,
-            )
-            log.info("report for job %s: next try in %.1fs", job_id, delay)
             await asyncio.sleep(delay)
 
     async def deliver(self, report: dict[str, Any], deadline: float | None = None) -> bool:
@@ -327,17 +345,15 @@ class DeviceAgent:
         attempt = 0
         while True:
             attempt += 1
-            outcome = await self.post_report(report, attempt)
+            delay: float | None = self.next_delay(attempt)
+            if time.monotonic() + delay > deadline:
+                delay = None
+            outcome = await self.post_report(report, attempt, delay)
             if outcome != "retry":
                 if "job_id" in report:
-                    self.unreported.pop(report["job_id"], None)
+                    self.unreported.pop((report["job_id"], report["fencing_token"]), None)
                 return outcome == "delivered"
-            delay = backoff_delay(
-                attempt - 1,
-                self.config.report_backoff_seconds,
-                self.config.report_backoff_max_seconds,
-            )
-            if time.monotonic() + delay > deadline:
+            if delay is None:
                 return False
             await asyncio.sleep(delay)
 
