@@ -10,6 +10,12 @@ Both ways: the gateway sends signed commands to `POST /commands`; the agent send
 reports to `POST <gateway>/api/devices/<id>/reports/` (a job finished, a job given back,
 its state changed), so a job of minutes never holds a request open. It registers on
 start (getting its secret) and deregisters on exit.
+
+A finished job's report is resent, with capped exponential backoff and jitter, until the
+gateway accepts it or refuses it for good (the claim was fenced off, the device is no
+longer known, a signature that will never pass); until then the job is listed as
+`unreported` in `status`, with how long ago it ended, and the gateway keeps its lease
+for a bounded time only (ZYPHER_DEVICE_UNREPORTED_SECONDS), then requeues it.
 """
 
 from __future__ import annotations
@@ -18,10 +24,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 from aiohttp import web
@@ -47,7 +54,12 @@ class AgentConfig:
     url: str = ""
     qpu_seconds: float = 1.0
     max_age: float = protocol.DEFAULT_MAX_AGE_SECONDS
+    # A state report is retried this long (the health checks correct the state anyway).
     report_retry_seconds: float = 60.0
+    # A job's report is resent until answered for good, waiting first this long, doubling
+    # up to the cap. Keep the cap well below the gateway's ZYPHER_DEVICE_UNREPORTED_SECONDS.
+    report_backoff_seconds: float = 0.2
+    report_backoff_max_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         self.url = self.url or f"http://{self.host}:{self.port}"
@@ -63,6 +75,46 @@ class RunningJob:
     started: float = field(default_factory=time.monotonic)
 
 
+@dataclass
+class UnreportedResult:
+    """A finished job's report that the gateway has not answered for good yet."""
+
+    report: dict[str, Any]
+    ended: float = field(default_factory=time.monotonic)
+    attempts: int = 0
+
+
+ReportOutcome = Literal["delivered", "refused", "retry"]
+
+# 4xx answers that the same report will get again however often it is sent: the claim is
+# no longer held (409), the device is unknown (404: removed, or registered again), the
+# report is malformed (400) or too big (413), or the signature is wrong (401 "bad
+# signature": the gateway holds another secret). A stale timestamp or a replayed nonce
+# (also 401) is worth another try: each attempt is signed afresh.
+_FINAL_STATUSES = frozenset({400, 401, 403, 404, 409, 410, 413, 422})
+_RETRIED_401_PREFIXES = ("stale message", "replayed message")
+
+
+def report_outcome(status: int, answer: dict[str, Any]) -> ReportOutcome:
+    """What the gateway's answer to a report means for the agent."""
+    if 200 <= status < 300:
+        return "delivered"
+    if status == 401 and str(answer.get("error", "")).startswith(_RETRIED_401_PREFIXES):
+        return "retry"
+    return "refused" if status in _FINAL_STATUSES else "retry"
+
+
+def backoff_delay(attempt: int, first: float, cap: float) -> float:
+    """Capped exponential backoff with jitter: a random wait in [d/2, d], d = first * 2^n
+    capped, so that agents cut off together do not all come back in the same instant."""
+    delay = min(cap, first * 2 ** min(attempt, 32))
+    return random.uniform(delay / 2, delay)
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 class DeviceAgent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
@@ -71,8 +123,10 @@ class DeviceAgent:
         self.nonces = protocol.MemoryNonceStore(config.max_age)
         self.job: RunningJob | None = None
         self.calculations: set[asyncio.Task[None]] = set()
-        self.unreported: dict[str, dict[str, Any]] = {}
-        self.report_tasks: set[asyncio.Task[bool]] = set()
+        # By (job id, fencing token): a job requeued while its first report was undelivered
+        # may run here again, and each run's report is answered on its own.
+        self.unreported: dict[tuple[str, int], UnreportedResult] = {}
+        self.report_tasks: set[asyncio.Task[Any]] = set()
         self.terminated = asyncio.Event()
         self.session: aiohttp.ClientSession | None = None
 
@@ -116,6 +170,7 @@ class DeviceAgent:
 
     def status(self) -> dict[str, Any]:
         job = self.job
+        now = time.monotonic()
         return {
             "id": self.config.device_id,
             "type": self.config.device_type,
@@ -125,11 +180,21 @@ class DeviceAgent:
             else {
                 "job_id": job.job_id,
                 "fencing_token": job.fencing_token,
-                "seconds": round(time.monotonic() - job.started, 3),
+                "seconds": round(now - job.started, 3),
             },
-            "unreported": sorted(self.unreported),
+            "unreported": sorted({job_id for job_id, _ in self.unreported}),
+            # How long ago each unreported job ended (its latest run): the gateway keeps its
+            # lease only so long.
+            "unreported_seconds": self.unreported_seconds(now),
             "calculations": len(self.calculations),
         }
+
+    def unreported_seconds(self, now: float) -> dict[str, float]:
+        seconds: dict[str, float] = {}
+        for (job_id, _), unreported in self.unreported.items():
+            ago = round(now - unreported.ended, 3)
+            seconds[job_id] = min(ago, seconds.get(job_id, ago))
+        return seconds
 
     async def set_state(self, state: str) -> None:
         """Change state and tell the gateway, waiting briefly for it: once the operator sees
@@ -165,8 +230,9 @@ class DeviceAgent:
                 from jobs.handlers import resolve_handler
 
                 result = await asyncio.to_thread(resolve_handler(job.kind), job_input)
-            json.dumps(result)
-            succeeded, error = True, ""
+            succeeded, error = True, _unsendable_result(result)
+            if error:
+                result, succeeded = None, False
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the job's failure, reported; the agent carries on
@@ -177,14 +243,18 @@ class DeviceAgent:
             "fencing_token": job.fencing_token,
             "succeeded": succeeded,
             "result": result,
-            "error": error,
+            # The report's schema caps the error; a long traceback must not get it refused.
+            "error": _short(error, 9000),
             "duration": round(time.monotonic() - started, 6),
             "state": self.state,
         }
-        self.unreported[job.job_id] = report
+        key = (job.job_id, job.fencing_token)
+        self.unreported[key] = UnreportedResult(report)
         self.job = None
         log.info("job %s %s", job.job_id, "succeeded" if succeeded else f"failed: {error}")
-        self.send_report(report)
+        task = asyncio.create_task(self.resend_until_answered(key))
+        self.report_tasks.add(task)
+        task.add_done_callback(self.report_tasks.discard)
 
     # --- reports to the gateway ---
 
@@ -194,31 +264,98 @@ class DeviceAgent:
         task.add_done_callback(self.report_tasks.discard)
         return task
 
-    async def deliver(self, report: dict[str, Any], deadline: float | None = None) -> bool:
-        """POST a signed report, retried with backoff until answered (or the deadline)."""
-        deadline = deadline or time.monotonic() + self.config.report_retry_seconds
+    def next_delay(self, attempt: int) -> float:
+        return backoff_delay(
+            attempt - 1, self.config.report_backoff_seconds, self.config.report_backoff_max_seconds
+        )
+
+    async def post_report(
+        self, report: dict[str, Any], attempt: int, retry_in: float | None
+    ) -> ReportOutcome:
+        """One signed POST of a report; logs one line with the outcome (and when the next
+        try is, `retry_in`, None for none). Never raises (but for cancellation): whatever
+        goes wrong is an attempt to make again."""
+        then = "no more tries" if retry_in is None else f"next try in {retry_in:.1f}s"
         path = f"/api/devices/{self.config.device_id}/reports/"
-        body = protocol.encode(report)
-        delay = 0.2
+        about = report["report"]
+        if "job_id" in report:
+            about += f" for job {report['job_id']} (token {report['fencing_token']})"
+        try:
+            assert self.session is not None
+            body = protocol.encode(report)
+            headers = protocol.sign(self.secret, "POST", path, body)
+            async with self.session.post(
+                self.config.gateway + path, data=body, headers=headers, timeout=_timeout(5)
+            ) as response:
+                status, text = response.status, await response.text()
+        except asyncio.CancelledError:
+            raise
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning(
+                "report %s not delivered (attempt %d: %s); %s",
+                about,
+                attempt,
+                _short(str(exc) or type(exc).__name__),
+                then,
+            )
+            return "retry"
+        except Exception:  # a bug here must not end the resending, nor the agent
+            log.exception("report %s not delivered (attempt %d); %s", about, attempt, then)
+            return "retry"
+        try:
+            answer = json.loads(text)
+        except ValueError:
+            answer = {}
+        answer = answer if isinstance(answer, dict) else {}
+        outcome = report_outcome(status, answer)
+        if outcome == "delivered":
+            note = f": {answer['error']}" if answer.get("error") else ""
+            log.info("report %s delivered (%s, attempt %d)%s", about, status, attempt, note)
+        elif outcome == "refused":
+            log.warning("report %s refused for good (%s: %s); dropped", about, status, _short(text))
+        else:
+            log.warning(
+                "report %s not delivered (attempt %d: %s %s); %s",
+                about,
+                attempt,
+                status,
+                _short(text),
+                then,
+            )
+        return outcome
+
+    async def resend_until_answered(self, key: tuple[str, int]) -> None:
+        """Send a finished job's report until the gateway accepts it or refuses it for
+        good, then forget it. Other answers (5xx, no answer, a timeout) mean another try
+        after a backoff; the gateway requeues a job it waited too long for, and its late
+        report is then refused by its fencing token."""
+        while (unreported := self.unreported.get(key)) is not None:
+            unreported.attempts += 1
+            delay = self.next_delay(unreported.attempts)
+            outcome = await self.post_report(unreported.report, unreported.attempts, delay)
+            if outcome != "retry":
+                self.unreported.pop(key, None)
+                return
+            await asyncio.sleep(delay)
+
+    async def deliver(self, report: dict[str, Any], deadline: float | None = None) -> bool:
+        """POST a signed report, retried with backoff until answered for good or the
+        deadline passes; True if it was accepted."""
+        deadline = deadline or time.monotonic() + self.config.report_retry_seconds
+        attempt = 0
         while True:
-            try:
-                assert self.session is not None
-                headers = protocol.sign(self.secret, "POST", path, body)
-                async with self.session.post(
-                    self.config.gateway + path, data=body, headers=headers, timeout=_timeout(5)
-                ) as response:
-                    answer = await response.text()
-                    if response.status < 500:
-                        if response.status >= 400:
-                            log.warning("report %s refused: %s", report["report"], answer[:300])
-                        self.unreported.pop(report.get("job_id", ""), None)
-                        return response.status < 400
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                log.warning("report %s not delivered (%s); retrying", report["report"], exc)
+            attempt += 1
+            delay: float | None = self.next_delay(attempt)
             if time.monotonic() + delay > deadline:
+                delay = None
+            outcome = await self.post_report(report, attempt, delay)
+            if outcome != "retry":
+                if "job_id" in report:
+                    self.unreported.pop((report["job_id"], report["fencing_token"]), None)
+                return outcome == "delivered"
+            if delay is None:
                 return False
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
     # --- registration and the life cycle ---
 
@@ -283,11 +420,12 @@ class DeviceAgent:
             await self.deliver(returned, deadline=time.monotonic() + 3)
         for task in list(self.calculations):
             task.cancel()
-        # Finished jobs whose report is still in flight get a last short chance.
-        for report in list(self.unreported.values()):
-            await self.deliver(report, deadline=time.monotonic() + 2)
         for task in list(self.report_tasks):
             task.cancel()
+        # Finished jobs whose report is still in flight get a last short chance (if it
+        # fails, the gateway requeues them: they lose their lease once we are gone).
+        for unreported in list(self.unreported.values()):
+            await self.deliver(unreported.report, deadline=time.monotonic() + 2)
         await self.deregister()
 
     async def on_command(self, request: web.Request) -> web.Response:
@@ -349,6 +487,27 @@ class DeviceAgent:
             await self.session.close()
             await runner.cleanup()
         log.info("device %s exited", self.config.device_id)
+
+
+def _unsendable_result(result: Any) -> str:
+    """Why a result cannot travel in a report ("" if it can): the gateway would refuse
+    the report as a whole, and the job would run again for nothing. NaN and Infinity
+    are not JSON; a result over the limit would not fit in a report."""
+    try:
+        encoded = json.dumps(result, allow_nan=False)
+    except ValueError as exc:
+        if "Out of range float" in str(exc):
+            return "result not storable: it holds a NaN or infinite number (not JSON)"
+        return f"result not storable: it is not JSON ({exc})"
+    except (TypeError, RecursionError) as exc:
+        return f"result not storable: it is not JSON ({type(exc).__name__}: {exc})"
+    size = len(encoded.encode())
+    if size > protocol.MAX_RESULT_BYTES:
+        return (
+            f"result not storable: it is {size} bytes, over the limit of "
+            f"{protocol.MAX_RESULT_BYTES}"
+        )
+    return ""
 
 
 def _timeout(seconds: float) -> aiohttp.ClientTimeout:

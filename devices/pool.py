@@ -5,18 +5,24 @@ remote device is claimed with `claim_next` (so remote devices follow the same fa
 policy as local ones), settled with `finish_job`, and given back with `release_job`. The
 claim's fencing token travels with the job to the agent and back in its report, so a
 late report from a device that lost its claim is refused.
+
+Execution is at least once: a job whose result the agent holds but cannot deliver keeps
+its lease for ZYPHER_DEVICE_UNREPORTED_SECONDS after it ended, then goes back to the queue
+and may run again; the first run's report, if it comes later, is refused.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlparse
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
 from devices import protocol
@@ -262,9 +268,10 @@ def reconcile_simulated(device: Device, running_here: set[str]) -> bool:
 
 
 def after_health_check(name: str, agent_state: str, status: dict[str, Any]) -> bool:
-    """An agent answered `status`: record it, renew its job's lease while the agent has
-    that job (running, or finished and not yet reported), and free the device when its job
-    ended elsewhere. True if the device became idle."""
+    """An agent answered `status`: record it, renew its job's lease while the agent runs
+    that job, or for ZYPHER_DEVICE_UNREPORTED_SECONDS after it finished while its report
+    is undelivered (then requeue it), and free the device when its job ended elsewhere.
+    True if the device became idle."""
     Device.objects.filter(name=name).update(last_seen=timezone.now(), missed_pings=0)
     device = Device.objects.filter(name=name).select_related("current_job__owner").first()
     if device is None:
@@ -278,15 +285,34 @@ def after_health_check(name: str, agent_state: str, status: dict[str, Any]) -> b
             return effective == Device.State.READY
         return False
     job = device.current_job
-    has_it = job is not None and (
-        (
-            agent_job is not None
-            and agent_job.get("job_id") == str(job.public_id)
-            and agent_job.get("fencing_token") == device.fencing_token
-        )
-        or str(job.public_id) in (status.get("unreported") or [])
+    runs_it = (
+        job is not None
+        and agent_job is not None
+        and agent_job.get("job_id") == str(job.public_id)
+        and agent_job.get("fencing_token") == device.fencing_token
     )
-    if has_it:
+    unreported = status.get("unreported")
+    holds_result = (
+        job is not None
+        and isinstance(unreported, list)
+        and str(job.public_id) in unreported
+        and not runs_it
+    )
+    if holds_result:
+        assert job is not None
+        waited = _unreported_seconds(status, job)
+        bound = settings.ZYPHER_DEVICE_UNREPORTED_SECONDS
+        if waited <= bound:
+            renew_leases([claimed_job_from_row(job, device.fencing_token)])
+            return False
+        # The agent could not deliver the result in time: at least once, so run it again.
+        reason = f"device {name} did not deliver the result within {bound:g}s of the job's end"
+        next_state = agent_state if agent_state in _AGENT_STATES else Device.State.UNREADY
+        with transaction.atomic():
+            _release(device, reason)
+            free_device(name, job.pk, device.fencing_token, next_state)
+        return next_state == Device.State.READY
+    if runs_it:
         renew_leases([claimed_job_from_row(job, device.fencing_token)])
         return False
     if _job_held(device):
@@ -294,6 +320,21 @@ def after_health_check(name: str, agent_state: str, status: dict[str, Any]) -> b
     next_state = Device.State.BUSY if agent_job else agent_state
     free_device(name, device.current_job_id, device.fencing_token, next_state)
     return next_state == Device.State.READY
+
+
+_AGENT_STATES = (Device.State.READY, Device.State.UNREADY)
+
+
+def _unreported_seconds(status: dict[str, Any], job: Job) -> float:
+    """How long ago the agent says `job` ended. An agent that does not say (older than
+    issue 12), or says something that is not a number, is timed from the job's start."""
+    seconds = status.get("unreported_seconds")
+    value = seconds.get(str(job.public_id)) if isinstance(seconds, dict) else None
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return max(float(value), 0.0)
+    if job.started_at is None:
+        return math.inf
+    return (timezone.now() - job.started_at).total_seconds()
 
 
 # --- reports from agents ---
@@ -346,15 +387,45 @@ def apply_report(device: Device, report: dict[str, Any]) -> ReportAnswer:
         if status is None:
             return ReportAnswer(409, {"ok": False, "error": "claim no longer held (fenced off)"})
         return ReportAnswer(200, {"ok": True, "status": status})
-    accepted = settle_on_device(
-        device.name,
-        claim,
-        succeeded=report["succeeded"],
-        duration=report["duration"],
-        result=report.get("result"),
-        error=report.get("error", ""),
-        next_state=report.get("state", Device.State.READY),
-    )
+    succeeded = bool(report["succeeded"])
+    result = report.get("result") if succeeded else None
+    error = _storable_text(report.get("error", ""))
+    why_not_stored = ""  # said in the answer too, so that the agent's log shows it
+    if succeeded:
+        unstorable = _unstorable_result(result)
+        if unstorable:
+            why_not_stored = f"result not storable: {unstorable}"
+            succeeded, result, error = False, None, why_not_stored
+    duration = report["duration"]
+    if not math.isfinite(duration):
+        # NaN or Infinity would poison the user's virtual time for good: time it here.
+        started = job.started_at or timezone.now()
+        duration = max((timezone.now() - started).total_seconds(), 0.0)
+    next_state = report.get("state", Device.State.READY)
+    try:
+        accepted = settle_on_device(
+            device.name,
+            claim,
+            succeeded=succeeded,
+            duration=duration,
+            result=result,
+            error=error,
+            next_state=next_state,
+        )
+    except DatabaseError as exc:
+        # Something the checks above did not foresee: that job fails, the report is answered.
+        log.exception("job %s: the result from %s could not be stored", job.public_id, device)
+        why_not_stored = _storable_text(f"result could not be stored: {exc}")[:2000]
+        succeeded, error = False, why_not_stored
+        accepted = settle_on_device(
+            device.name,
+            claim,
+            succeeded=False,
+            duration=duration,
+            result=None,
+            error=error,
+            next_state=next_state,
+        )
     if not accepted:
         log.warning(
             "late report for job %s from %s refused (token %s)", job.public_id, device, token
@@ -364,4 +435,45 @@ def apply_report(device: Device, report: dict[str, Any]) -> ReportAnswer:
         )
     wake_dispatchers(device.device_type)
     log.info("job %s settled by report from device %s", job.public_id, device)
+    if why_not_stored:
+        return ReportAnswer(200, {"ok": True, "status": JobStatus.FAILED, "error": why_not_stored})
     return ReportAnswer(200, {"ok": True})
+
+
+# A JSON column holds the same value on every database only within these bounds.
+MAX_RESULT_DEPTH = 64
+
+
+# TODO(merge): use the shared storable-result check
+def _unstorable_result(result: Any) -> str:
+    """Why `result` cannot be stored as JSON the same way on SQLite and PostgreSQL, or "".
+
+    NaN and Infinity are not JSON (SQLite's JSON check refuses them; PostgreSQL's jsonb
+    too); jsonb cannot hold U+0000, in values or keys; deep nesting exhausts the stack when
+    the value is encoded or rendered; an oversize result bloats every read of its job.
+    Walks iteratively, so that the check itself cannot recurse too deeply.
+    """
+    pending: list[tuple[Any, int]] = [(result, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return "it holds a NaN or infinite number (not JSON)"
+        if isinstance(item, str) and "\x00" in item:
+            return "it holds the character U+0000"
+        if isinstance(item, dict | list):
+            if depth > MAX_RESULT_DEPTH:
+                return f"it is nested deeper than {MAX_RESULT_DEPTH} levels"
+            if isinstance(item, dict):
+                pending.extend((key, depth) for key in item)
+                pending.extend((child, depth + 1) for child in item.values())
+            else:
+                pending.extend((child, depth + 1) for child in item)
+    size = len(json.dumps(result).encode())
+    if size > protocol.MAX_RESULT_BYTES:
+        return f"it is {size} bytes, over the limit of {protocol.MAX_RESULT_BYTES}"
+    return ""
+
+
+def _storable_text(text: str) -> str:
+    """A text column on PostgreSQL cannot hold U+0000 either."""
+    return text.replace("\x00", "\ufffd")

@@ -36,6 +36,8 @@ SIGNATURE_HEADER = "X-Zypher-Signature"
 
 MAX_COMMAND_BYTES = 256 * 1024  # a `run` carries the job's input
 MAX_REPORT_BYTES = 1024 * 1024  # a `job_finished` carries the job's result
+# A job's result, JSON-encoded: the rest of a report's limit is headroom for its fields.
+MAX_RESULT_BYTES = 512 * 1024
 DEFAULT_MAX_AGE_SECONDS = 30.0
 
 STATES = ("unready", "ready", "busy", "offline")

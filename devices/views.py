@@ -203,8 +203,9 @@ class DeviceCommandView(APIView):
 @method_decorator(csrf_exempt, name="dispatch")
 class DeviceReportView(View):
     """Reports from an agent, signed with its secret: a job finished or given back, a
-    state change. 200 accepted; 401 bad signature, stale or replayed; 400 malformed; 409
-    refused (the device no longer holds that claim)."""
+    state change. 200 accepted (a result that cannot be stored fails its job: 200 with
+    `"status": "failed"` and the reason); 401 bad signature, stale or replayed; 400
+    malformed; 409 refused (the device no longer holds that claim)."""
 
     def post(self, request: HttpRequest, device_id: str) -> JsonResponse:
         device = Device.objects.filter(name=device_id).exclude(kind=Device.Kind.LOCAL).first()

@@ -225,6 +225,9 @@ ZYPHER_DEVICE_TOKEN = os.environ.get("ZYPHER_DEVICE_TOKEN", "")
 ZYPHER_DEVICE_PING_SECONDS = float(os.environ.get("ZYPHER_DEVICE_PING_SECONDS", "2"))
 ZYPHER_DEVICE_MISSED_PINGS = int(os.environ.get("ZYPHER_DEVICE_MISSED_PINGS", "3"))
 ZYPHER_DEVICE_TIMEOUT_SECONDS = float(os.environ.get("ZYPHER_DEVICE_TIMEOUT_SECONDS", "3"))
+# A job whose result its agent holds but has not delivered keeps its lease this long after
+# it ended, then is requeued (execution is at least once).
+ZYPHER_DEVICE_UNREPORTED_SECONDS = float(os.environ.get("ZYPHER_DEVICE_UNREPORTED_SECONDS", "120"))
 # Signed messages older or newer than this (seconds) are refused as stale.
 ZYPHER_SIGNATURE_MAX_AGE_SECONDS = float(os.environ.get("ZYPHER_SIGNATURE_MAX_AGE_SECONDS", "30"))
 # The mock QPU's duration (agents of type qpu and simulated devices).
