@@ -13,16 +13,16 @@ and may run again; the first run's report, if it comes later, is refused.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any
 from urllib.parse import urlparse
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from devices import protocol
@@ -37,6 +37,7 @@ from jobs.queue import (
     renew_leases,
     wake_dispatchers,
 )
+from jobs.results import settle_outcome, storable_result
 
 log = logging.getLogger("zypher.devices")
 
@@ -53,7 +54,7 @@ def register_device(name: str, device_type: str, size: int, url: str) -> tuple[D
     an agent that registers again has restarted and lost it."""
     kind = kind_for_url(url)
     with transaction.atomic():
-        device = Device.objects.select_for_update().filter(name=name).first()
+        device = _lock_device(name)
         created = device is None
         if device is None:
             device = Device(name=name)
@@ -80,7 +81,7 @@ def register_device(name: str, device_type: str, size: int, url: str) -> tuple[D
 def remove_device(name: str) -> bool:
     """Remove a device; the job it was running goes back to the queue. False if unknown."""
     with transaction.atomic():
-        device = Device.objects.select_for_update().filter(name=name).first()
+        device = _lock_device(name)
         if device is None:
             return False
         if device.current_job_id is not None and device.fencing_token is not None:
@@ -190,10 +191,24 @@ def give_back(
 ) -> str | None:
     """A job the device did not take or did not finish here: requeue it and set the
     device's state (if it still holds that claim)."""
+    return release_on_device(device_name, claim.id, claim.fencing_token, reason, next_state)
+
+
+def release_on_device(
+    device_name: str, job_id: int, fencing_token: int, reason: str, next_state: str
+) -> str | None:
+    """Give a device's job back to the queue (requeued, or failed after too many
+    attempts) and free the device if it still holds that claim. The device row is
+    locked first: the lock order is device, pool, account, job (`jobs.queue`)."""
     with transaction.atomic():
-        status = release_job(claim.id, claim.fencing_token, reason)
-        free_device(device_name, claim.id, claim.fencing_token, next_state)
+        _lock_device(device_name)
+        status = release_job(job_id, fencing_token, reason)
+        free_device(device_name, job_id, fencing_token, next_state)
     return status
+
+
+def _lock_device(name: str) -> Device | None:
+    return Device.objects.select_for_update(no_key=True).filter(name=name).first()
 
 
 def settle_on_device(
@@ -208,6 +223,7 @@ def settle_on_device(
 ) -> bool:
     """Record a job's outcome and free its device; False if the claim was fenced off."""
     with transaction.atomic():
+        _lock_device(device_name)  # the device before the queue's rows (the lock order)
         accepted = finish_job(
             claim, succeeded=succeeded, duration=duration, result=result, error=error
         )
@@ -224,7 +240,7 @@ def free_device(device_name: str, job_id: int, fencing_token: int, next_state: s
 def mark_offline(name: str, reason: str) -> str | None:
     """A device that stopped answering: offline, and its job back to the queue."""
     with transaction.atomic():
-        device = Device.objects.select_for_update().filter(name=name).first()
+        device = _lock_device(name)
         if device is None:
             return None
         status = None
@@ -240,7 +256,7 @@ def mark_offline(name: str, reason: str) -> str | None:
 
 def record_missed_ping(name: str) -> int:
     with transaction.atomic():
-        device = Device.objects.select_for_update().filter(name=name).first()
+        device = _lock_device(name)
         if device is None:
             return 0
         device.missed_pings += 1
@@ -308,9 +324,8 @@ def after_health_check(name: str, agent_state: str, status: dict[str, Any]) -> b
         # The agent could not deliver the result in time: at least once, so run it again.
         reason = f"device {name} did not deliver the result within {bound:g}s of the job's end"
         next_state = agent_state if agent_state in _AGENT_STATES else Device.State.UNREADY
-        with transaction.atomic():
-            _release(device, reason)
-            free_device(name, job.pk, device.fencing_token, next_state)
+        status = release_on_device(name, job.pk, device.fencing_token, reason, next_state)
+        log.warning("job %s on device %s: %s; now %s", job.public_id, name, reason, status)
         return next_state == Device.State.READY
     if runs_it:
         renew_leases([claimed_job_from_row(job, device.fencing_token)])
@@ -381,51 +396,32 @@ def apply_report(device: Device, report: dict[str, Any]) -> ReportAnswer:
         return ReportAnswer(409, {"ok": False, "error": "this device does not hold that job"})
     claim = claimed_job_from_row(job, token)
     if kind == "job_returned":
-        with transaction.atomic():
-            status = release_job(job.pk, token, f"device {device.name}: {report['reason']}")
-            free_device(device.name, job.pk, token, Device.State.UNREADY)
+        reason = f"device {device.name}: {report['reason']}"
+        status = release_on_device(device.name, job.pk, token, reason, Device.State.UNREADY)
         if status is None:
             return ReportAnswer(409, {"ok": False, "error": "claim no longer held (fenced off)"})
         return ReportAnswer(200, {"ok": True, "status": status})
     succeeded = bool(report["succeeded"])
     result = report.get("result") if succeeded else None
-    error = _storable_text(report.get("error", ""))
-    why_not_stored = ""  # said in the answer too, so that the agent's log shows it
-    if succeeded:
-        unstorable = _unstorable_result(result)
-        if unstorable:
-            why_not_stored = f"result not storable: {unstorable}"
-            succeeded, result, error = False, None, why_not_stored
+    # Said in the answer too, so that the agent's log shows why its job failed here.
+    why_not_stored = (storable_result(result, protocol.MAX_RESULT_BYTES) or "") if succeeded else ""
+    if why_not_stored:
+        succeeded, result = False, None
     duration = report["duration"]
     if not math.isfinite(duration):
         # NaN or Infinity would poison the user's virtual time for good: time it here.
         started = job.started_at or timezone.now()
         duration = max((timezone.now() - started).total_seconds(), 0.0)
-    next_state = report.get("state", Device.State.READY)
-    try:
-        accepted = settle_on_device(
-            device.name,
-            claim,
-            succeeded=succeeded,
-            duration=duration,
-            result=result,
-            error=error,
-            next_state=next_state,
-        )
-    except DatabaseError as exc:
-        # Something the checks above did not foresee: that job fails, the report is answered.
-        log.exception("job %s: the result from %s could not be stored", job.public_id, device)
-        why_not_stored = _storable_text(f"result could not be stored: {exc}")[:2000]
-        succeeded, error = False, why_not_stored
-        accepted = settle_on_device(
-            device.name,
-            claim,
-            succeeded=False,
-            duration=duration,
-            result=None,
-            error=error,
-            next_state=next_state,
-        )
+    record = partial(
+        settle_on_device, device.name, claim, next_state=report.get("state", Device.State.READY)
+    )
+    accepted = settle_outcome(
+        record,
+        succeeded=succeeded,
+        duration=duration,
+        result=result,
+        error=why_not_stored or report.get("error", ""),
+    )
     if not accepted:
         log.warning(
             "late report for job %s from %s refused (token %s)", job.public_id, device, token
@@ -438,42 +434,3 @@ def apply_report(device: Device, report: dict[str, Any]) -> ReportAnswer:
     if why_not_stored:
         return ReportAnswer(200, {"ok": True, "status": JobStatus.FAILED, "error": why_not_stored})
     return ReportAnswer(200, {"ok": True})
-
-
-# A JSON column holds the same value on every database only within these bounds.
-MAX_RESULT_DEPTH = 64
-
-
-# TODO(merge): use the shared storable-result check
-def _unstorable_result(result: Any) -> str:
-    """Why `result` cannot be stored as JSON the same way on SQLite and PostgreSQL, or "".
-
-    NaN and Infinity are not JSON (SQLite's JSON check refuses them; PostgreSQL's jsonb
-    too); jsonb cannot hold U+0000, in values or keys; deep nesting exhausts the stack when
-    the value is encoded or rendered; an oversize result bloats every read of its job.
-    Walks iteratively, so that the check itself cannot recurse too deeply.
-    """
-    pending: list[tuple[Any, int]] = [(result, 1)]
-    while pending:
-        item, depth = pending.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            return "it holds a NaN or infinite number (not JSON)"
-        if isinstance(item, str) and "\x00" in item:
-            return "it holds the character U+0000"
-        if isinstance(item, dict | list):
-            if depth > MAX_RESULT_DEPTH:
-                return f"it is nested deeper than {MAX_RESULT_DEPTH} levels"
-            if isinstance(item, dict):
-                pending.extend((key, depth) for key in item)
-                pending.extend((child, depth + 1) for child in item.values())
-            else:
-                pending.extend((child, depth + 1) for child in item)
-    size = len(json.dumps(result).encode())
-    if size > protocol.MAX_RESULT_BYTES:
-        return f"it is {size} bytes, over the limit of {protocol.MAX_RESULT_BYTES}"
-    return ""
-
-
-def _storable_text(text: str) -> str:
-    """A text column on PostgreSQL cannot hold U+0000 either."""
-    return text.replace("\x00", "\ufffd")

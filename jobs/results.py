@@ -24,10 +24,13 @@ log = logging.getLogger("zypher.queue")
 R = TypeVar("R")
 
 ERROR_MAX_CHARS = 4000  # a job's error is for people: the head of a long one is enough
+# Deeper JSON is refused: encoding or rendering it later could exhaust the stack.
+MAX_RESULT_DEPTH = 64
 
 
-def storable_result(value: Any) -> str | None:
-    """None if `value` can be stored as the job's result, else why not (for the job's error)."""
+def storable_result(value: Any, limit: int | None = None) -> str | None:
+    """None if `value` can be stored as the job's result, else why not (for the job's error).
+    `limit`: a lower size limit than ZYPHER_MAX_RESULT_BYTES (a remote device's reports)."""
     problem = _first_problem(value)
     if problem is not None:
         return f"the result cannot be stored: {problem}"
@@ -36,7 +39,7 @@ def storable_result(value: Any) -> str | None:
     except (TypeError, ValueError, RecursionError) as exc:
         return f"the result is not JSON: {type(exc).__name__}: {exc}"
     size = len(text.encode())
-    limit = settings.ZYPHER_MAX_RESULT_BYTES
+    limit = min(limit or settings.ZYPHER_MAX_RESULT_BYTES, settings.ZYPHER_MAX_RESULT_BYTES)
     if size > limit:
         return (
             f"the result is {size} bytes of JSON, over the limit of {limit} "
@@ -56,9 +59,11 @@ def storable_error(text: str) -> str:
 def _first_problem(value: Any) -> str | None:
     """The first value JSON or the database cannot hold, with its path ($.key[index])."""
     # Iterative: a deeply nested result must not overflow the stack here.
-    pending: list[tuple[Any, str]] = [(value, "$")]
+    pending: list[tuple[Any, str, int]] = [(value, "$", 1)]
     while pending:
-        item, path = pending.pop()
+        item, path, depth = pending.pop()
+        if isinstance(item, dict | list | tuple) and depth > MAX_RESULT_DEPTH:
+            return f"nesting deeper than {MAX_RESULT_DEPTH} levels at {path}"
         if isinstance(item, float) and not math.isfinite(item):
             return f"{_float_name(item)} at {path}, which JSON cannot represent"
         if isinstance(item, str):
@@ -68,9 +73,11 @@ def _first_problem(value: Any) -> str | None:
             for key, child in item.items():
                 if isinstance(key, str) and (problem := _string_problem(key)):
                     return f"{problem} in a key at {path}"
-                pending.append((child, f"{path}.{key}"))
+                pending.append((child, f"{path}.{key}", depth + 1))
         elif isinstance(item, list | tuple):
-            pending.extend((child, f"{path}[{index}]") for index, child in enumerate(item))
+            pending.extend(
+                (child, f"{path}[{index}]", depth + 1) for index, child in enumerate(item)
+            )
     return None
 
 

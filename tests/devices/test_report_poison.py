@@ -52,11 +52,11 @@ def deeply_nested(levels: int) -> Any:
 
 POISON_REPORTS: list[tuple[str, dict[str, Any], str]] = [
     ("nan", {"result": {"mean": float("nan")}}, "NaN"),
-    ("infinity", {"result": [1.0, float("-inf")]}, "infinite"),
-    ("nul in a value", {"result": {"text": "a\x00b"}}, "U+0000"),
-    ("nul in a key", {"result": {"a\x00": 1}}, "U+0000"),
+    ("infinity", {"result": [1.0, float("-inf")]}, "-inf at $[1]"),
+    ("nul in a value", {"result": {"text": "a\x00b"}}, "NUL character at $.text"),
+    ("nul in a key", {"result": {"a\x00": 1}}, "NUL character in a key"),
     ("oversize", {"result": "x" * (protocol.MAX_RESULT_BYTES + 1)}, "over the limit"),
-    ("nested too deep", {"result": deeply_nested(200)}, "nested deeper"),
+    ("nested too deep", {"result": deeply_nested(200)}, "nesting deeper than 64 levels"),
 ]
 
 
@@ -100,7 +100,7 @@ def test_unstorable_results_fail_their_job_with_the_reason_and_free_the_device(
         job.refresh_from_db()
         assert job.status == "failed", case
         assert job.result is None, case
-        assert job.error.startswith("result not storable:") and reason in job.error, (case, job)
+        assert job.error.startswith("the result") and reason in job.error, (case, job.error)
         device = Device.objects.get(name="qpu-poison")
         assert device.state == "ready" and device.current_job_id is None, case
 
@@ -141,7 +141,7 @@ def test_a_real_agent_whose_job_returns_poison_fails_that_job_and_carries_on(
     agent = start_agent("cpu-poison", size=0, device_type="cpu-poison", **poison_env)
     agent.command("start")
     dispatcher = start_device_dispatcher(**poison_env)
-    expected = {"nan_result": "NaN", "nul_result": "U+0000", "huge_result": "over the limit"}
+    expected = {"nan_result": "NaN", "nul_result": "NUL character", "huge_result": "over the limit"}
     jobs = {kind: queue_job(kind, "cpu-poison") for kind in expected}
     healthy = queue_job("noop", "cpu-poison", {"still": "working"})
 
