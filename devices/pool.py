@@ -185,6 +185,7 @@ def give_back(
     """A job the device did not take or did not finish here: requeue it and set the
     device's state (if it still holds that claim)."""
     with transaction.atomic():
+        _lock_device(device_name)
         status = release_job(claim.id, claim.fencing_token, reason)
         free_device(device_name, claim.id, claim.fencing_token, next_state)
     return status
@@ -202,11 +203,19 @@ def settle_on_device(
 ) -> bool:
     """Record a job's outcome and free its device; False if the claim was fenced off."""
     with transaction.atomic():
+        _lock_device(device_name)
         accepted = finish_job(
             claim, succeeded=succeeded, duration=duration, result=result, error=error
         )
         free_device(device_name, claim.id, claim.fencing_token, next_state)
     return accepted
+
+
+def _lock_device(name: str) -> None:
+    """Take the device's row lock before the queue's locks (pool, account, job): the order
+    mark_offline and remove_device take them in. Freeing the device only after settling
+    its job would take it last, and deadlock against those."""
+    list(Device.objects.select_for_update().filter(name=name).values_list("id"))
 
 
 def free_device(device_name: str, job_id: int, fencing_token: int, next_state: str) -> None:
@@ -341,6 +350,7 @@ def apply_report(device: Device, report: dict[str, Any]) -> ReportAnswer:
     claim = claimed_job_from_row(job, token)
     if kind == "job_returned":
         with transaction.atomic():
+            _lock_device(device.name)
             status = release_job(job.pk, token, f"device {device.name}: {report['reason']}")
             free_device(device.name, job.pk, token, Device.State.UNREADY)
         if status is None:
