@@ -13,7 +13,14 @@ from django.db import connection, connections, transaction
 
 from jobs.invariants import find_violations, repair
 from jobs.models import FairShareAccount, Job, JobStatus, User
-from jobs.queue import JobSpec, remove_user_from_queue, submit_jobs
+from jobs.queue import (
+    JobSpec,
+    claim_next,
+    pool_id_for,
+    remove_user_from_queue,
+    renew_leases,
+    submit_jobs,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -101,3 +108,35 @@ def test_the_queue_check_and_removing_a_user_with_deactivate_do_not_deadlock(che
     assert not Job.objects.filter(owner=mallory, status=JobStatus.QUEUED).exists()
     mallory.refresh_from_db()
     assert not mallory.is_active
+
+
+@pytest.mark.postgres
+def test_stopping_a_users_running_jobs_in_two_pools_while_a_dispatcher_renews_them() -> None:
+    """A dispatcher renews the leases of all its jobs, every pool, in id order; remove
+    with stop_running locked one pool's running jobs, then the next pool's: when the
+    first pool's job has the higher id, the two wait for each other."""
+    pool_id_for("cpu")  # the older pool, whose job is the newer one
+    mallory = User.objects.create(username="mallory")
+    submit_jobs(mallory, [JobSpec("noop", 1, device_type="gpu")])
+    submit_jobs(mallory, [JobSpec("noop", 2, device_type="cpu")])
+    gpu_claim = claim_next("gpu", "g1")
+    cpu_claim = claim_next("cpu", "c1")
+    assert gpu_claim is not None and cpu_claim is not None
+    assert gpu_claim.id < cpu_claim.id and pool_id_for("cpu") < pool_id_for("gpu")
+    renewed: list[set[int]] = []
+
+    def lock_cpu_job() -> None:
+        list(Job.objects.select_for_update().filter(pk=cpu_claim.id).values("id"))
+
+    def remove() -> None:
+        remove_user_from_queue(mallory, removed_by="op", stop_running=True)
+
+    def renew() -> None:
+        renewed.append(renew_leases([gpu_claim, cpu_claim]))
+
+    assert _race_with_row_held(lock_cpu_job, remove, renew) == []
+    # Stopped once each: the renewal found them gone, or renewed them before the stop.
+    assert set(Job.objects.filter(owner=mallory).values_list("status", flat=True)) == {
+        JobStatus.CANCELLED
+    }
+    assert find_violations() == []
