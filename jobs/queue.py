@@ -296,9 +296,25 @@ def _claimed_from_row(row: Any, device_type: str) -> ClaimedJob | None:
     )
 
 
+def _device_seconds(claim: ClaimedJob, duration: float) -> float:
+    """`duration`, or the cost charged at the claim when it is not a time (NaN, infinite,
+    negative): settled as it is, it would become the user's virtual time and the pool's
+    cost estimate, charged to every later job of the pool."""
+    if isinstance(duration, int | float) and math.isfinite(duration) and duration >= 0:
+        return float(duration)
+    log.warning(
+        "job %s: duration %r is not a time; settled at its charged cost %s",
+        claim.public_id,
+        duration,
+        claim.charged_cost,
+    )
+    return claim.charged_cost
+
+
 def _finish_params(
     claim: ClaimedJob, succeeded: bool, duration: float, result: Any, error: str
 ) -> dict[str, Any]:
+    duration = _device_seconds(claim, duration)
     return {
         "job_id": claim.id,
         "fencing_token": claim.fencing_token,
@@ -420,6 +436,7 @@ def finish_job(
             _FINISH_CASTS,
         )
         return bool(rows[0][0])
+    duration = _device_seconds(claim, duration)
     with transaction.atomic(savepoint=False):
         _lock_pool_and_account(claim.pool_id, claim.owner_id)
         updated = Job.objects.filter(

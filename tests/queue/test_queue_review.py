@@ -4,6 +4,7 @@ reaches."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -12,10 +13,12 @@ import pytest
 from django.db import connection, connections, transaction
 
 from jobs.invariants import find_violations, repair
-from jobs.models import FairShareAccount, Job, JobStatus, User
+from jobs.models import FairPool, FairShareAccount, Job, JobStatus, User
 from jobs.queue import (
     JobSpec,
     claim_next,
+    finish_and_claim_next,
+    finish_job,
     pool_id_for,
     remove_user_from_queue,
     renew_leases,
@@ -139,4 +142,32 @@ def test_stopping_a_users_running_jobs_in_two_pools_while_a_dispatcher_renews_th
     assert set(Job.objects.filter(owner=mallory).values_list("status", flat=True)) == {
         JobStatus.CANCELLED
     }
+    assert find_violations() == []
+
+
+@pytest.mark.parametrize("duration", [math.nan, math.inf, -math.inf, -5.0])
+@pytest.mark.parametrize("combined", [False, True])
+def test_a_duration_that_is_not_a_time_does_not_poison_the_pool(
+    duration: float, combined: bool
+) -> None:
+    """NaN or Infinity seconds passed every check on the way in (a schema's "minimum: 0"
+    lets NaN through): on PostgreSQL it became the pool's cost estimate, charged to every
+    later job; on SQLite the settle failed and the job stayed running."""
+    alice = User.objects.create(username="alice")
+    submit_jobs(alice, [JobSpec("noop", i) for i in range(2)])
+    claim = claim_next("cpu", "d1")
+    assert claim is not None
+    if combined:
+        accepted, _ = finish_and_claim_next(
+            claim, "d1", succeeded=True, duration=duration, result=1
+        )
+    else:
+        accepted = finish_job(claim, succeeded=True, duration=duration, result=1)
+    assert accepted
+    job = Job.objects.get(pk=claim.id)
+    assert job.status == JobStatus.SUCCEEDED and math.isfinite(job.duration)
+    assert job.duration >= 0
+    assert math.isfinite(FairPool.objects.get(device_type="cpu").cost_estimate)
+    for vt, served in FairShareAccount.objects.values_list("virtual_time", "served_seconds"):
+        assert math.isfinite(vt) and math.isfinite(served)
     assert find_violations() == []
