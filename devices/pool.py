@@ -169,7 +169,7 @@ def claim_for_device(name: str) -> tuple[Device, ClaimedJob] | None:
     """
     with transaction.atomic():
         device = (
-            Device.objects.select_for_update()
+            Device.objects.select_for_update(no_key=True)
             .filter(name=name, state=Device.State.READY, current_job__isnull=True)
             .exclude(kind=Device.Kind.LOCAL)
             .first()
@@ -208,6 +208,9 @@ def release_on_device(
 
 
 def _lock_device(name: str) -> Device | None:
+    """Take the device's row lock before the queue's locks (pool, account, job), on every
+    path: freeing a device only after settling its job would take it last, and deadlock
+    against mark_offline and remove_device, which lock the device and then release."""
     return Device.objects.select_for_update(no_key=True).filter(name=name).first()
 
 

@@ -114,8 +114,10 @@ def _confirm_account(user_id: int, device_type: str, *, repair: bool, by: str) -
     """Recount one account under its row lock; fix it and record the repair if asked."""
     with transaction.atomic():
         pool_id = pool_id_for(device_type)
+        # Only the account's row: joined in, the user's row would be locked too, after
+        # the account, while remove-from-queue updates the user and then locks accounts.
         account = (
-            FairShareAccount.objects.select_for_update(no_key=True)
+            FairShareAccount.objects.select_for_update(no_key=True, of=("self",))
             .select_related("user")
             .filter(pool_id=pool_id, user_id=user_id)
             .first()
@@ -128,7 +130,7 @@ def _confirm_account(user_id: int, device_type: str, *, repair: bool, by: str) -
                 return found
             account, _ = FairShareAccount.objects.get_or_create(pool_id=pool_id, user_id=user_id)
             account = (
-                FairShareAccount.objects.select_for_update(no_key=True)
+                FairShareAccount.objects.select_for_update(no_key=True, of=("self",))
                 .select_related("user")
                 .get(pk=account.pk)
             )

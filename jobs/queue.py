@@ -298,9 +298,25 @@ def _claimed_from_row(row: Any, device_type: str) -> ClaimedJob | None:
     )
 
 
+def _device_seconds(claim: ClaimedJob, duration: float) -> float:
+    """`duration`, or the cost charged at the claim when it is not a time (NaN, infinite,
+    negative): settled as it is, it would become the user's virtual time and the pool's
+    cost estimate, charged to every later job of the pool."""
+    if isinstance(duration, int | float) and math.isfinite(duration) and duration >= 0:
+        return float(duration)
+    log.warning(
+        "job %s: duration %r is not a time; settled at its charged cost %s",
+        claim.public_id,
+        duration,
+        claim.charged_cost,
+    )
+    return claim.charged_cost
+
+
 def _finish_params(
     claim: ClaimedJob, succeeded: bool, duration: float, result: Any, error: str
 ) -> dict[str, Any]:
+    duration = _device_seconds(claim, duration)
     return {
         "job_id": claim.id,
         "fencing_token": claim.fencing_token,
@@ -422,6 +438,7 @@ def finish_job(
             _FINISH_CASTS,
         )
         return bool(rows[0][0])
+    duration = _device_seconds(claim, duration)
     with transaction.atomic(savepoint=False):
         _lock_pool_and_account(claim.pool_id, claim.owner_id)
         updated = Job.objects.filter(
@@ -655,9 +672,16 @@ def remove_user_from_queue(
     with transaction.atomic():
         if deactivate:
             User.objects.filter(pk=user.pk).update(is_active=False)
-        for account in _lock_accounts(FairShareAccount.objects.filter(user=user)):
-            pool = FairPool.objects.only("device_type").get(pk=account.pool_id)
-            mine = Job.objects.filter(owner=user, device_type=pool.device_type)
+        locked = _lock_accounts(FairShareAccount.objects.filter(user=user))
+        # Read, not locked (a pool's device type never changes): a join would lock it too.
+        device_types = dict(
+            FairPool.objects.filter(pk__in=[a.pool_id for a in locked]).values_list(
+                "id", "device_type"
+            )
+        )
+        accounts = {device_types[account.pool_id]: account for account in locked}
+        for device_type, account in accounts.items():
+            mine = Job.objects.filter(owner=user, device_type=device_type)
             queued = list(mine.filter(status=JobStatus.QUEUED).values_list("public_id", flat=True))
             removed = mine.filter(public_id__in=queued, status=JobStatus.QUEUED).update(
                 status=JobStatus.CANCELLED, finished_at=now, cancelled_by=removed_by, error=reason
@@ -668,19 +692,38 @@ def remove_user_from_queue(
             cancelled += removed
             for public_id in queued:
                 notify_done(str(public_id))
-            if stop_running:
-                cancelled += _stop_running(account, mine, now, removed_by, reason)
+        if stop_running:
+            cancelled += _stop_running(user, accounts, now, removed_by, reason)
     return cancelled
 
 
 def _stop_running(
-    account: FairShareAccount, jobs: Any, now: datetime, removed_by: str, reason: str
+    user: User,
+    accounts: dict[str, FairShareAccount],
+    now: datetime,
+    removed_by: str,
+    reason: str,
 ) -> int:
-    """Cancel an account's running jobs and settle the device time each has used."""
+    """Cancel a user's running jobs and settle the device time each has used. All their
+    jobs are locked in one statement, in id order (after all their accounts): lease
+    renewals lock a dispatcher's jobs of every pool in id order too."""
     stopped = 0
-    running = jobs.select_for_update(no_key=True).filter(status=JobStatus.RUNNING).order_by("id")
-    fields = ("id", "public_id", "attempts", "started_at", "charged_cost", "charged_weight")
-    for job in running.only(*fields):
+    running = (
+        Job.objects.select_for_update(no_key=True)
+        .filter(owner=user, status=JobStatus.RUNNING, device_type__in=list(accounts))
+        .order_by("id")
+    )
+    fields = (
+        "id",
+        "public_id",
+        "device_type",
+        "attempts",
+        "started_at",
+        "charged_cost",
+        "charged_weight",
+    )
+    for job in list(running.only(*fields)):
+        account = accounts[job.device_type]
         used = max(0.0, (now - job.started_at).total_seconds()) if job.started_at else 0.0
         changed = Job.objects.filter(
             pk=job.pk, status=JobStatus.RUNNING, attempts=job.attempts
