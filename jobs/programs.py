@@ -86,7 +86,10 @@ def create_program(
         if not created:
             transaction.set_rollback(True)
     if not created:
-        program = created_jobs[0].program
+        # The jobs the key found belong to the program the first request created.
+        first_program = created_jobs[0].program
+        assert first_program is not None
+        program = first_program
     return program, created_jobs, created
 
 

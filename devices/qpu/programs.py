@@ -96,9 +96,6 @@ class ProgramJobSerializer(serializers.Serializer):
     shots = serializers.IntegerField(min_value=1, max_value=MAX_SHOTS)
     size = serializers.IntegerField(min_value=0, max_value=1_000_000, default=0)
 
-    class Meta:
-        list_serializer_class = ProgramJobListSerializer
-
     def validate_instructions(self, value: list[Any]) -> list[Any]:
         try:
             check_storable_json(value)
@@ -114,17 +111,19 @@ class ProgramSubmitSerializer(serializers.Serializer):
     user_id = serializers.RegexField(USER_ID_PATTERN, required=False)
     priority = serializers.IntegerField(default=0, min_value=-100, max_value=100)
     device_type = serializers.RegexField(DEVICE_TYPE_PATTERN, default="qpu")
-    jobs = ProgramJobSerializer(many=True, allow_empty=False)
+    # jobs: a list of ProgramJobSerializer, see get_fields
     callback_url = serializers.CharField(
         max_length=2000, required=False, allow_blank=True, default=""
     )
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # The limit is read per request (a setting), not when the module is imported.
-        jobs = self.fields["jobs"]
-        assert isinstance(jobs, ProgramJobListSerializer)
-        jobs.max_length = settings.ZYPHER_MAX_BULK_JOBS
+    def get_fields(self) -> dict[str, serializers.Field]:
+        # The limit is a setting, read for each request rather than when this is imported.
+        jobs = ProgramJobListSerializer(
+            child=ProgramJobSerializer(),
+            allow_empty=False,
+            max_length=settings.ZYPHER_MAX_BULK_JOBS,
+        )
+        return {**super().get_fields(), "jobs": jobs}
 
     def validate_callback_url(self, value: str) -> str:
         if value:

@@ -49,17 +49,12 @@ class JobSubmitSerializer(serializers.Serializer):
         error_messages={"invalid": "device_type may hold 1 to 64 letters, digits and . - _"},
     )
 
-    class Meta:
-        list_serializer_class = JobSubmitListSerializer
-
     @classmethod
     def bulk(cls, data: Any) -> JobSubmitListSerializer:
         """A list submitted at once: not empty, at most ZYPHER_MAX_BULK_JOBS jobs."""
-        serializer = cls(
-            data=data, many=True, allow_empty=False, max_length=settings.ZYPHER_MAX_BULK_JOBS
+        return JobSubmitListSerializer(
+            child=cls(), data=data, allow_empty=False, max_length=settings.ZYPHER_MAX_BULK_JOBS
         )
-        assert isinstance(serializer, JobSubmitListSerializer)
-        return serializer
 
     def validate_input(self, value: Any) -> Any:
         check_storable_json(value)

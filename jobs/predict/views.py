@@ -96,7 +96,7 @@ def parse_prediction_body(request: HttpRequest) -> tuple[str, str | None]:
 
 
 def _drf_request(request: HttpRequest) -> Request:
-    authenticators = [auth() for auth in api_settings.DEFAULT_AUTHENTICATION_CLASSES]
+    authenticators = [auth() for auth in api_settings.DEFAULT_AUTHENTICATION_CLASSES]  # type: ignore[operator]
     return Request(request, authenticators=authenticators)
 
 
