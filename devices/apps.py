@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 from django.apps import AppConfig
 
 
@@ -5,3 +7,12 @@ class DevicesConfig(AppConfig):
     name = "devices"
     verbose_name = "Devices and dispatcher"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # `jobs` names no other app: devices hand it their handler and dashboard rows.
+        from devices import monitoring
+        from jobs.handlers import register_handlers
+        from jobs.monitoring.stats import provide_device_states
+
+        register_handlers({"qpu": "devices.qpu.mock:qpu_handler"})
+        provide_device_states(monitoring.device_states)

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]  # no stubs installed
 
 TIMESTAMP_HEADER = "X-Zypher-Timestamp"
 NONCE_HEADER = "X-Zypher-Nonce"

@@ -1,7 +1,7 @@
 from django.urls import path
 
 from devices import views
-from devices.qpu import compat
+from devices.qpu import compat, programs
 
 urlpatterns = [
     path("api/devices/", views.DeviceListCreateView.as_view(), name="device-list"),
@@ -16,5 +16,6 @@ urlpatterns = [
         views.DeviceReportView.as_view(),
         name="device-reports",
     ),
+    *programs.urlpatterns,
     *compat.urlpatterns,
 ]

@@ -170,12 +170,12 @@ def run_device_command(
     body = {"ok": answer.status == 200, "state": answer.body.get("state", device.state)}
     if answer.status == 200:
         return 200, {**body, "result": answer.body.get("result")}
-    error = answer.body.get("error") or f"the device answered {answer.status}"
+    reason = answer.body.get("error") or f"the device answered {answer.status}"
     if answer.status == 401:
         # The agent refused our signature: it holds another secret (registered again?).
-        return 502, {**body, "error": f"the device refused the gateway's signature: {error}"}
+        return 502, {**body, "error": f"the device refused the gateway's signature: {reason}"}
     code = answer.status if answer.status in (400, 409, 413) else 502
-    return code, {**body, "error": error}
+    return code, {**body, "error": reason}
 
 
 class DeviceCommandView(APIView):

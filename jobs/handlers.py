@@ -2,8 +2,12 @@
 
 A handler is `def handler(input) -> result`: it gets the job's JSON input and returns a
 JSON-serialisable result; an exception fails the job with its message. Handlers run in
-the dispatcher's worker processes, never in a web request. Operators add their own
-`limited_f` with `ZYPHER_HANDLERS='{"kind": "package.module:function"}'`.
+the dispatcher's worker processes, never in a web request.
+
+`jobs` names only its own handlers here. Other apps add theirs from their
+`AppConfig.ready()` through `register_handlers` (splines: `spline`, devices: `qpu`), and
+operators add their own `limited_f` with `ZYPHER_HANDLERS='{"kind": "package.module:function"}'`,
+which wins over both.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import importlib
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any
 
@@ -23,13 +27,21 @@ BUILTIN_HANDLERS: dict[str, str] = {
     "limited_f": "jobs.handlers:limited_f",
     "predict": "jobs.handlers:predict",
     "noop": "jobs.handlers:noop",
-    "spline": "splines.handlers:render_spline_job",
-    "qpu": "devices.qpu.mock:qpu_handler",
 }
+
+# Kinds other apps registered at start-up (their AppConfig.ready()), as dotted paths, so
+# that nothing is imported until a worker runs a job of that kind.
+_app_handlers: dict[str, str] = {}
+
+
+def register_handlers(paths: Mapping[str, str]) -> None:
+    """Add `{"kind": "package.module:function"}` handlers; called from an app's ready()."""
+    _app_handlers.update(paths)
+    resolve_handler.cache_clear()
 
 
 def handler_paths() -> dict[str, str]:
-    return {**BUILTIN_HANDLERS, **settings.ZYPHER_HANDLERS}
+    return {**BUILTIN_HANDLERS, **_app_handlers, **settings.ZYPHER_HANDLERS}
 
 
 def known_kinds() -> list[str]:

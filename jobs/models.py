@@ -9,6 +9,7 @@ the head of that user's queue through the partial index `job_queue_head`.
 from __future__ import annotations
 
 import uuid
+from typing import Self
 
 from django.contrib.auth.models import AbstractUser
 from django.db import models
@@ -41,8 +42,17 @@ class JobStatus(models.TextChoices):
 FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
+class OwnedQuerySet(models.QuerySet):
+    """Rows with an `owner`: jobs and programs."""
+
+    def visible_to(self, reader: User | None) -> Self:
+        """What `reader` may see: their own rows; every row for None (staff, or anyone in
+        open mode, which `jobs.api.access.reader_of` decides)."""
+        return self if reader is None else self.filter(owner=reader)
+
+
 class Program(models.Model):
-    """A group of jobs submitted together (e.g. QPU circuits), whose results go back to
+    """A group of jobs submitted together (e.g. a QPU exercise's circuits), whose results go back to
     the user at `callback_url` when every job has ended."""
 
     class Delivery(models.TextChoices):
@@ -63,6 +73,8 @@ class Program(models.Model):
     callback_attempts = models.PositiveIntegerField(default=0)
     callback_error = models.TextField(blank=True, default="")
     delivered_at = models.DateTimeField(null=True, blank=True)
+
+    objects = OwnedQuerySet.as_manager()
 
     def __str__(self) -> str:
         return f"program {self.public_id}"
@@ -104,6 +116,8 @@ class Job(models.Model):
     program = models.ForeignKey(
         Program, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
     )
+
+    objects = OwnedQuerySet.as_manager()
 
     class Meta:
         indexes = [

@@ -1,5 +1,8 @@
 """Programs: jobs submitted together whose results go back to the user at a callback URL.
 
+A program groups jobs of any kind; what its jobs are (the QPU exercise's circuits) is the
+business of the app that submits them (`devices.qpu.programs`).
+
 A program's priority is its jobs' priority: it orders them among the user's own work
 (the core scheduler's semantics); between users the weighted fair share decides. When
 every job of a program has ended, a dispatcher POSTs the program's results to its
@@ -20,7 +23,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
@@ -34,7 +36,6 @@ from jobs.queue import JobSpec, submit_jobs
 
 log = logging.getLogger("zypher.programs")
 
-QPU_KIND = "qpu"
 UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
@@ -55,18 +56,9 @@ def check_callback_url(url: str) -> None:
         )
 
 
-@dataclass(frozen=True)
-class ProgramJob:
-    """One job of a program: a QPU circuit and the device size it needs."""
-
-    instructions: list[Any]
-    shots: int
-    size: int = 0
-
-
 def create_program(
     owner: User,
-    jobs: list[ProgramJob],
+    specs: list[JobSpec],
     *,
     device_type: str,
     priority: int = 0,
@@ -80,16 +72,6 @@ def create_program(
     """
     if callback_url:
         check_callback_url(callback_url)
-    specs = [
-        JobSpec(
-            kind=QPU_KIND,
-            input={"instructions": job.instructions, "shots": job.shots},
-            device_type=device_type,
-            priority=priority,
-            size=job.size,
-        )
-        for job in jobs
-    ]
     with transaction.atomic():
         program = Program.objects.create(
             owner=owner,
@@ -104,7 +86,10 @@ def create_program(
         if not created:
             transaction.set_rollback(True)
     if not created:
-        program = created_jobs[0].program
+        # The jobs the key found belong to the program the first request created.
+        first_program = created_jobs[0].program
+        assert first_program is not None
+        program = first_program
     return program, created_jobs, created
 
 

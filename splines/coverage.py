@@ -10,8 +10,8 @@ distance of the true value. Used by the tests and the benchmark, never by a requ
 from __future__ import annotations
 
 import numpy as np
-from scipy.interpolate import BSpline
-from scipy.spatial import cKDTree
+from scipy.interpolate import BSpline  # type: ignore[import-untyped]  # no stubs installed
+from scipy.spatial import cKDTree  # type: ignore[import-untyped]  # no stubs installed
 
 from .evaluation import split_at_jumps
 from .tck import Tck

@@ -39,13 +39,15 @@ Box = tuple[int, int, int, int]
 def parse_color(value: str) -> Rgba:
     """A CSS colour (`#f0c`, `#ff00cc`, `#ff00cc80`, or a name like `red`) as RGBA."""
     try:
-        red, green, blue, alpha = ImageColor.getcolor(str(value).strip(), "RGBA")
+        color = ImageColor.getcolor(str(value).strip(), "RGBA")
     except (ValueError, AttributeError):
         raise SplineInputError(
             "color",
             f"color must be a CSS hex colour like #ff00ff or #f0f (#ff00ff80 with alpha); "
             f"got {value!r}.",
         ) from None
+    assert isinstance(color, tuple)  # in mode RGBA always four channels
+    red, green, blue, alpha = color
     return red, green, blue, alpha
 
 
@@ -284,7 +286,9 @@ def _apply_ink(
     if image.mode == "L":
         ink: int | tuple[int, ...] = red
     elif image.mode == "CMYK":
-        ink = Image.new("RGB", (1, 1), (red, green, blue)).convert("CMYK").getpixel((0, 0))
+        cmyk = Image.new("RGB", (1, 1), (red, green, blue)).convert("CMYK").getpixel((0, 0))
+        assert isinstance(cmyk, tuple)
+        ink = cmyk
     else:
         ink = (red, green, blue)
     for x0, y0, x1, y1 in strips:

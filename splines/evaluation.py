@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.interpolate import BSpline
+from scipy.interpolate import BSpline  # type: ignore[import-untyped]  # no stubs installed
 
 from .tck import SplineInputError, Tck
 

@@ -77,7 +77,7 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> DecodedImag
         raise ImageInputError(_unreadable_message(data)) from None
     except Image.DecompressionBombError:
         raise ImageInputError(
-            _too_many_pixels(f"image has over {2 * Image.MAX_IMAGE_PIXELS} pixels", max_pixels),
+            _too_many_pixels(f"image has over {2 * MAX_IMAGE_PIXELS} pixels", max_pixels),
             status=413,
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from scipy.interpolate import splprep
+from scipy.interpolate import splprep  # type: ignore[import-untyped]  # no stubs installed
 
 Layout = Literal["scipy", "points"]
 

@@ -6,9 +6,11 @@ Each view validates through its serializer and calls one function (`render_splin
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.utils.decorators import method_decorator
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.generic import TemplateView
@@ -17,7 +19,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.negotiation import BaseContentNegotiation
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import BaseParser, FormParser, JSONParser, MultiPartParser
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -40,14 +42,15 @@ from .tck import SplineInputError, fit_tck
 class JsonWhateverTheClientAccepts(BaseContentNegotiation):
     """Errors are JSON even when the client asked for `image/*`: no 406 for an image client."""
 
-    def select_parser(self, request: Request, parsers: list[Any]) -> Any:
+    def select_parser(self, request: Request, parsers: Iterable[BaseParser]) -> BaseParser | None:
         content_type = request.content_type.split(";")[0].strip()
         return next((p for p in parsers if p.media_type == content_type), None)
 
     def select_renderer(
-        self, request: Request, renderers: list[BaseRenderer], format_suffix: str | None = None
+        self, request: Request, renderers: Iterable[BaseRenderer], format_suffix: str | None = None
     ) -> tuple[BaseRenderer, str]:
-        return renderers[0], renderers[0].media_type
+        first = next(iter(renderers))
+        return first, first.media_type
 
 
 def rendered_response(rendered: RenderedImage) -> HttpResponse:
@@ -132,9 +135,9 @@ class FitView(APIView):
         return Response(FitResponseSerializer(fitted).data)
 
 
-def job_output(request: HttpRequest, path: str) -> HttpResponse:
+def job_output(request: HttpRequest, path: str) -> HttpResponseBase:
     """An image stored by a `spline` job (its name is a random UUID)."""
-    return serve(request, path, document_root=media_root() / OUTPUT_SUBDIRECTORY)
+    return serve(request, path, document_root=str(media_root() / OUTPUT_SUBDIRECTORY))
 
 
 @method_decorator(ensure_csrf_cookie, name="dispatch")

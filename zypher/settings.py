@@ -39,7 +39,9 @@ ALLOWED_HOSTS = os.environ.get(
 ).split(",")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # Django's admin with the operators' dashboard among its pages: its site
+    # (jobs.monitoring.admin_site) replaces the default one, so every admin page is served by it.
+    "jobs.monitoring.admin_site.ZypherAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -241,12 +243,6 @@ ZYPHER_CALLBACK_MAX_ATTEMPTS = int(os.environ.get("ZYPHER_CALLBACK_MAX_ATTEMPTS"
 ZYPHER_CALLBACK_BACKOFF_SECONDS = float(os.environ.get("ZYPHER_CALLBACK_BACKOFF_SECONDS", "1"))
 
 # --- dashboard ---
-# The operators' dashboard lives in the admin: its site (jobs.monitoring.admin_site) replaces the
-# default one, so every admin page, and the dashboard among them, is served by it.
-INSTALLED_APPS = [
-    "jobs.monitoring.admin_site.ZypherAdminConfig" if app == "django.contrib.admin" else app
-    for app in INSTALLED_APPS
-]
 # How often the dashboard re-renders its panels in the open page (seconds).
 ZYPHER_DASHBOARD_REFRESH_SECONDS = float(os.environ.get("ZYPHER_DASHBOARD_REFRESH_SECONDS", "3"))
 # A user's share of device time is flagged when it differs from their entitled share by

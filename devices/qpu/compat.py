@@ -30,13 +30,13 @@ from rest_framework.views import APIView
 
 from devices import pool
 from devices.models import ClientProgramId, Device
+from devices.qpu.programs import QpuJob, qpu_job_spec
 from devices.views import pool_listing, register_from, require_registrar
+from jobs.api.access import JOB_READERS, acting_user, visible_jobs
 from jobs.api.parsers import JSONParser
 from jobs.api.serializers import DEVICE_TYPE_PATTERN, USER_ID_PATTERN
-from jobs.api.views import acting_user, visible_jobs
 from jobs.models import Job, Program, User
-from jobs.programs import QPU_KIND
-from jobs.queue import JobSpec, submit_jobs
+from jobs.queue import submit_jobs
 
 DEFAULT_SHOTS = 100
 
@@ -175,12 +175,10 @@ class CompatJobsView(CompatView):
                 program = program_for(
                     owner, data["program_id"], data["device_type"], data["priority"]
                 )
-            spec = JobSpec(
-                kind=QPU_KIND,
-                input={"instructions": data["instructions"], "shots": data["shots"]},
+            spec = qpu_job_spec(
+                QpuJob(data["instructions"], data["shots"], data["size"]),
                 device_type=data["device_type"],
                 priority=data["priority"],
-                size=data["size"],
             )
             [job], created = submit_jobs(owner, [spec], idempotency_key=data["id"], program=program)
         job = Job.objects.select_related("owner").get(pk=job.pk)
@@ -195,6 +193,8 @@ class CompatJobVariantView(CompatJobsView):
 
 class CompatJobDetailView(CompatView):
     """`GET /jobs/<id>`: the job the client submitted with that id (its newest)."""
+
+    permission_classes = JOB_READERS
 
     def get(self, request: Request, client_id: str) -> Response:
         jobs = visible_jobs(request).filter(idempotency_key=client_id)

@@ -8,13 +8,24 @@ from typing import Any
 from django.conf import settings
 from rest_framework import serializers
 from rest_framework.reverse import reverse
+from rest_framework.settings import api_settings
 
 from jobs.handlers import known_kinds
 from jobs.models import Job, User
 from jobs.queue import JobSpec
 
 USER_ID_PATTERN = r"^[\w.@+-]{1,150}$"
+USER_ID_RULE = "user_id may hold 1 to 150 letters, digits and . @ + - _"
 DEVICE_TYPE_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+class JobSubmitListSerializer(serializers.ListSerializer):
+    """A bulk submit: the list's own limits, phrased for jobs (see `JobSubmitSerializer.bulk`)."""
+
+    default_error_messages = {
+        "empty": "The list of jobs is empty.",
+        "max_length": "At most {max_length} jobs per request.",
+    }
 
 
 class JobSubmitSerializer(serializers.Serializer):
@@ -22,7 +33,7 @@ class JobSubmitSerializer(serializers.Serializer):
         USER_ID_PATTERN,
         required=False,
         help_text="Who the job is for (open mode, or a staff token acting for a user).",
-        error_messages={"invalid": "user_id may hold 1 to 150 letters, digits and . @ + - _"},
+        error_messages={"invalid": USER_ID_RULE},
     )
     input = serializers.JSONField(help_text="The job's input, any JSON value.")
     kind = serializers.CharField(
@@ -37,6 +48,13 @@ class JobSubmitSerializer(serializers.Serializer):
         help_text="The device pool to run on (default: the local devices' type).",
         error_messages={"invalid": "device_type may hold 1 to 64 letters, digits and . - _"},
     )
+
+    @classmethod
+    def bulk(cls, data: Any) -> JobSubmitListSerializer:
+        """A list submitted at once: not empty, at most ZYPHER_MAX_BULK_JOBS jobs."""
+        return JobSubmitListSerializer(
+            child=cls(), data=data, allow_empty=False, max_length=settings.ZYPHER_MAX_BULK_JOBS
+        )
 
     def validate_input(self, value: Any) -> Any:
         check_storable_json(value)
@@ -59,6 +77,13 @@ class JobSubmitSerializer(serializers.Serializer):
             device_type=data.get("device_type") or settings.ZYPHER_LOCAL_DEVICE_TYPE,
             priority=data["priority"],
         )
+
+
+def list_limit_error(errors: Any) -> str | None:
+    """The message of an error about a list as a whole (empty, too long), else None."""
+    if isinstance(errors, dict) and api_settings.NON_FIELD_ERRORS_KEY in errors:
+        return str(errors[api_settings.NON_FIELD_ERRORS_KEY][0])
+    return None
 
 
 MAX_INPUT_DEPTH = 64

@@ -3,80 +3,46 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
-from django.conf import settings
 from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, generics, status
 from rest_framework.authtoken.models import Token
-from rest_framework.permissions import IsAdminUser
+from rest_framework.permissions import AllowAny, IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from jobs.api.access import (
+    ACCOUNT_READERS,
+    JOB_READERS,
+    acting_user,
+    read_idempotency_key,
+    visible_jobs,
+)
 from jobs.api.parsers import JSONParser
 from jobs.api.serializers import (
     USER_ID_PATTERN,
+    USER_ID_RULE,
     JobDetailSerializer,
     JobSerializer,
     JobSubmitSerializer,
     UserCreateSerializer,
     UserSerializer,
     UserWeightSerializer,
+    list_limit_error,
     user_summary,
 )
 from jobs.models import Job, JobStatus, User
 from jobs.queue import cancel_job, submit_jobs
 
-USER_ID_RULE = "user_id may hold 1 to 150 letters, digits and . @ + - _"
-
-
-def acting_user(request: Request, named_user_id: str | None) -> User:
-    """The account a request acts for.
-
-    A token's own user; a staff token may act for any `user_id` (created on first use,
-    for an application backend submitting for its own end users). In open mode a request
-    without a token names its user (`user_id` or `X-User-Id`), or is `anonymous`.
-    """
-    if request.user.is_authenticated:
-        if not named_user_id or named_user_id == request.user.username:
-            return request.user
-        if not request.user.is_staff:
-            raise exceptions.PermissionDenied(
-                f"This token belongs to {request.user.username!r} and cannot act for {named_user_id!r}."
-            )
-        user, _ = User.objects.get_or_create(username=named_user_id)
-    elif settings.ZYPHER_OPEN_MODE:
-        name = named_user_id or request.headers.get("X-User-Id") or "anonymous"
-        if not re.fullmatch(USER_ID_PATTERN, name):
-            raise exceptions.ValidationError({"user_id": [USER_ID_RULE]})
-        user, _ = User.objects.get_or_create(username=name)
-    else:
-        raise exceptions.NotAuthenticated(
-            "Send 'Authorization: Token <key>' (POST /api/token/ issues one)."
-        )
-    if not user.is_active:
-        raise exceptions.PermissionDenied(
-            f"User {user.username!r} is deactivated and cannot submit jobs."
-        )
-    return user
-
-
-def visible_jobs(request: Request) -> QuerySet[Job]:
-    """Jobs the requester may read: its own, or all for staff."""
-    jobs = Job.objects.select_related("owner")
-    if request.user.is_authenticated:
-        return jobs if request.user.is_staff else jobs.filter(owner=request.user)
-    if settings.ZYPHER_OPEN_MODE:
-        return jobs
-    raise exceptions.NotAuthenticated(
-        "Send 'Authorization: Token <key>' (POST /api/token/ issues one)."
-    )
-
 
 def submit_error(errors: Any) -> dict[str, Any]:
-    """Phrase a bulk submit's errors with the index of each bad item."""
+    """Phrase a bulk submit's errors: the list's own limit, or the index of each bad item."""
+    if (message := list_limit_error(errors)) is not None:
+        return {"error": message}
     pairs = errors.items() if isinstance(errors, dict) else enumerate(errors)
     bad = {str(index): item for index, item in pairs if item}
     first = next(iter(bad))
@@ -88,6 +54,11 @@ class JobListCreateView(generics.ListAPIView):
 
     serializer_class = JobSerializer
     parser_classes = [JSONParser]
+    permission_classes = JOB_READERS
+
+    def get_permissions(self) -> Sequence[Any]:
+        # A submit says who it acts for last (`acting_user`), after its body is validated.
+        return [AllowAny()] if self.request.method == "POST" else super().get_permissions()
 
     def get_queryset(self) -> QuerySet[Job]:
         jobs = visible_jobs(self.request)
@@ -128,17 +99,15 @@ class JobListCreateView(generics.ListAPIView):
     )
     def post(self, request: Request) -> Response:
         many = isinstance(request.data, list)
-        if many and not request.data:
-            raise exceptions.ValidationError({"error": "The list of jobs is empty."})
-        if many and len(request.data) > settings.ZYPHER_MAX_BULK_JOBS:
-            raise exceptions.ValidationError(
-                {"error": f"At most {settings.ZYPHER_MAX_BULK_JOBS} jobs per request."}
-            )
         if not many and not isinstance(request.data, dict):
             raise exceptions.ValidationError(
                 {"error": "Send a JSON object (one job) or a list of them."}
             )
-        serializer = JobSubmitSerializer(data=request.data, many=many)
+        serializer = (
+            JobSubmitSerializer.bulk(request.data)
+            if many
+            else JobSubmitSerializer(data=request.data)
+        )
         if not serializer.is_valid():
             raise exceptions.ValidationError(
                 submit_error(serializer.errors) if many else serializer.errors
@@ -149,9 +118,7 @@ class JobListCreateView(generics.ListAPIView):
             raise exceptions.ValidationError(
                 {"user_id": ["All jobs of one request must be for one user."]}
             )
-        key = request.headers.get("Idempotency-Key") or None
-        if key is not None and len(key) > 200:
-            raise exceptions.ValidationError({"Idempotency-Key": ["At most 200 characters."]})
+        key = read_idempotency_key(request)
         # Last check before writing: in open mode or for staff it creates the named user.
         owner = acting_user(request, named.pop())
         specs = [JobSubmitSerializer.spec_from(item) for item in items]
@@ -167,6 +134,7 @@ class JobDetailView(generics.RetrieveAPIView):
     serializer_class = JobDetailSerializer
     lookup_field = "public_id"
     lookup_url_kwarg = "job_id"
+    permission_classes = JOB_READERS
 
     def get_queryset(self) -> QuerySet[Job]:
         return visible_jobs(self.request)
@@ -178,6 +146,7 @@ class JobCancelView(generics.GenericAPIView):
     serializer_class = JobSerializer
     lookup_field = "public_id"
     lookup_url_kwarg = "job_id"
+    permission_classes = JOB_READERS
 
     def get_queryset(self) -> QuerySet[Job]:
         return visible_jobs(self.request)
@@ -223,12 +192,9 @@ class UserDetailView(APIView):
     PATCH changes the weight (staff), effective at the next dispatch."""
 
     parser_classes = [JSONParser]
+    permission_classes = ACCOUNT_READERS
 
-    def get_user(self, request: Request, user_id: str) -> User:
-        if not request.user.is_authenticated:
-            raise exceptions.NotAuthenticated("Send 'Authorization: Token <key>'.")
-        if not request.user.is_staff and request.user.username != user_id:
-            raise exceptions.PermissionDenied("You may only read your own account.")
+    def get_user(self, user_id: str) -> User:
         if not re.fullmatch(USER_ID_PATTERN, user_id):  # no such user (nor a NUL byte)
             raise exceptions.NotFound(f"User {user_id!r} not found.")
         user = User.objects.filter(username=user_id).first()
@@ -238,15 +204,11 @@ class UserDetailView(APIView):
 
     @extend_schema(responses=UserSerializer)
     def get(self, request: Request, user_id: str) -> Response:
-        return Response(UserSerializer(user_summary(self.get_user(request, user_id))).data)
+        return Response(UserSerializer(user_summary(self.get_user(user_id))).data)
 
     @extend_schema(request=UserWeightSerializer, responses=UserSerializer)
     def patch(self, request: Request, user_id: str) -> Response:
-        if not request.user.is_authenticated:
-            raise exceptions.NotAuthenticated("Send 'Authorization: Token <key>'.")
-        if not request.user.is_staff:
-            raise exceptions.PermissionDenied("Only staff may change a weight.")
-        user = self.get_user(request, user_id)
+        user = self.get_user(user_id)
         serializer = UserWeightSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         User.objects.filter(pk=user.pk).update(weight=serializer.validated_data["weight"])

@@ -178,8 +178,9 @@ class JobsCollector(Collector):
         yield repairs
 
     def _device_metrics(self) -> Iterator[Metric]:
-        """Device states: the Device table when the devices app has one; the devices of
-        the running jobs as `busy` otherwise (or in addition, for unregistered names)."""
+        """Device states: the registered devices when an app provides them
+        (`stats.provide_device_states`); the devices of the running jobs as `busy` otherwise
+        (or in addition, for unregistered names)."""
         states = GaugeMetricFamily(
             "zypher_device_state",
             "1 for each device in its current state (unready, ready, busy, offline).",

@@ -23,11 +23,11 @@ which is why the age of each user's oldest queued job stands next to it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, TypedDict
 
-from django.apps import apps
-from django.db import DatabaseError, connection, transaction
+from django.db import connection
 from django.db.models import Count, Min, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
@@ -261,35 +261,23 @@ def running_jobs(now: datetime | None = None, limit: int = MAX_RUNNING_LISTED) -
     ]
 
 
-def device_states() -> list[DeviceState]:
-    """Every registered device and its state, when the devices app has a Device table.
+# The app that keeps a table of devices supplies its rows (`devices.apps` registers one at
+# start-up): `jobs` knows devices only by the names its jobs ran on.
+_device_states_provider: Callable[[], list[DeviceState]] | None = None
 
-    Imported lazily: `jobs` does not depend on `devices` (the arrows go the other way).
-    """
-    try:
-        device_model = apps.get_model("devices", "Device")
-    except LookupError:
+
+def provide_device_states(provider: Callable[[], list[DeviceState]]) -> None:
+    """Register where the dashboard and `/metrics` read registered devices from."""
+    global _device_states_provider
+    _device_states_provider = provider
+
+
+def device_states() -> list[DeviceState]:
+    """Every registered device and its state (at most MAX_RUNNING_LISTED), or none when no
+    app provides them."""
+    if _device_states_provider is None:
         return []
-    try:
-        with transaction.atomic():  # a savepoint: a missing table must not end the transaction
-            rows = list(
-                device_model.objects.order_by("device_type", "name").values_list(
-                    "name", "device_type", "kind", "state", "current_job__public_id", "last_seen"
-                )[:MAX_RUNNING_LISTED]
-            )
-    except DatabaseError:  # the devices migration has not run yet
-        return []
-    return [
-        {
-            "device": name,
-            "pool": pool,
-            "kind": kind,
-            "state": state,
-            "job": str(job) if job else None,
-            "last_seen": last_seen.isoformat() if last_seen else None,
-        }
-        for name, pool, kind, state, job, last_seen in rows
-    ]
+    return _device_states_provider()[:MAX_RUNNING_LISTED]
 
 
 # --- throughput and service time --------------------------------------------------------------

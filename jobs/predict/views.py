@@ -3,8 +3,8 @@
 These views are `async def` so that a synchronous prediction waits as a suspended
 coroutine on the ASGI server's event loop, not as a blocked thread (see `jobs.predict.hub`).
 They are plain Django views rather than DRF ones (DRF views are synchronous), but they
-authenticate with DRF's authenticators and pick the owner with `jobs.api.views.acting_user`,
-so tokens, open mode and `X-User-Id` work exactly as for `/api/jobs/`.
+authenticate with DRF's authenticators and decide access with `jobs.api.access`, so
+tokens, open mode and `X-User-Id` work exactly as for `/api/jobs/`.
 
 Every error body is `{"error": "…"}` (never DRF's `{"detail": …}`); the field names and
 status codes are the contract's, byte for byte.
@@ -25,9 +25,9 @@ from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
 
+from jobs.api.access import IdempotencyKeyTooLong, acting_user, read_idempotency_key, reader_of
 from jobs.api.serializers import USER_ID_PATTERN
-from jobs.api.views import acting_user
-from jobs.models import JobStatus, User
+from jobs.models import JobStatus
 from jobs.predict.hub import (
     AsyncModeError,
     PredictionState,
@@ -96,7 +96,7 @@ def parse_prediction_body(request: HttpRequest) -> tuple[str, str | None]:
 
 
 def _drf_request(request: HttpRequest) -> Request:
-    authenticators = [auth() for auth in api_settings.DEFAULT_AUTHENTICATION_CLASSES]
+    authenticators = [auth() for auth in api_settings.DEFAULT_AUTHENTICATION_CLASSES]  # type: ignore[operator]
     return Request(request, authenticators=authenticators)
 
 
@@ -106,16 +106,7 @@ def _submit(request: HttpRequest, input: str, user_id: str | None, key: str | No
 
 
 def _read(request: HttpRequest, prediction_id: str) -> PredictionState | None:
-    drf_request = _drf_request(request)
-    reader: User | None = None  # None: may read any prediction
-    if drf_request.user.is_authenticated:
-        if not drf_request.user.is_staff:
-            reader = drf_request.user
-    elif not settings.ZYPHER_OPEN_MODE:
-        raise exceptions.NotAuthenticated(
-            "Send 'Authorization: Token <key>' (POST /api/token/ issues one)."
-        )
-    return read_prediction(prediction_id, reader)
+    return read_prediction(prediction_id, reader_of(_drf_request(request)))
 
 
 def _api_exception_response(exc: exceptions.APIException) -> JsonResponse:
@@ -155,8 +146,9 @@ async def predict(request: HttpRequest) -> JsonResponse:
         return error(400, str(exc))
     except PredictionRequestError as exc:
         return error(exc.status, exc.message)
-    key = request.headers.get("Idempotency-Key") or None
-    if key is not None and len(key) > 200:
+    try:
+        key = read_idempotency_key(request)
+    except IdempotencyKeyTooLong:
         return error(400, "Idempotency-Key may hold at most 200 characters.")
     try:
         prediction_id = await run_in_db_thread(_submit, request, input, user_id, key)

@@ -21,9 +21,9 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from devices import pool
+from devices.qpu.programs import QpuJob, create_qpu_program
 from jobs.models import Job, User
 from jobs.predict.hub import close_db_connections
-from jobs.programs import ProgramJob, create_program
 from jobs.queue import JobSpec, submit_jobs
 
 pytest_plugins = ["tests.support.api_fixtures"]
@@ -264,9 +264,9 @@ def _fresh_ids(users: dict[str, User]) -> dict[str, str]:
     [prediction], _ = submit_jobs(users["alice"], [JobSpec("predict", "x")])
     # A simulated device (no agent): it answers `status` itself.
     device, _ = pool.register_device(f"sim-{uuid.uuid4().hex[:8]}", "qpu", 4, "addr1")
-    circuit = [ProgramJob(["h 0"], 1, 1)]
-    alice_program, _, _ = create_program(users["alice"], circuit, device_type="qpu")
-    bob_program, _, _ = create_program(users["bob"], circuit, device_type="qpu")
+    circuit = [QpuJob(["h 0"], 1, 1)]
+    alice_program, _, _ = create_qpu_program(users["alice"], circuit, device_type="qpu")
+    bob_program, _, _ = create_qpu_program(users["bob"], circuit, device_type="qpu")
     return {
         "device": device.name,
         "alice_program": str(alice_program.public_id),

@@ -355,3 +355,100 @@ def test_an_unknown_user_answers_404_json(staff_client: APIClient) -> None:
 
     assert response.status_code == 404
     assert "nobody" in response.json()["error"]
+
+
+# The texts below are the API's contract: the checks behind them moved into
+# jobs.api.access and the serializers' list limits (issue 11), the answers did not.
+
+
+@override_settings(ZYPHER_MAX_BULK_JOBS=3)
+def test_the_list_limits_answer_exactly_as_documented(api_client: APIClient) -> None:
+    with nothing_written():
+        too_many = submit(api_client, [{"user_id": "alice", "input": n} for n in range(4)])
+        empty = submit(api_client, [])
+        at_the_limit_with_a_bad_item = submit(
+            api_client, [{"user_id": "alice", "input": 1}, {"user_id": "alice"}]
+        )
+
+    assert (too_many.status_code, too_many.json()) == (
+        400,
+        {"error": "At most 3 jobs per request."},
+    )
+    assert (empty.status_code, empty.json()) == (400, {"error": "The list of jobs is empty."})
+    assert at_the_limit_with_a_bad_item.json() == {
+        "error": "Item 1 is invalid; nothing was queued.",
+        "items": {"1": {"input": ["This field is required."]}},
+    }
+
+
+def test_a_long_idempotency_key_answers_exactly_as_documented(api_client: APIClient) -> None:
+    with nothing_written():
+        response = submit(
+            api_client, {"user_id": "alice", "input": 1}, **{"Idempotency-Key": "k" * 201}
+        )
+
+    assert response.json() == {"Idempotency-Key": ["At most 200 characters."]}
+
+
+@override_settings(ZYPHER_MAX_BULK_JOBS=3)
+def test_a_program_over_the_job_limit_answers_exactly_as_documented(
+    api_client: APIClient,
+) -> None:
+    program = {"user_id": "alice", "jobs": [{"instructions": [], "shots": 1}] * 4}
+    with nothing_written():
+        too_many = api_client.post("/api/programs/", program, format="json")
+        empty = api_client.post("/api/programs/", {**program, "jobs": []}, format="json")
+        long_key = api_client.post(
+            "/api/programs/",
+            {**program, "jobs": program["jobs"][:1]},
+            format="json",
+            headers={"Idempotency-Key": "k" * 201},
+        )
+
+    assert (too_many.status_code, too_many.json()) == (400, {"jobs": ["At most 3 jobs."]})
+    assert (empty.status_code, empty.json()) == (
+        400,
+        {"jobs": {"non_field_errors": ["This list may not be empty."]}},
+    )
+    assert (long_key.status_code, long_key.json()) == (
+        400,
+        {"Idempotency-Key": ["At most 200 characters."]},
+    )
+
+
+@override_settings(ZYPHER_OPEN_MODE=False)
+def test_without_a_token_reads_and_account_pages_answer_exactly_as_documented(
+    api_client: APIClient, make_user: Callable[..., User]
+) -> None:
+    send_token = "Send 'Authorization: Token <key>' (POST /api/token/ issues one)."
+    for url in (JOBS_URL, f"{JOBS_URL}{uuid.uuid4()}/", f"/api/programs/{uuid.uuid4()}/"):
+        response = api_client.get(url)
+        assert (response.status_code, response.json()) == (401, {"error": send_token}), url
+        assert response.headers["WWW-Authenticate"] == "Token"
+    cancel = api_client.post(f"{JOBS_URL}{uuid.uuid4()}/cancel/")
+    assert (cancel.status_code, cancel.json()) == (401, {"error": send_token})
+    account = api_client.get(f"{USERS_URL}alice/")
+    assert (account.status_code, account.json()) == (
+        401,
+        {"error": "Send 'Authorization: Token <key>'."},
+    )
+    # A submit checks its body before asking who it is for.
+    bad_body = submit(api_client, {"input": 1, "priority": 1000})
+    assert bad_body.status_code == 400 and "priority" in bad_body.json()
+    unnamed = submit(api_client, {"input": 1})
+    assert (unnamed.status_code, unnamed.json()) == (401, {"error": send_token})
+
+    alice = client_with_token(make_user("alice"))
+    other = alice.get(f"{USERS_URL}bob/")
+    assert (other.status_code, other.json()) == (
+        403,
+        {"error": "You may only read your own account."},
+    )
+    weight = alice.patch(f"{USERS_URL}bob/", {"weight": 2}, format="json")
+    assert (weight.status_code, weight.json()) == (
+        403,
+        {"error": "Only staff may change a weight."},
+    )
+    own_weight = alice.patch(f"{USERS_URL}alice/", {"weight": 2}, format="json")
+    assert own_weight.json() == {"error": "Only staff may change a weight."}
+    assert alice.get(f"{USERS_URL}alice/").json()["user_id"] == "alice"

@@ -11,8 +11,9 @@ import pytest
 from django.db import connections
 from rest_framework.test import APIClient
 
+from devices.qpu.programs import QpuJob, create_qpu_program
 from jobs.models import Job, Program, User
-from jobs.programs import CallbackCourier, ProgramJob, create_program
+from jobs.programs import CallbackCourier
 from jobs.queue import claim_next, finish_job
 from tests.support.device_fixtures import CallbackReceiver
 
@@ -120,8 +121,8 @@ def test_an_idempotency_key_returns_the_first_program(client):
 
 def finished_program(url: str) -> Program:
     owner = User.objects.create(username="carol")
-    program, _, _ = create_program(
-        owner, [ProgramJob(["x 0"], 10, 1)], device_type="qpu", callback_url=url
+    program, _, _ = create_qpu_program(
+        owner, [QpuJob(["x 0"], 10, 1)], device_type="qpu", callback_url=url
     )
     claim = claim_next("qpu", "sim", 1)
     finish_job(claim, succeeded=True, duration=0.1, result={"counts": {"1": 10}})
@@ -192,8 +193,8 @@ def test_a_program_with_unfinished_jobs_is_not_called_back_yet(async_orm):
     receiver = CallbackReceiver()
     try:
         owner = User.objects.create(username="dave")
-        program, _, _ = create_program(
-            owner, [ProgramJob([], 1, 0)] * 2, device_type="qpu", callback_url=receiver.url
+        program, _, _ = create_qpu_program(
+            owner, [QpuJob([], 1, 0)] * 2, device_type="qpu", callback_url=receiver.url
         )
         claim = claim_next("qpu", "sim", 1)
         finish_job(claim, succeeded=True, duration=0.1, result={})

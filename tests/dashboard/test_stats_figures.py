@@ -140,19 +140,23 @@ def test_a_quiet_window_has_no_shares_and_no_index(known_queue) -> None:
 
 
 def test_devices_of_the_devices_app_are_listed_with_their_state(known_queue) -> None:
-    from django.apps import apps
+    from devices.models import Device
 
-    try:
-        device_model = apps.get_model("devices", "Device")
-    except LookupError:
-        assert stats.device_states() == []
-        return
-    device_model.objects.create(
+    Device.objects.create(
         name="d1", device_type="cpu", state="busy", current_job=known_queue.running_job
     )
-    device_model.objects.create(name="d2", device_type="cpu", state="ready")
+    Device.objects.create(name="d2", device_type="cpu", state="ready")
     states = stats.device_states()
     assert [(d["device"], d["state"], d["job"]) for d in states] == [
         ("d1", "busy", str(known_queue.running_job.public_id)),
         ("d2", "ready", None),
     ]
+
+
+def test_without_an_app_providing_devices_the_figures_list_none(known_queue, monkeypatch) -> None:
+    from devices.models import Device
+
+    Device.objects.create(name="d1", device_type="cpu", state="ready")
+    monkeypatch.setattr(stats, "_device_states_provider", None)
+    assert stats.device_states() == []
+    assert stats.dashboard_stats()["devices"] == []

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rest_framework.authtoken.models import Token
-from rest_framework.response import Response
 from rest_framework.test import APIClient
 
 from jobs.models import User
+
+if TYPE_CHECKING:
+    # What the test client answers: a response with .json() and .data (a name of the stubs).
+    from rest_framework.response import _MonkeyPatchedResponse as TestResponse
 
 JOBS_URL = "/api/jobs/"
 USERS_URL = "/api/users/"
@@ -21,6 +24,6 @@ def client_with_token(user: User) -> APIClient:
     return client
 
 
-def submit(client: APIClient, body: Any, **headers: str) -> Response:
+def submit(client: APIClient, body: Any, **headers: str) -> TestResponse:
     """POST a job (an object) or jobs (a list) as JSON."""
     return client.post(JOBS_URL, body, format="json", headers=headers or None)

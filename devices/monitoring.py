@@ -1,0 +1,33 @@
+"""The devices' part of the operators' dashboard and `/metrics`: every registered device
+and its state, handed to `jobs.monitoring.stats` at start-up (`devices.apps`)."""
+
+from __future__ import annotations
+
+from django.db import DatabaseError, transaction
+
+from devices.models import Device
+from jobs.monitoring.stats import MAX_RUNNING_LISTED, DeviceState
+
+
+def device_states() -> list[DeviceState]:
+    """Registered devices by pool and name, each with its state and current job."""
+    try:
+        with transaction.atomic():  # a savepoint: a missing table must not end the transaction
+            rows = list(
+                Device.objects.order_by("device_type", "name").values_list(
+                    "name", "device_type", "kind", "state", "current_job__public_id", "last_seen"
+                )[:MAX_RUNNING_LISTED]
+            )
+    except DatabaseError:  # the devices migration has not run yet
+        return []
+    return [
+        {
+            "device": name,
+            "pool": pool,
+            "kind": kind,
+            "state": state,
+            "job": str(job) if job else None,
+            "last_seen": last_seen.isoformat() if last_seen else None,
+        }
+        for name, pool, kind, state, job, last_seen in rows
+    ]
