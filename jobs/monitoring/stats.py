@@ -6,33 +6,54 @@ through a bounded window on `finished_at` (index `job_finished_at`), and Python 
 over users, pools, kinds and minutes, never over jobs. `bench/bench_dashboard.py` times
 every function here with 1,000,000 job rows.
 
-Fairness over the window (the last hour by default). A user is *active* if a job of theirs
-ended on a device in the window or they have work queued or running now. With `r_i` the
-device seconds user `i` received (the durations of their jobs that finished in the
-window), `R = Σ r_i` and `w_i` their weight:
+Fairness over the window [T0, T1] (the last hour by default), per pool, against the fluid
+fair schedule (`jobs.fairshare.fluid_shares` is the plain reference of the same figures):
 
-    received share  r_i / R
-    entitled share  w_i / Σ w_j            (over the active users)
-    lag             w_i / Σ w_j · R − r_i  (seconds: positive means the user is owed time)
-    Jain's index    (Σ x_i)² / (n · Σ x_i²)  with x_i = r_i / w_i   (1 = perfectly fair)
+    n_u(t)   jobs of user u in the pool queued or running at t (u is *in the system*
+             while n_u >= 1: from the job's creation, or its start if earlier, to its end)
+    m(t)     the pool's jobs on a device at t (service really delivered: idle devices
+             are not unfairness; the idle-gap histogram shows them)
+    phi_u(t) = min(n_u(t), theta(t) * w_u), theta(t) such that sum_u phi_u(t) = m(t)
+             (weighted water-filling: u cannot use more devices than it has jobs;
+             with one device, phi_u = m * w_u / sum of the waiting users' weights)
+    entitled E_u = integral over [T0, T1] of phi_u dt      (device seconds)
+    received R_u = device time of u's runs inside the window: every attempt, including
+             runs that were requeued or stopped (JobRun rows, and each job row's own run)
+    lag      L_u = E_u - R_u    (positive: owed time; the lags of a pool sum to zero)
+    flagged  |L_u| > 2 * C_max + ZYPHER_DASHBOARD_LAG_SLACK_SECONDS, C_max = the pool's
+             longest run in the window: beyond what the policy itself allows
+             (`jobs.fairshare.lag_bound`), so a fair run is never flagged
+    Jain's index  (sum x_u)^2 / (k * sum x_u^2), x_u = R_u / E_u, over the k users with
+             E_u > JAIN_FLOOR_SECONDS (1 = everyone got what they were entitled to)
+    max normalised gap  max |R_i/w_i - R_j/w_j| over the common part of two users'
+             longest stretches in the system (the 20 most entitled users of the pool),
+             beside the SFQ bound C_max/w_i + C_max/w_j for one device
 
-The policy guarantees fair shares only between users backlogged over the whole window
-(`jobs.fairshare`); a user who arrived a minute ago shows a lag that is not unfairness,
-which is why the age of each user's oldest queued job stands next to it.
+No loop over jobs: one query turns the window's job intervals into change points (per
+pool, user and instant, summed in SQL on SQLite and PostgreSQL alike) and one sweep per
+pool runs over those change points, O(log users) each (`_sweep_pool`).
 """
 
 from __future__ import annotations
 
+import bisect
+import heapq
+import itertools
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypedDict
 
 from django.apps import apps
+from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.db.models import Count, Min, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
-from jobs.models import FairShareAccount, Job, JobStatus, QueueRepair, User
+from jobs.fairshare import lag_bound
+from jobs.models import FairShareAccount, Job, JobRun, JobStatus, QueueRepair, User
 
 WINDOW = timedelta(hours=1)
 THROUGHPUT_MINUTES = (1, 5, 15, 60)
@@ -43,6 +64,8 @@ IDLE_GAP_EDGES = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
 TOP_USERS = 10
 MAX_RUNNING_LISTED = 200
 COMPLETED = (JobStatus.SUCCEEDED, JobStatus.FAILED)  # ended on a device
+# Jain's index leaves out users entitled to less than this: their ratio R/E is noise.
+JAIN_FLOOR_SECONDS = 1.0
 
 
 class PoolDepth(TypedDict):
@@ -112,11 +135,13 @@ class ServiceTime(TypedDict):
 
 
 class UserShare(TypedDict):
+    pool: str
     user: str
     user_pk: int
     weight: float
     received_seconds: float
-    received_share: float
+    entitled_seconds: float
+    received_share: float  # of the pool's device seconds in the window
     entitled_share: float
     lag_seconds: float
     oldest_queued_age_seconds: float | None
@@ -132,10 +157,31 @@ class IdleGap(TypedDict):
     mean_seconds: float | None
 
 
+class NormalisedGap(TypedDict):
+    users: list[str]
+    seconds: float  # |R_i/w_i - R_j/w_j|
+    over_seconds: float  # the length of the common stretch
+    bound_seconds: float  # C_max/w_i + C_max/w_j
+
+
+class PoolSummary(TypedDict):
+    pool: str
+    device_seconds: float
+    longest_job_seconds: float
+    lag_bound_seconds: float  # |lag| beyond this is flagged
+    jain_index: float | None
+    max_normalised_gap: NormalisedGap | None
+
+
+class PoolFairness(PoolSummary):
+    shares: list[UserShare]  # most owed first
+
+
 class Fairness(TypedDict):
     window_seconds: float
     device_seconds: float
-    jain_index: float | None
+    jain_index: float | None  # over every pool's users
+    pools: list[PoolSummary]  # their users are the top-level `shares`, with `pool`
     oldest_queued_age_seconds: float | None
     idle_gap: IdleGap
 
@@ -383,68 +429,300 @@ def service_time(now: datetime | None = None) -> list[ServiceTime]:
 # --- fairness -------------------------------------------------------------------------------
 
 
-def shares(now: datetime | None = None, flag_above: float = 0.10) -> list[UserShare]:
-    """Each active user's received and entitled share of device time over the window, and
-    their lag (see the module docstring). `flagged` marks a share that differs from the
-    entitlement by more than `flag_above` (a fraction of all device time)."""
-    now = now or timezone.now()
-    received = dict(
-        Job.objects.filter(
-            finished_at__gt=now - WINDOW,
-            finished_at__lte=now,
-            status__in=COMPLETED,
-            duration__isnull=False,
+def _fluid_events_sql(t0: str, t1: str) -> str:
+    """The window's job intervals as change points, per pool, user and instant: +1/-1 jobs
+    in the system (dn) and on a device (dm), plus one row per pool (owner -1) holding the
+    longest run. Jobs that left in the window come through `job_finished_at`, the ones
+    still queued or running through their partial indexes; runs are every JobRun row and
+    each job row's own run that has no JobRun row yet (until the claim records them)."""
+    job, run = Job._meta.db_table, JobRun._meta.db_table
+
+    def seconds(column: str) -> str:
+        return _seconds_between_sql(column, t0)
+
+    arrived = "CASE WHEN started_at < created_at THEN started_at ELSE created_at END"
+    return f"""
+        WITH spans AS (
+            SELECT id, device_type AS pool, owner_id, {arrived} AS arrived, started_at,
+                   finished_at AS left_at
+            FROM {job} WHERE finished_at > {t0} AND finished_at <= {t1}
+            UNION ALL
+            SELECT id, device_type, owner_id, {arrived}, started_at, NULL
+            FROM {job} WHERE status = 'queued'
+            UNION ALL
+            SELECT id, device_type, owner_id, {arrived}, started_at, NULL
+            FROM {job} WHERE status = 'running'
+        ), runs AS (
+            SELECT pool, owner_id, started_at AS run_start, left_at AS run_end
+            FROM spans
+            WHERE started_at IS NOT NULL AND started_at < {t1} AND NOT EXISTS (
+                SELECT 1 FROM {run} r WHERE r.job_id = spans.id AND r.started_at = spans.started_at
+            )
+            UNION ALL
+            SELECT device_type, owner_id, started_at, ended_at FROM {run}
+            WHERE ended_at > {t0} AND started_at < {t1}
+            UNION ALL
+            SELECT device_type, owner_id, started_at, NULL FROM {run}
+            WHERE ended_at IS NULL AND started_at < {t1}
         )
-        .values_list("owner_id")
-        .annotate(seconds=Sum("duration"))
-        .order_by()
-    )
-    backlog = {
-        user_id: (queued, running)
-        for user_id, queued, running in FairShareAccount.objects.values_list("user_id")
-        .annotate(queued=Sum("queued_count"), running=Sum("running_count"))
-        .filter(Q(queued__gt=0) | Q(running__gt=0))
-        .order_by()
-    }
-    users = list(
-        User.objects.filter(pk__in=set(received) | set(backlog))
-        .annotate(oldest_queued=_oldest_queued_created_at())
-        .values_list("pk", "username", "weight", "oldest_queued")
-    )
-    total_seconds = sum(received.values())
-    total_weight = sum(weight for _, _, weight, _ in users)
-    rows: list[UserShare] = []
-    for pk, username, weight, oldest in users:
-        seconds = received.get(pk, 0.0)
-        entitled = weight / total_weight
-        share = seconds / total_seconds if total_seconds else 0.0
-        queued, running = backlog.get(pk, (0, 0))
-        rows.append(
-            {
-                "user": username,
-                "user_pk": pk,
-                "weight": weight,
-                "received_seconds": seconds,
-                "received_share": share,
-                "entitled_share": entitled,
-                "lag_seconds": entitled * total_seconds - seconds,
-                "oldest_queued_age_seconds": _age(now, oldest),
-                "queued": queued,
-                "running": running,
-                "flagged": bool(total_seconds) and abs(share - entitled) > flag_above,
-            }
-        )
-    rows.sort(key=lambda row: (-row["lag_seconds"], row["user"]))
-    return rows
+        SELECT pool, owner_id, moment, SUM(dn), SUM(dm) FROM (
+            SELECT pool, owner_id, {seconds("arrived")} AS moment, 1 AS dn, 0 AS dm
+            FROM spans WHERE arrived < {t1}
+            UNION ALL
+            SELECT pool, owner_id, {seconds("left_at")}, -1, 0
+            FROM spans WHERE left_at IS NOT NULL AND arrived < {t1}
+            UNION ALL
+            SELECT pool, owner_id, {seconds("run_start")}, 0, 1 FROM runs
+            UNION ALL
+            SELECT pool, owner_id, {seconds("run_end")}, 0, -1 FROM runs WHERE run_end IS NOT NULL
+        ) events
+        GROUP BY pool, owner_id, moment
+        UNION ALL
+        SELECT pool, -1, MAX({seconds(f"COALESCE(run_end, {t1})")} - {seconds("run_start")}), 0, 0
+        FROM runs GROUP BY pool
+        ORDER BY 1, 3
+    """
 
 
-def jain_index(rows: list[UserShare]) -> float | None:
-    """Jain's fairness index of the weight-normalised device time (None without any)."""
-    normalised = [row["received_seconds"] / row["weight"] for row in rows]
-    squares = sum(x * x for x in normalised)
+@dataclass
+class _Waiting:
+    """One user's running figures in the sweep (see `_sweep_pool`)."""
+
+    weight: float
+    jobs: int = 0  # n_u: in the system
+    version: int = 0  # counts changes of n_u: tells current heap entries from stale ones
+    running: int = 0  # on a device
+    joined_at: float = 0.0  # when n_u last became positive
+    joined_virtual: float = 0.0  # V then
+    entitled: float = 0.0
+    received: float = 0.0
+    received_since: float = 0.0  # when `running` last changed
+    longest: tuple[float, float] = (0.0, 0.0)  # the longest stretch in the system
+    # (t, received by then, running after t) at each change of `running`: R_u(t) anywhere.
+    trail: list[tuple[float, float, int]] = field(default_factory=list)
+
+    def received_at(self, at: float) -> float:
+        index = bisect.bisect_right(self.trail, (at, math.inf, 0)) - 1
+        if index < 0:
+            return 0.0
+        since, received, running = self.trail[index]
+        return received + running * (at - since)
+
+
+def _sweep_pool(
+    events: list[tuple[int, float, int, int]], weights: dict[int, float], end: float
+) -> dict[int, _Waiting]:
+    """E_u and R_u over [0, end] from the pool's change points (time-sorted), in one pass.
+
+    The loop runs over change points (a user's jobs entering or leaving the system or a
+    device), not over jobs, and each step is O(log users): the fair rate is kept as a
+    virtual clock V (d V = theta dt, so E_u = w_u * (V at leaving - V at joining)), and
+    water-filling is needed only when some user is capped by its job count (n_u < theta
+    w_u); those few users get the difference added directly. The capped ones are found
+    from a heap of n_u / w_u (entries made stale by later changes are skipped).
+    """
+    users: dict[int, _Waiting] = {}
+    heap: list[tuple[float, int, int]] = []  # (n_u / w_u, user, the user's version then)
+    virtual, weight_sum, busy, waiting, clock = 0.0, 0.0, 0, 0, 0.0
+
+    def advance(to: float) -> None:
+        nonlocal virtual, clock
+        span = to - clock
+        clock = to
+        if span <= 0 or busy <= 0 or waiting <= 0:
+            return
+        remaining, weight_left = float(busy), weight_sum
+        capped: list[tuple[float, int, int]] = []
+        while heap:
+            _, user_id, version = heap[0]
+            state = users[user_id]
+            if state.version != version:
+                heapq.heappop(heap)  # made stale by a later change of n_u
+                continue
+            jobs = state.jobs
+            if jobs * weight_left > remaining * state.weight or weight_left <= state.weight:
+                break
+            capped.append(heapq.heappop(heap))
+            remaining -= jobs
+            weight_left -= state.weight
+        theta = remaining / weight_left
+        virtual += theta * span
+        for entry in capped:
+            state = users[entry[1]]
+            state.entitled += (state.jobs - theta * state.weight) * span
+            heapq.heappush(heap, entry)
+
+    for _pool_key, at, user_id, changes in _by_instant(events):
+        advance(min(max(at, 0.0), end))
+        for user_id, dn, dm in changes:
+            state = users.get(user_id)
+            if state is None:
+                state = users[user_id] = _Waiting(weights[user_id])
+            if dm:
+                state.received += state.running * (clock - state.received_since)
+                state.received_since = clock
+                state.running += dm
+                busy += dm
+                state.trail.append((clock, state.received, state.running))
+            if dn:
+                before = state.jobs
+                state.jobs += dn
+                if before <= 0 < state.jobs:
+                    waiting += 1
+                    weight_sum += state.weight
+                    state.joined_at, state.joined_virtual = clock, virtual
+                elif state.jobs <= 0 < before:
+                    _leave(state, clock, virtual)
+                    waiting -= 1
+                    weight_sum = weight_sum - state.weight if waiting else 0.0
+                state.version += 1
+                if state.jobs > 0:
+                    heapq.heappush(heap, (state.jobs / state.weight, user_id, state.version))
+    advance(end)
+    for state in users.values():
+        state.received += state.running * (end - state.received_since)
+        if state.jobs > 0:
+            _leave(state, end, virtual)
+    return users
+
+
+def _leave(state: _Waiting, at: float, virtual: float) -> None:
+    state.entitled += state.weight * (virtual - state.joined_virtual)
+    if at - state.joined_at > state.longest[1] - state.longest[0]:
+        state.longest = (state.joined_at, at)
+
+
+def _by_instant(
+    events: list[tuple[int, float, int, int]],
+) -> Iterator[tuple[None, float, int, list[tuple[int, int, int]]]]:
+    """Group (user, at, dn, dm) rows by instant, departures from the system last so that a
+    user whose job ends as the next one arrives stays in the system."""
+    for at, group in itertools.groupby(events, key=lambda row: row[1]):
+        changes = sorted(((user, dn, dm) for user, _, dn, dm in group), key=lambda c: -c[1])
+        yield None, at, 0, changes
+
+
+def _max_normalised_gap(
+    users: dict[int, _Waiting], names: dict[int, str], longest_job: float, limit: int = 20
+) -> NormalisedGap | None:
+    """The largest |R_i/w_i - R_j/w_j| over the common part of two users' longest stretches
+    in the system, among the `limit` users entitled to most; with the SFQ bound beside it."""
+    chosen = sorted(users.items(), key=lambda item: -item[1].entitled)[:limit]
+    best: NormalisedGap | None = None
+    for index, (first_id, first) in enumerate(chosen):
+        for second_id, second in chosen[index + 1 :]:
+            low = max(first.longest[0], second.longest[0])
+            high = min(first.longest[1], second.longest[1])
+            if high <= low:
+                continue
+            gap = abs(
+                (first.received_at(high) - first.received_at(low)) / first.weight
+                - (second.received_at(high) - second.received_at(low)) / second.weight
+            )
+            if best is None or gap > best["seconds"]:
+                best = {
+                    "users": [names[first_id], names[second_id]],
+                    "seconds": gap,
+                    "over_seconds": high - low,
+                    "bound_seconds": longest_job / first.weight + longest_job / second.weight,
+                }
+    return best
+
+
+def jain_index(rows: list[UserShare], floor: float = JAIN_FLOOR_SECONDS) -> float | None:
+    """Jain's index of x_u = R_u / E_u over the users entitled to more than `floor`
+    seconds (1 = everyone received what the fluid schedule entitled them to)."""
+    ratios = [
+        row["received_seconds"] / row["entitled_seconds"]
+        for row in rows
+        if row["entitled_seconds"] > floor
+    ]
+    squares = sum(x * x for x in ratios)
     if not squares:
         return None
-    return sum(normalised) ** 2 / (len(normalised) * squares)
+    return sum(ratios) ** 2 / (len(ratios) * squares)
+
+
+def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
+    """Each pool's users measured against the fluid fair schedule over the window (see
+    the module docstring): one query for the change points, one for the users, one for
+    their backlog, then one sweep per pool over its change points."""
+    now = now or timezone.now()
+    start, end = now - WINDOW, now
+    adapt = connection.ops.adapt_datetimefield_value
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _fluid_events_sql("%(t0)s", "%(t1)s"), {"t0": adapt(start), "t1": adapt(end)}
+        )
+        rows = cursor.fetchall()
+    window = WINDOW.total_seconds()
+    per_pool: dict[str, list[tuple[int, float, int, int]]] = {}
+    longest: dict[str, float] = {}
+    for pool, owner_id, at, dn, dm in rows:
+        if owner_id == -1:
+            longest[pool] = max(0.0, float(at or 0.0))
+        else:
+            per_pool.setdefault(pool, []).append((owner_id, float(at), int(dn), int(dm)))
+    user_ids = {owner for events in per_pool.values() for owner, _, _, _ in events}
+    users = {
+        pk: (username, weight, oldest)
+        for pk, username, weight, oldest in User.objects.filter(pk__in=user_ids)
+        .annotate(oldest_queued=_oldest_queued_created_at())
+        .values_list("pk", "username", "weight", "oldest_queued")
+    }
+    backlog = {
+        (pool, user_id): (queued, running)
+        for pool, user_id, queued, running in FairShareAccount.objects.filter(
+            user_id__in=user_ids
+        ).values_list("pool__device_type", "user_id", "queued_count", "running_count")
+    }
+    weights = {pk: weight for pk, (_, weight, _) in users.items()}
+    names = {pk: username for pk, (username, _, _) in users.items()}
+    result: list[PoolFairness] = []
+    for pool in sorted(per_pool):
+        swept = _sweep_pool(per_pool[pool], weights, window)
+        bound = lag_bound(longest.get(pool, 0.0), settings.ZYPHER_DASHBOARD_LAG_SLACK_SECONDS)
+        device_seconds = sum(state.received for state in swept.values())
+        shares_of_pool: list[UserShare] = []
+        for pk, state in swept.items():
+            lag = state.entitled - state.received
+            queued, running = backlog.get((pool, pk), (0, 0))
+            shares_of_pool.append(
+                {
+                    "pool": pool,
+                    "user": names[pk],
+                    "user_pk": pk,
+                    "weight": weights[pk],
+                    "received_seconds": state.received,
+                    "entitled_seconds": state.entitled,
+                    "lag_seconds": lag,
+                    "received_share": state.received / device_seconds if device_seconds else 0.0,
+                    "entitled_share": state.entitled / device_seconds if device_seconds else 0.0,
+                    "oldest_queued_age_seconds": _age(now, users[pk][2]),
+                    "queued": queued,
+                    "running": running,
+                    "flagged": abs(lag) > bound,
+                }
+            )
+        shares_of_pool.sort(key=lambda row: (-row["lag_seconds"], row["user"]))
+        result.append(
+            {
+                "pool": pool,
+                "device_seconds": device_seconds,
+                "longest_job_seconds": longest.get(pool, 0.0),
+                "lag_bound_seconds": bound,
+                "jain_index": jain_index(shares_of_pool),
+                "max_normalised_gap": _max_normalised_gap(swept, names, longest.get(pool, 0.0)),
+                "shares": shares_of_pool,
+            }
+        )
+    return result
+
+
+def shares(now: datetime | None = None) -> list[UserShare]:
+    """Every user in the system during the window, per pool, most owed first within a
+    pool (`pool_fairness` without the pools' summaries)."""
+    return [row for pool in pool_fairness(now) for row in pool["shares"]]
 
 
 def _seconds_between_sql(later: str, earlier: str) -> str:
@@ -496,12 +774,19 @@ def idle_gaps(now: datetime | None = None) -> IdleGap:
     }
 
 
-def fairness(rows: list[UserShare], now: datetime | None = None) -> Fairness:
+def fairness(pools: list[PoolFairness] | None = None, now: datetime | None = None) -> Fairness:
     now = now or timezone.now()
+    if pools is None:
+        pools = pool_fairness(now)
+    rows = [row for pool in pools for row in pool["shares"]]
     return {
         "window_seconds": WINDOW.total_seconds(),
         "device_seconds": sum(row["received_seconds"] for row in rows),
         "jain_index": jain_index(rows),
+        "pools": [
+            PoolSummary(**{key: value for key, value in pool.items() if key != "shares"})  # type: ignore[typeddict-item]
+            for pool in pools
+        ],
         "oldest_queued_age_seconds": oldest_queued_age(now),
         "idle_gap": idle_gaps(now),
     }
@@ -543,10 +828,10 @@ def queue_repairs(now: datetime | None = None, latest: int = 5) -> QueueRepairs:
 # --- everything --------------------------------------------------------------------------------
 
 
-def dashboard_stats(now: datetime | None = None, flag_above: float = 0.10) -> dict[str, Any]:
+def dashboard_stats(now: datetime | None = None) -> dict[str, Any]:
     """All the dashboard's figures, JSON-ready (what `GET /api/stats/` answers)."""
     now = now or timezone.now()
-    user_shares = shares(now, flag_above)
+    pools = pool_fairness(now)
     return {
         "generated_at": now.isoformat(),
         "queue_depth": queue_depth(),
@@ -555,8 +840,8 @@ def dashboard_stats(now: datetime | None = None, flag_above: float = 0.10) -> di
         "devices": device_states(),
         "throughput": throughput(now),
         "service_time": service_time(now),
-        "shares": user_shares,
-        "fairness": fairness(user_shares, now),
+        "shares": [row for pool in pools for row in pool["shares"]],
+        "fairness": fairness(pools, now),
         "queue_repairs": queue_repairs(now),
     }
 
@@ -568,6 +853,7 @@ __all__ = [
     "idle_gaps",
     "jain_index",
     "oldest_queued_age",
+    "pool_fairness",
     "queue_depth",
     "queue_repairs",
     "queue_repairs_by_kind",
