@@ -158,12 +158,12 @@ class Job(models.Model):
 
 
 class JobRun(models.Model):
-    """One attempt of a job on a device: the device time it held, whatever came of it.
+    """A requeued attempt of a job: the device time it held before it was given back.
 
-    A requeued or stopped run held a device too, and the job row keeps only its last
-    attempt, so the dashboard's received device time (`jobs.monitoring.stats`) reads
-    these rows. Opened when a claim starts a job, closed (`ended_at`) when the job
-    finishes, is requeued, failed by the reaper or stopped by an operator.
+    Requeueing (`jobs.queue.release_job`) is the only path that erases a run from the job
+    row (it resets `started_at`); every other attempt (finished, failed, given up,
+    stopped) stays on the row itself, so the dashboard's received device time
+    (`jobs.monitoring.stats`) reads the job rows and these. Written once, closed.
     """
 
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="runs")
@@ -171,15 +171,10 @@ class JobRun(models.Model):
     device_type = models.CharField(max_length=64)  # the pool
     device = models.CharField(max_length=128, blank=True, default="")
     started_at = models.DateTimeField()
-    ended_at = models.DateTimeField(null=True, blank=True)  # NULL: still on the device
+    ended_at = models.DateTimeField()
 
     class Meta:
-        indexes = [
-            # The dashboard's window, and a job row's own attempt (deduplicated by start).
-            models.Index(fields=["ended_at"], name="jobrun_ended_at"),
-            models.Index(fields=["job", "started_at"], name="jobrun_job_started"),
-            models.Index(fields=["id"], condition=Q(ended_at__isnull=True), name="jobrun_open"),
-        ]
+        indexes = [models.Index(fields=["ended_at"], name="jobrun_ended_at")]  # the window
 
     def __str__(self) -> str:
         return f"run of job {self.job_id} on {self.device or '?'} from {self.started_at}"

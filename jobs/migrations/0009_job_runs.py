@@ -29,7 +29,7 @@ class Migration(migrations.Migration):
                 ("device_type", models.CharField(max_length=64)),
                 ("device", models.CharField(blank=True, default="", max_length=128)),
                 ("started_at", models.DateTimeField()),
-                ("ended_at", models.DateTimeField(blank=True, null=True)),
+                ("ended_at", models.DateTimeField()),
             ],
         ),
         migrations.RemoveConstraint(
@@ -79,15 +79,5 @@ class Migration(migrations.Migration):
         migrations.AddIndex(
             model_name="jobrun",
             index=models.Index(fields=["ended_at"], name="jobrun_ended_at"),
-        ),
-        migrations.AddIndex(
-            model_name="jobrun",
-            index=models.Index(fields=["job", "started_at"], name="jobrun_job_started"),
-        ),
-        migrations.AddIndex(
-            model_name="jobrun",
-            index=models.Index(
-                condition=models.Q(("ended_at__isnull", True)), fields=["id"], name="jobrun_open"
-            ),
         ),
     ]

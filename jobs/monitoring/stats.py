@@ -39,7 +39,6 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -429,58 +428,94 @@ def service_time(now: datetime | None = None) -> list[ServiceTime]:
 # --- fairness -------------------------------------------------------------------------------
 
 
-def _fluid_events_sql(t0: str, t1: str) -> str:
-    """The window's job intervals as change points, per pool, user and instant: +1/-1 jobs
-    in the system (dn) and on a device (dm), plus one row per pool (owner -1) holding the
-    longest run. Jobs that left in the window come through `job_finished_at`, the ones
-    still queued or running through their partial indexes; runs are every JobRun row and
-    each job row's own run that has no JobRun row yet (until the claim records them)."""
+def _seconds_sql(column: str) -> str:
+    """`column` as seconds after the window's start (`%(t0)s`), a float on both databases
+    (PostgreSQL's EXTRACT answers a slow numeric; date_part a double)."""
+    if connection.vendor == "postgresql":
+        return f"date_part('epoch', {column} - %(t0)s)"
+    return f"((julianday({column}) - julianday(%(t0)s)) * 86400.0)"
+
+
+def _runs_sql() -> str:
+    """CTEs `spans` (the window's ended jobs and the running ones: in the system from
+    arrival to their end) and `runs` (their device time: each job row's own, last attempt,
+    and the JobRun row of every requeued attempt)."""
     job, run = Job._meta.db_table, JobRun._meta.db_table
-
-    def seconds(column: str) -> str:
-        return _seconds_between_sql(column, t0)
-
     arrived = "CASE WHEN started_at < created_at THEN started_at ELSE created_at END"
     return f"""
-        WITH spans AS (
-            SELECT id, device_type AS pool, owner_id, {arrived} AS arrived, started_at,
+        spans AS (
+            SELECT device_type AS pool, owner_id, {arrived} AS arrived, started_at,
                    finished_at AS left_at
-            FROM {job} WHERE finished_at > {t0} AND finished_at <= {t1}
+            FROM {job} WHERE finished_at > %(t0)s AND finished_at <= %(t1)s
             UNION ALL
-            SELECT id, device_type, owner_id, {arrived}, started_at, NULL
-            FROM {job} WHERE status = 'queued'
-            UNION ALL
-            SELECT id, device_type, owner_id, {arrived}, started_at, NULL
+            SELECT device_type, owner_id, {arrived}, started_at, NULL
             FROM {job} WHERE status = 'running'
         ), runs AS (
             SELECT pool, owner_id, started_at AS run_start, left_at AS run_end
-            FROM spans
-            WHERE started_at IS NOT NULL AND started_at < {t1} AND NOT EXISTS (
-                SELECT 1 FROM {run} r WHERE r.job_id = spans.id AND r.started_at = spans.started_at
-            )
+            FROM spans WHERE started_at IS NOT NULL AND started_at < %(t1)s
             UNION ALL
             SELECT device_type, owner_id, started_at, ended_at FROM {run}
-            WHERE ended_at > {t0} AND started_at < {t1}
+            WHERE ended_at > %(t0)s AND started_at < %(t1)s
+        )"""
+
+
+def _fluid_sql() -> str:
+    """The window's figures as few rows as the fluid schedule needs, per pool (`kind`):
+
+    0  (at, dm): how many jobs of the pool hold a device, changes summed per instant;
+    1  (owner, at, n): a user's jobs in the system, n_u, clamped to the pool's largest
+       number of jobs on a device at once (`cap`), only where that clamped value changes:
+       phi_u = min(n_u, theta w_u) <= m(t) <= cap, so min(n_u, cap) gives the same fair
+       rates, and of the queued jobs (which stay to the end of the window) only the
+       first `cap` arrivals of each user can change it;
+    2  (owner, received): device seconds of the user's runs inside the window;
+    3  (longest): the pool's longest run.
+    """
+    job = Job._meta.db_table
+    run_start, run_end = _seconds_sql("run_start"), _seconds_sql("run_end")
+    return f"""
+        WITH {_runs_sql()}, busy AS (
+            SELECT pool, at, SUM(dm) AS dm FROM (
+                SELECT pool, run_start AS at, 1 AS dm FROM runs
+                UNION ALL
+                SELECT pool, run_end, -1 FROM runs WHERE run_end IS NOT NULL
+            ) ends GROUP BY pool, at
+        ), caps AS (
+            SELECT pool, CASE WHEN MAX(m) > 1 THEN MAX(m) ELSE 1 END AS cap FROM (
+                SELECT pool, SUM(dm) OVER (PARTITION BY pool ORDER BY at) AS m FROM busy
+            ) levels GROUP BY pool
+        ), queued AS (
+            SELECT device_type AS pool, owner_id, created_at AS arrived,
+                   ROW_NUMBER() OVER (PARTITION BY device_type, owner_id ORDER BY created_at) AS k
+            FROM {job} WHERE status = 'queued' AND created_at < %(t1)s
+        ), moves AS (
+            SELECT pool, owner_id, arrived AS at, 1 AS dn FROM spans WHERE arrived < %(t1)s
             UNION ALL
-            SELECT device_type, owner_id, started_at, NULL FROM {run}
-            WHERE ended_at IS NULL AND started_at < {t1}
+            SELECT pool, owner_id, left_at, -1 FROM spans
+            WHERE left_at IS NOT NULL AND arrived < %(t1)s
+            UNION ALL
+            SELECT q.pool, q.owner_id, q.arrived, 1 FROM queued q LEFT JOIN caps c ON c.pool = q.pool
+            WHERE q.k <= COALESCE(c.cap, 1)
+        ), counted AS (
+            SELECT g.pool, owner_id, at, dn, COALESCE(c.cap, 1) AS cap,
+                   SUM(dn) OVER (PARTITION BY g.pool, owner_id ORDER BY at) AS n
+            FROM (SELECT pool, owner_id, at, SUM(dn) AS dn FROM moves GROUP BY pool, owner_id, at) g
+            LEFT JOIN caps c ON c.pool = g.pool
         )
-        SELECT pool, owner_id, moment, SUM(dn), SUM(dm) FROM (
-            SELECT pool, owner_id, {seconds("arrived")} AS moment, 1 AS dn, 0 AS dm
-            FROM spans WHERE arrived < {t1}
-            UNION ALL
-            SELECT pool, owner_id, {seconds("left_at")}, -1, 0
-            FROM spans WHERE left_at IS NOT NULL AND arrived < {t1}
-            UNION ALL
-            SELECT pool, owner_id, {seconds("run_start")}, 0, 1 FROM runs
-            UNION ALL
-            SELECT pool, owner_id, {seconds("run_end")}, 0, -1 FROM runs WHERE run_end IS NOT NULL
-        ) events
-        GROUP BY pool, owner_id, moment
+        SELECT 0, pool, NULL, {_seconds_sql("at")}, dm FROM busy WHERE dm <> 0
         UNION ALL
-        SELECT pool, -1, MAX({seconds(f"COALESCE(run_end, {t1})")} - {seconds("run_start")}), 0, 0
+        SELECT 1, pool, owner_id, {_seconds_sql("at")}, CASE WHEN n < cap THEN n ELSE cap END
+        FROM counted
+        WHERE CASE WHEN n < cap THEN n ELSE cap END <> CASE WHEN n - dn < cap THEN n - dn ELSE cap END
+        UNION ALL
+        SELECT 2, pool, owner_id, SUM(
+            CASE WHEN COALESCE({run_end}, %(w)s) < %(w)s THEN COALESCE({run_end}, %(w)s) ELSE %(w)s END
+            - CASE WHEN {run_start} > 0 THEN {run_start} ELSE 0 END), 0
+        FROM runs GROUP BY pool, owner_id
+        UNION ALL
+        SELECT 3, pool, NULL, MAX(COALESCE({run_end}, %(w)s) - {run_start}), 0
         FROM runs GROUP BY pool
-        ORDER BY 1, 3
+        ORDER BY 1, 2, 4
     """
 
 
@@ -489,49 +524,84 @@ class _Waiting:
     """One user's running figures in the sweep (see `_sweep_pool`)."""
 
     weight: float
-    jobs: int = 0  # n_u: in the system
-    version: int = 0  # counts changes of n_u: tells current heap entries from stale ones
-    running: int = 0  # on a device
-    joined_at: float = 0.0  # when n_u last became positive
+    jobs: int = 0  # min(n_u, cap): in the system when >= 1
+    version: int = 0  # counts changes of `jobs`: tells current heap entries from stale ones
+    joined_at: float = 0.0  # when `jobs` last became positive
     joined_virtual: float = 0.0  # V then
     entitled: float = 0.0
     received: float = 0.0
-    received_since: float = 0.0  # when `running` last changed
     longest: tuple[float, float] = (0.0, 0.0)  # the longest stretch in the system
-    # (t, received by then, running after t) at each change of `running`: R_u(t) anywhere.
-    trail: list[tuple[float, float, int]] = field(default_factory=list)
 
-    def received_at(self, at: float) -> float:
-        index = bisect.bisect_right(self.trail, (at, math.inf, 0)) - 1
+
+@dataclass
+class _Busy:
+    """m(t), the pool's jobs on a device, as a step function over [0, end]: `at` sorted,
+    `level` after each point and `done`, the device seconds delivered by then."""
+
+    at: list[float] = field(default_factory=list)
+    level: list[int] = field(default_factory=list)
+    done: list[float] = field(default_factory=list)
+
+    @classmethod
+    def from_changes(cls, changes: list[tuple[float, int]], end: float) -> _Busy:
+        busy = cls()
+        level, done, previous = 0, 0.0, 0.0
+        for at, dm in changes:  # time-sorted; before the window counts as its start
+            at = min(max(at, 0.0), end)
+            done += level * (at - previous)
+            level += dm
+            previous = at
+            busy.at.append(at)
+            busy.level.append(level)
+            busy.done.append(done)
+        return busy
+
+    def delivered(self, at: float) -> float:
+        index = bisect.bisect_right(self.at, at) - 1
         if index < 0:
             return 0.0
-        since, received, running = self.trail[index]
-        return received + running * (at - since)
+        return self.done[index] + self.level[index] * (at - self.at[index])
+
+    def pieces(self, low: float, high: float) -> Iterator[tuple[int, float]]:
+        """(m, seconds) for each stretch of constant m in [low, high]."""
+        first = bisect.bisect_right(self.at, low) - 1
+        level = self.level[first] if first >= 0 else 0
+        for index in range(first + 1, len(self.at)):
+            at = self.at[index]
+            if at >= high:
+                break
+            yield level, at - low
+            low, level = at, self.level[index]
+        yield level, high - low
 
 
 def _sweep_pool(
-    events: list[tuple[int, float, int, int]], weights: dict[int, float], end: float
+    changes: list[tuple[int, float, int]],
+    busy: _Busy,
+    weights: dict[int, float],
+    end: float,
 ) -> dict[int, _Waiting]:
-    """E_u and R_u over [0, end] from the pool's change points (time-sorted), in one pass.
+    """E_u over [0, end] from the time-sorted changes (user, at, min(n_u, cap)) of the
+    users' jobs in the system and the pool's busy devices m(t), in one pass.
 
-    The loop runs over change points (a user's jobs entering or leaving the system or a
-    device), not over jobs, and each step is O(log users): the fair rate is kept as a
-    virtual clock V (d V = theta dt, so E_u = w_u * (V at leaving - V at joining)), and
-    water-filling is needed only when some user is capped by its job count (n_u < theta
-    w_u); those few users get the difference added directly. The capped ones are found
-    from a heap of n_u / w_u (entries made stale by later changes are skipped).
+    The loop runs over the users' change points only, each step O(log users): the fair
+    rate is kept as a virtual clock V (dV = theta dt, so E_u = w_u * (V at leaving - V at
+    joining)). While no user can be capped by its job count (the pool's largest m is at
+    most W * min n_u / w_u, W the waiting users' weight), theta = m / W and V advances by
+    the device seconds delivered over W. Otherwise each stretch of constant m is
+    water-filled: the capped users (n_u < theta w_u), found from a heap of n_u / w_u
+    (entries made stale by later changes skipped), get the difference added directly.
     """
     users: dict[int, _Waiting] = {}
     heap: list[tuple[float, int, int]] = []  # (n_u / w_u, user, the user's version then)
-    virtual, weight_sum, busy, waiting, clock = 0.0, 0.0, 0, 0, 0.0
+    virtual, weight_sum, waiting, clock = 0.0, 0.0, 0, 0.0
+    most = max(busy.level, default=0)
 
-    def advance(to: float) -> None:
-        nonlocal virtual, clock
-        span = to - clock
-        clock = to
-        if span <= 0 or busy <= 0 or waiting <= 0:
+    def fill(level: int, span: float) -> None:
+        nonlocal virtual
+        if span <= 0 or level <= 0:
             return
-        remaining, weight_left = float(busy), weight_sum
+        remaining, weight_left = float(level), weight_sum
         capped: list[tuple[float, int, int]] = []
         while heap:
             _, user_id, version = heap[0]
@@ -552,35 +622,40 @@ def _sweep_pool(
             state.entitled += (state.jobs - theta * state.weight) * span
             heapq.heappush(heap, entry)
 
-    for _pool_key, at, user_id, changes in _by_instant(events):
+    def advance(to: float) -> None:
+        nonlocal virtual, clock
+        if to <= clock:
+            return
+        if waiting:
+            while heap and users[heap[0][1]].version != heap[0][2]:
+                heapq.heappop(heap)
+            if most <= weight_sum * heap[0][0]:  # nobody capped at any m of the pool
+                virtual += (busy.delivered(to) - busy.delivered(clock)) / weight_sum
+            else:
+                for level, span in busy.pieces(clock, to):
+                    fill(level, span)
+        clock = to
+
+    for at, group in itertools.groupby(changes, key=lambda row: row[1]):
         advance(min(max(at, 0.0), end))
-        for user_id, dn, dm in changes:
+        for user_id, _, jobs in group:
             state = users.get(user_id)
             if state is None:
                 state = users[user_id] = _Waiting(weights[user_id])
-            if dm:
-                state.received += state.running * (clock - state.received_since)
-                state.received_since = clock
-                state.running += dm
-                busy += dm
-                state.trail.append((clock, state.received, state.running))
-            if dn:
-                before = state.jobs
-                state.jobs += dn
-                if before <= 0 < state.jobs:
-                    waiting += 1
-                    weight_sum += state.weight
-                    state.joined_at, state.joined_virtual = clock, virtual
-                elif state.jobs <= 0 < before:
-                    _leave(state, clock, virtual)
-                    waiting -= 1
-                    weight_sum = weight_sum - state.weight if waiting else 0.0
-                state.version += 1
-                if state.jobs > 0:
-                    heapq.heappush(heap, (state.jobs / state.weight, user_id, state.version))
+            if state.jobs <= 0 < jobs:
+                waiting += 1
+                weight_sum += state.weight
+                state.joined_at, state.joined_virtual = clock, virtual
+            elif jobs <= 0 < state.jobs:
+                _leave(state, clock, virtual)
+                waiting -= 1
+                weight_sum = weight_sum - state.weight if waiting else 0.0
+            state.jobs = jobs
+            state.version += 1
+            if jobs > 0:
+                heapq.heappush(heap, (jobs / state.weight, user_id, state.version))
     advance(end)
     for state in users.values():
-        state.received += state.running * (end - state.received_since)
         if state.jobs > 0:
             _leave(state, end, virtual)
     return users
@@ -592,22 +667,45 @@ def _leave(state: _Waiting, at: float, virtual: float) -> None:
         state.longest = (state.joined_at, at)
 
 
-def _by_instant(
-    events: list[tuple[int, float, int, int]],
-) -> Iterator[tuple[None, float, int, list[tuple[int, int, int]]]]:
-    """Group (user, at, dn, dm) rows by instant, departures from the system last so that a
-    user whose job ends as the next one arrives stays in the system."""
-    for at, group in itertools.groupby(events, key=lambda row: row[1]):
-        changes = sorted(((user, dn, dm) for user, _, dn, dm in group), key=lambda c: -c[1])
-        yield None, at, 0, changes
+def _runs_of(
+    pool: str, user_ids: list[int], params: dict[str, Any]
+) -> dict[int, list[tuple[float, float]]]:
+    """The runs (start, end in seconds after the window's start) of a few users of a pool."""
+    if not user_ids:
+        return {}
+    marks = ", ".join(["%s"] * len(user_ids))
+    sql = f"""
+        WITH {_runs_sql()}
+        SELECT owner_id, {_seconds_sql("run_start")}, {_seconds_sql("COALESCE(run_end, %(t1)s)")}
+        FROM runs WHERE pool = %(pool)s AND owner_id IN ({marks})
+    """
+    # One placeholder style per statement: the users' ids go in by name too.
+    named = {f"u{index}": user_id for index, user_id in enumerate(user_ids)}
+    sql = sql.replace(f"IN ({marks})", "IN (" + ", ".join(f"%({key})s" for key in named) + ")")
+    runs: dict[int, list[tuple[float, float]]] = {}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {**params, **named, "pool": pool})
+        for owner_id, start, stop in cursor.fetchall():
+            runs.setdefault(owner_id, []).append((float(start), float(stop)))
+    return runs
+
+
+def _received_between(runs: list[tuple[float, float]], low: float, high: float) -> float:
+    return sum(max(0.0, min(stop, high) - max(start, low)) for start, stop in runs)
 
 
 def _max_normalised_gap(
-    users: dict[int, _Waiting], names: dict[int, str], longest_job: float, limit: int = 20
+    pool: str,
+    users: dict[int, _Waiting],
+    names: dict[int, str],
+    longest_job: float,
+    params: dict[str, Any],
+    limit: int = 20,
 ) -> NormalisedGap | None:
     """The largest |R_i/w_i - R_j/w_j| over the common part of two users' longest stretches
     in the system, among the `limit` users entitled to most; with the SFQ bound beside it."""
     chosen = sorted(users.items(), key=lambda item: -item[1].entitled)[:limit]
+    runs = _runs_of(pool, [user_id for user_id, _ in chosen], params)
     best: NormalisedGap | None = None
     for index, (first_id, first) in enumerate(chosen):
         for second_id, second in chosen[index + 1 :]:
@@ -616,8 +714,8 @@ def _max_normalised_gap(
             if high <= low:
                 continue
             gap = abs(
-                (first.received_at(high) - first.received_at(low)) / first.weight
-                - (second.received_at(high) - second.received_at(low)) / second.weight
+                _received_between(runs.get(first_id, []), low, high) / first.weight
+                - _received_between(runs.get(second_id, []), low, high) / second.weight
             )
             if best is None or gap > best["seconds"]:
                 best = {
@@ -645,25 +743,30 @@ def jain_index(rows: list[UserShare], floor: float = JAIN_FLOOR_SECONDS) -> floa
 
 def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
     """Each pool's users measured against the fluid fair schedule over the window (see
-    the module docstring): one query for the change points, one for the users, one for
-    their backlog, then one sweep per pool over its change points."""
+    the module docstring): one query for the change points (`_fluid_sql`), one for the
+    users, one for their backlog, one sweep per pool over its users' change points, and
+    one query per pool for the runs of the users the normalised gap compares."""
     now = now or timezone.now()
-    start, end = now - WINDOW, now
-    adapt = connection.ops.adapt_datetimefield_value
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _fluid_events_sql("%(t0)s", "%(t1)s"), {"t0": adapt(start), "t1": adapt(end)}
-        )
-        rows = cursor.fetchall()
     window = WINDOW.total_seconds()
-    per_pool: dict[str, list[tuple[int, float, int, int]]] = {}
+    adapt = connection.ops.adapt_datetimefield_value
+    params = {"t0": adapt(now - WINDOW), "t1": adapt(now), "w": window}
+    with connection.cursor() as cursor:
+        cursor.execute(_fluid_sql(), params)
+        rows = cursor.fetchall()
+    busy: dict[str, list[tuple[float, int]]] = {}
+    per_pool: dict[str, list[tuple[int, float, int]]] = {}
+    received: dict[tuple[str, int], float] = {}
     longest: dict[str, float] = {}
-    for pool, owner_id, at, dn, dm in rows:
-        if owner_id == -1:
-            longest[pool] = max(0.0, float(at or 0.0))
+    for kind, pool, owner_id, value, count in rows:
+        if kind == 0:
+            busy.setdefault(pool, []).append((float(value), int(count)))
+        elif kind == 1:
+            per_pool.setdefault(pool, []).append((owner_id, float(value), int(count)))
+        elif kind == 2:
+            received[pool, owner_id] = float(value)
         else:
-            per_pool.setdefault(pool, []).append((owner_id, float(at), int(dn), int(dm)))
-    user_ids = {owner for events in per_pool.values() for owner, _, _, _ in events}
+            longest[pool] = max(0.0, float(value or 0.0))
+    user_ids = {owner for events in per_pool.values() for owner, _, _ in events}
     users = {
         pk: (username, weight, oldest)
         for pk, username, weight, oldest in User.objects.filter(pk__in=user_ids)
@@ -680,7 +783,11 @@ def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
     names = {pk: username for pk, (username, _, _) in users.items()}
     result: list[PoolFairness] = []
     for pool in sorted(per_pool):
-        swept = _sweep_pool(per_pool[pool], weights, window)
+        swept = _sweep_pool(
+            per_pool[pool], _Busy.from_changes(busy.get(pool, []), window), weights, window
+        )
+        for pk, state in swept.items():
+            state.received = received.get((pool, pk), 0.0)
         bound = lag_bound(longest.get(pool, 0.0), settings.ZYPHER_DASHBOARD_LAG_SLACK_SECONDS)
         device_seconds = sum(state.received for state in swept.values())
         shares_of_pool: list[UserShare] = []
@@ -712,7 +819,9 @@ def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
                 "longest_job_seconds": longest.get(pool, 0.0),
                 "lag_bound_seconds": bound,
                 "jain_index": jain_index(shares_of_pool),
-                "max_normalised_gap": _max_normalised_gap(swept, names, longest.get(pool, 0.0)),
+                "max_normalised_gap": _max_normalised_gap(
+                    pool, swept, names, longest.get(pool, 0.0), params
+                ),
                 "shares": shares_of_pool,
             }
         )

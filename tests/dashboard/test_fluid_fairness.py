@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jobs.fairshare import FairQueue, JobSpan, fluid_shares, lag_bound
-from jobs.models import Job, JobRun, JobStatus, User
+from jobs.models import Job, JobStatus, User
 from jobs.monitoring import stats
+from jobs.queue import JobSpec, claim_next, release_job, submit_jobs
 
 pytestmark = pytest.mark.django_db
 
@@ -129,34 +130,80 @@ def test_on_several_devices_a_user_is_entitled_to_no_more_devices_than_jobs(now)
     assert not rows["a"]["flagged"] and not rows["b"]["flagged"]
 
 
-def test_a_requeued_attempt_counts_as_device_time_received(now) -> None:
-    # a's job held d1 for 30 s, was requeued (the job row forgets that attempt) and ran
-    # again for 10 s: a received 40 s, and b, waiting beside it, was owed half of it.
+def test_a_requeued_attempt_counts_as_device_time_received() -> None:
+    # a's job held d1 for 30 s, then its lease ran out and `release_job` requeued it
+    # (the job row forgets that attempt): a received 30 s, and b, waiting beside it
+    # all along, was owed half of it.
     a, b = user("a"), user("b")
-    t0 = now - timedelta(minutes=5)
-    job = ended(a, t0, 40, 50)
-    JobRun.objects.create(
-        job=job,
-        owner=a,
-        device_type="cpu",
-        device="d1",
-        started_at=t0,
-        ended_at=t0 + timedelta(seconds=30),
-    )
-    # The job row's own attempt is recorded too: counted once, not twice.
-    JobRun.objects.create(
-        job=job,
-        owner=a,
-        device_type="cpu",
-        device="d1",
-        started_at=job.started_at,
-        ended_at=job.finished_at,
+    (job,), _ = submit_jobs(a, [JobSpec(kind="noop", input=None)])
+    claim = claim_next("cpu", "d1")
+    assert claim is not None and claim.id == job.pk
+    held_from = timezone.now() - timedelta(seconds=30)
+    Job.objects.filter(pk=job.pk).update(
+        created_at=held_from - timedelta(seconds=10), started_at=held_from
     )
     waiting = Job.objects.create(owner=b, device_type="cpu")
-    Job.objects.filter(pk=waiting.pk).update(created_at=t0)
-    rows = shares_by_user(now)
-    assert rows["a"]["received_seconds"] == pytest.approx(40, abs=1e-3)
-    assert rows["b"]["entitled_seconds"] == pytest.approx(20, abs=1e-3)
+    Job.objects.filter(pk=waiting.pk).update(created_at=held_from - timedelta(seconds=10))
+    assert release_job(claim.id, claim.fencing_token, "lease expired") == JobStatus.QUEUED
+    job.refresh_from_db()
+    assert job.status == JobStatus.QUEUED and job.started_at is None
+    rows = shares_by_user(timezone.now())
+    assert rows["a"]["received_seconds"] == pytest.approx(30, abs=0.5)
+    assert rows["b"]["entitled_seconds"] == pytest.approx(15, abs=0.5)
+    assert rows["b"]["lag_seconds"] == pytest.approx(15, abs=0.5)
+
+
+# --- random traces written as rows: the database against the reference ---------------------
+
+row_traces = st.lists(
+    st.tuples(
+        st.sampled_from([0, 1, 2, 3]),
+        st.floats(0, 200, allow_nan=False),  # arrival, from 100 s before the window
+        st.floats(0, 40, allow_nan=False),  # wait before the run
+        st.floats(0.5, 60, allow_nan=False),  # run length
+        st.sampled_from(["succeeded", "succeeded", "queued", "running"]),
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(row_traces)
+def test_the_database_computes_the_reference_figures_on_several_devices(jobs) -> None:
+    # Runs overlap freely (several devices, users capped by their job count), queued
+    # and running jobs stay to the end, some jobs began before the window.
+    Job.objects.all().delete()
+    User.objects.all().delete()
+    owners = {index: user(f"u{index}", WEIGHTS[index]) for index in WEIGHTS}
+    now = timezone.now().replace(microsecond=0)
+    window = stats.WINDOW.total_seconds()
+    base = now - timedelta(seconds=window + 100)  # the window starts at 100 s
+    spans = []
+    for owner, arrival, wait, duration, status in jobs:
+        start = arrival + wait
+        job = Job.objects.create(
+            owner=owners[owner],
+            device_type="cpu",
+            status=status,
+            started_at=None if status == "queued" else base + timedelta(seconds=start),
+            finished_at=base + timedelta(seconds=start + duration)
+            if status == "succeeded"
+            else None,
+            duration=duration if status == "succeeded" else None,
+        )
+        Job.objects.filter(pk=job.pk).update(created_at=base + timedelta(seconds=arrival))
+        left = start + duration if status == "succeeded" else window + 1000
+        runs = () if status == "queued" else ((start, min(left, window + 100)),)
+        spans.append(JobSpan(owner, arrival, left, runs))
+    reference = fluid_shares(spans, WEIGHTS, 100.0, window + 100)
+    rows = {row["user"]: row for row in stats.shares(now)}
+    for owner, share in reference.items():
+        if share.entitled < 1e-6 and share.received < 1e-6 and f"u{owner}" not in rows:
+            continue
+        row = rows[f"u{owner}"]
+        assert row["entitled_seconds"] == pytest.approx(share.entitled, abs=0.02)
+        assert row["received_seconds"] == pytest.approx(share.received, abs=0.02)
 
 
 # --- random traces served by the policy -------------------------------------------------------
@@ -201,18 +248,30 @@ traces = st.lists(
 
 
 def sweep(spans: list[JobSpan], end: float) -> dict[int, tuple[float, float]]:
-    """The dashboard's sweep (`stats._sweep_pool`) over the same spans."""
-    events: dict[tuple[float, int], list[int]] = {}
+    """The dashboard's sweep (`stats._sweep_pool`) over the same spans: E_u, and R_u
+    from the runs as the database sums them."""
+    moves: dict[tuple[float, int], int] = {}
+    busy: dict[float, int] = {}
     for span in spans:
-        for at, dn, dm in [(span.arrived, 1, 0), (span.left, -1, 0)] + [
-            point for start, stop in span.runs for point in ((start, 0, 1), (stop, 0, -1))
-        ]:
-            delta = events.setdefault((at, span.user), [0, 0])
-            delta[0] += dn
-            delta[1] += dm
-    rows = [(owner, at, dn, dm) for (at, owner), (dn, dm) in sorted(events.items())]
-    swept = stats._sweep_pool(rows, WEIGHTS, end)
-    return {owner: (state.entitled, state.received) for owner, state in swept.items()}
+        for at, dn in ((span.arrived, 1), (span.left, -1)):
+            moves[at, span.user] = moves.get((at, span.user), 0) + dn
+        for start, stop in span.runs:
+            busy[start] = busy.get(start, 0) + 1
+            busy[stop] = busy.get(stop, 0) - 1
+    counts: dict[int, int] = {}
+    changes = []
+    for (at, owner), dn in sorted(moves.items()):
+        counts[owner] = counts.get(owner, 0) + dn
+        changes.append((owner, at, counts[owner]))
+    timeline = stats._Busy.from_changes(sorted(busy.items()), end)
+    swept = stats._sweep_pool(changes, timeline, WEIGHTS, end)
+    received = {
+        owner: sum(
+            stop - start for span in spans if span.user == owner for start, stop in span.runs
+        )
+        for owner in swept
+    }
+    return {owner: (state.entitled, received[owner]) for owner, state in swept.items()}
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
