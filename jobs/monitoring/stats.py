@@ -37,8 +37,6 @@ pool runs over those change points, O(log users) each (`_sweep_pool`).
 from __future__ import annotations
 
 import bisect
-import heapq
-import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -460,62 +458,97 @@ def _runs_sql() -> str:
 
 
 def _fluid_sql() -> str:
-    """The window's figures as few rows as the fluid schedule needs, per pool (`kind`):
+    """The window's figures in as few rows as the fluid schedule needs, per pool (`kind`):
 
     0  (at, dm): how many jobs of the pool hold a device, changes summed per instant;
-    1  (owner, at, n): a user's jobs in the system, n_u, clamped to the pool's largest
-       number of jobs on a device at once (`cap`), only where that clamped value changes:
-       phi_u = min(n_u, theta w_u) <= m(t) <= cap, so min(n_u, cap) gives the same fair
-       rates, and of the queued jobs (which stay to the end of the window) only the
-       first `cap` arrivals of each user can change it;
+    1  (owner, at, 1 or 0): a user enters or leaves the system (n_u >= 1); of the queued
+       jobs, which stay to the end of the window, only each user's first arrival counts
+       (a hash aggregate: no sort of the backlog);
     2  (owner, received): device seconds of the user's runs inside the window;
     3  (longest): the pool's longest run.
+
+    Where the sweep cannot rule out that a user is capped by its job count, it asks
+    `_counted_sql` for the exact n_u over the start of the window.
     """
     job = Job._meta.db_table
     run_start, run_end = _seconds_sql("run_start"), _seconds_sql("run_end")
+    window_end = "%(w)s"
     return f"""
         WITH {_runs_sql()}, busy AS (
-            SELECT pool, at, SUM(dm) AS dm FROM (
+            SELECT pool, at, CAST(SUM(dm) AS INTEGER) AS dm FROM (
                 SELECT pool, run_start AS at, 1 AS dm FROM runs
                 UNION ALL
                 SELECT pool, run_end, -1 FROM runs WHERE run_end IS NOT NULL
             ) ends GROUP BY pool, at
-        ), caps AS (
-            SELECT pool, CASE WHEN MAX(m) > 1 THEN MAX(m) ELSE 1 END AS cap FROM (
-                SELECT pool, SUM(dm) OVER (PARTITION BY pool ORDER BY at) AS m FROM busy
-            ) levels GROUP BY pool
-        ), queued AS (
-            SELECT device_type AS pool, owner_id, created_at AS arrived,
-                   ROW_NUMBER() OVER (PARTITION BY device_type, owner_id ORDER BY created_at) AS k
-            FROM {job} WHERE status = 'queued' AND created_at < %(t1)s
         ), moves AS (
             SELECT pool, owner_id, arrived AS at, 1 AS dn FROM spans WHERE arrived < %(t1)s
             UNION ALL
             SELECT pool, owner_id, left_at, -1 FROM spans
             WHERE left_at IS NOT NULL AND arrived < %(t1)s
             UNION ALL
-            SELECT q.pool, q.owner_id, q.arrived, 1 FROM queued q LEFT JOIN caps c ON c.pool = q.pool
-            WHERE q.k <= COALESCE(c.cap, 1)
+            SELECT device_type, owner_id, MIN(created_at), 1 FROM {job}
+            WHERE status = 'queued' AND created_at < %(t1)s GROUP BY device_type, owner_id
         ), counted AS (
-            SELECT g.pool, owner_id, at, dn, COALESCE(c.cap, 1) AS cap,
-                   SUM(dn) OVER (PARTITION BY g.pool, owner_id ORDER BY at) AS n
-            FROM (SELECT pool, owner_id, at, SUM(dn) AS dn FROM moves GROUP BY pool, owner_id, at) g
-            LEFT JOIN caps c ON c.pool = g.pool
+            SELECT pool, owner_id, at, dn, SUM(dn) OVER (PARTITION BY owner_id, pool ORDER BY at) AS n
+            FROM (
+                SELECT pool, owner_id, at, CAST(SUM(dn) AS INTEGER) AS dn
+                FROM moves GROUP BY pool, owner_id, at
+            ) grouped
         )
         SELECT 0, pool, NULL, {_seconds_sql("at")}, dm FROM busy WHERE dm <> 0
         UNION ALL
-        SELECT 1, pool, owner_id, {_seconds_sql("at")}, CASE WHEN n < cap THEN n ELSE cap END
-        FROM counted
-        WHERE CASE WHEN n < cap THEN n ELSE cap END <> CASE WHEN n - dn < cap THEN n - dn ELSE cap END
+        SELECT 1, pool, owner_id, {_seconds_sql("at")}, CASE WHEN n > 0 THEN 1 ELSE 0 END
+        FROM counted WHERE (n > 0 AND n - dn <= 0) OR (n <= 0 AND n - dn > 0)
         UNION ALL
         SELECT 2, pool, owner_id, SUM(
-            CASE WHEN COALESCE({run_end}, %(w)s) < %(w)s THEN COALESCE({run_end}, %(w)s) ELSE %(w)s END
+            CASE WHEN COALESCE({run_end}, {window_end}) < {window_end}
+                 THEN COALESCE({run_end}, {window_end}) ELSE {window_end} END
             - CASE WHEN {run_start} > 0 THEN {run_start} ELSE 0 END), 0
         FROM runs GROUP BY pool, owner_id
         UNION ALL
-        SELECT 3, pool, NULL, MAX(COALESCE({run_end}, %(w)s) - {run_start}), 0
+        SELECT 3, pool, NULL, MAX(COALESCE({run_end}, {window_end}) - {run_start}), 0
         FROM runs GROUP BY pool
-        ORDER BY 1, 2, 4
+    """
+
+
+def _counted_sql() -> str:
+    """(owner, at, min(n_u, cap)) where that changes before `until`, for one pool: its
+    users' jobs in the system, clamped to the pool's largest number of jobs on a device
+    at once (`cap`). phi_u = min(n_u, theta w_u) <= m(t) <= cap, so min(n_u, cap) gives
+    the same fair rates; and of the queued jobs only each user's first `cap` arrivals
+    can change it (they stay to the end of the window)."""
+    job = Job._meta.db_table
+    arrived = "CASE WHEN started_at < created_at THEN started_at ELSE created_at END"
+    clamped = "CASE WHEN n < %(cap)s THEN n ELSE %(cap)s END"
+    before = "CASE WHEN n - dn < %(cap)s THEN n - dn ELSE %(cap)s END"
+    return f"""
+        WITH spans AS (
+            SELECT owner_id, {arrived} AS arrived, finished_at AS left_at FROM {job}
+            WHERE finished_at > %(t0)s AND finished_at <= %(t1)s AND device_type = %(pool)s
+            UNION ALL
+            SELECT owner_id, {arrived}, NULL FROM {job}
+            WHERE status = 'running' AND device_type = %(pool)s
+        ), queued AS (
+            SELECT owner_id, created_at AS arrived,
+                   ROW_NUMBER() OVER (PARTITION BY owner_id ORDER BY created_at) AS k
+            FROM {job}
+            WHERE status = 'queued' AND device_type = %(pool)s AND created_at < %(until)s
+        ), moves AS (
+            SELECT owner_id, arrived AS at, 1 AS dn FROM spans WHERE arrived < %(until)s
+            UNION ALL
+            SELECT owner_id, left_at, -1 FROM spans WHERE left_at < %(until)s
+            UNION ALL
+            SELECT owner_id, arrived, 1 FROM queued WHERE k <= %(cap)s
+        ), counted AS (
+            SELECT owner_id, at, dn, SUM(dn) OVER (PARTITION BY owner_id ORDER BY at) AS n
+            FROM (
+                SELECT owner_id, at, CAST(SUM(dn) AS INTEGER) AS dn
+                FROM moves GROUP BY owner_id, at
+            ) grouped
+        )
+        SELECT owner_id, {_seconds_sql("at")}, {clamped} FROM counted
+        WHERE {clamped} <> {before}
+        ORDER BY 2
     """
 
 
@@ -525,7 +558,6 @@ class _Waiting:
 
     weight: float
     jobs: int = 0  # min(n_u, cap): in the system when >= 1
-    version: int = 0  # counts changes of `jobs`: tells current heap entries from stale ones
     joined_at: float = 0.0  # when `jobs` last became positive
     joined_virtual: float = 0.0  # V then
     entitled: float = 0.0
@@ -580,84 +612,84 @@ def _sweep_pool(
     busy: _Busy,
     weights: dict[int, float],
     end: float,
+    *,
+    heaviest: float | None = None,
 ) -> dict[int, _Waiting]:
     """E_u over [0, end] from the time-sorted changes (user, at, min(n_u, cap)) of the
     users' jobs in the system and the pool's busy devices m(t), in one pass.
 
-    The loop runs over the users' change points only, each step O(log users): the fair
-    rate is kept as a virtual clock V (dV = theta dt, so E_u = w_u * (V at leaving - V at
-    joining)). While no user can be capped by its job count (the pool's largest m is at
-    most W * min n_u / w_u, W the waiting users' weight), theta = m / W and V advances by
-    the device seconds delivered over W. Otherwise each stretch of constant m is
-    water-filled: the capped users (n_u < theta w_u), found from a heap of n_u / w_u
-    (entries made stale by later changes skipped), get the difference added directly.
+    The loop runs over the users' change points only: the fair rate is kept as a virtual
+    clock V (dV = theta dt, so E_u = w_u * (V at leaving - V at joining)). Between two
+    change points the waiting users and their n_u are fixed; when none of them can be
+    capped by its job count (the pool's largest m is at most W * n_u / w_u for each, W
+    the waiting users' weight: checked in O(1) as m_max * w_max <= W first), theta = m / W
+    and V advances by the device seconds delivered over W. Otherwise each stretch of
+    constant m is water-filled: the capped users (n_u < theta w_u, the smallest n_u / w_u
+    first) get n_u, the others share the rest by weight.
+
+    Where every stretch passes the O(1) test, n_u does not matter, and changes that only
+    say who is in the system (1 or 0) give the exact figures (`_sweep_counted`).
+    `heaviest`: the largest weight of the pool's users.
     """
     users: dict[int, _Waiting] = {}
-    heap: list[tuple[float, int, int]] = []  # (n_u / w_u, user, the user's version then)
-    virtual, weight_sum, waiting, clock = 0.0, 0.0, 0, 0.0
+    waiting: dict[int, _Waiting] = {}
+    virtual, weight_sum, clock, delivered = 0.0, 0.0, 0.0, 0.0
     most = max(busy.level, default=0)
+    if heaviest is None:
+        heaviest = max((weights[user_id] for user_id, _, _ in changes), default=0.0)
 
-    def fill(level: int, span: float) -> None:
+    def fill(order: list[_Waiting], level: int, span: float) -> None:
         nonlocal virtual
         if span <= 0 or level <= 0:
             return
         remaining, weight_left = float(level), weight_sum
-        capped: list[tuple[float, int, int]] = []
-        while heap:
-            _, user_id, version = heap[0]
-            state = users[user_id]
-            if state.version != version:
-                heapq.heappop(heap)  # made stale by a later change of n_u
-                continue
-            jobs = state.jobs
-            if jobs * weight_left > remaining * state.weight or weight_left <= state.weight:
+        capped = 0
+        for state in order:
+            if state.jobs * weight_left > remaining * state.weight or weight_left <= state.weight:
                 break
-            capped.append(heapq.heappop(heap))
-            remaining -= jobs
+            remaining -= state.jobs
             weight_left -= state.weight
+            capped += 1
         theta = remaining / weight_left
         virtual += theta * span
-        for entry in capped:
-            state = users[entry[1]]
+        for state in order[:capped]:
             state.entitled += (state.jobs - theta * state.weight) * span
-            heapq.heappush(heap, entry)
 
     def advance(to: float) -> None:
-        nonlocal virtual, clock
+        nonlocal clock, delivered, virtual
         if to <= clock:
             return
+        delivered_now = busy.delivered(to)
         if waiting:
-            while heap and users[heap[0][1]].version != heap[0][2]:
-                heapq.heappop(heap)
-            if most <= weight_sum * heap[0][0]:  # nobody capped at any m of the pool
-                virtual += (busy.delivered(to) - busy.delivered(clock)) / weight_sum
+            if most * heaviest <= weight_sum or all(
+                most * state.weight <= weight_sum * state.jobs for state in waiting.values()
+            ):  # nobody capped at any m of the pool
+                virtual += (delivered_now - delivered) / weight_sum
             else:
+                order = sorted(waiting.values(), key=lambda state: state.jobs / state.weight)
                 for level, span in busy.pieces(clock, to):
-                    fill(level, span)
-        clock = to
+                    fill(order, level, span)
+        clock, delivered = to, delivered_now
 
-    for at, group in itertools.groupby(changes, key=lambda row: row[1]):
-        advance(min(max(at, 0.0), end))
-        for user_id, _, jobs in group:
-            state = users.get(user_id)
-            if state is None:
-                state = users[user_id] = _Waiting(weights[user_id])
-            if state.jobs <= 0 < jobs:
-                waiting += 1
-                weight_sum += state.weight
-                state.joined_at, state.joined_virtual = clock, virtual
-            elif jobs <= 0 < state.jobs:
-                _leave(state, clock, virtual)
-                waiting -= 1
-                weight_sum = weight_sum - state.weight if waiting else 0.0
-            state.jobs = jobs
-            state.version += 1
-            if jobs > 0:
-                heapq.heappush(heap, (jobs / state.weight, user_id, state.version))
+    for user_id, at, jobs in changes:
+        # The first change of an instant moves the clock there; the others find it there.
+        if at > clock:
+            advance(at if at < end else end)
+        state = users.get(user_id)
+        if state is None:
+            state = users[user_id] = _Waiting(weights[user_id])
+        if state.jobs <= 0 < jobs:
+            waiting[user_id] = state
+            weight_sum += state.weight
+            state.joined_at, state.joined_virtual = clock, virtual
+        elif jobs <= 0 < state.jobs:
+            _leave(state, clock, virtual)
+            del waiting[user_id]
+            weight_sum = weight_sum - state.weight if waiting else 0.0
+        state.jobs = jobs
     advance(end)
-    for state in users.values():
-        if state.jobs > 0:
-            _leave(state, end, virtual)
+    for state in waiting.values():
+        _leave(state, end, virtual)
     return users
 
 
@@ -741,6 +773,70 @@ def jain_index(rows: list[UserShare], floor: float = JAIN_FLOOR_SECONDS) -> floa
     return sum(ratios) ** 2 / (len(ratios) * squares)
 
 
+def _unsure_until(
+    presence: list[tuple[int, float, int]], weights: dict[int, float], most: float, end: float
+) -> float | None:
+    """Where the last stretch ends in which some user might be capped by its job count as
+    far as presence tells (the pool's largest m times the largest weight above W, the
+    waiting users' weight), or None: the same stretches as `_sweep_pool`, without V."""
+    present: set[int] = set()
+    weight_sum, clock = 0.0, 0.0
+    unsure: float | None = None
+    for user_id, at, jobs in presence:
+        if at > clock:
+            at = at if at < end else end
+            if present and most > weight_sum:
+                unsure = at
+            clock = at
+        if jobs > 0 and user_id not in present:
+            present.add(user_id)
+            weight_sum += weights[user_id]
+        elif jobs <= 0 and user_id in present:
+            present.discard(user_id)
+            weight_sum = weight_sum - weights[user_id] if present else 0.0
+    if end > clock and present and most > weight_sum:
+        unsure = end
+    return unsure
+
+
+def _sweep_counted(
+    pool: str,
+    presence: list[tuple[int, float, int]],
+    busy_changes: list[tuple[float, int]],
+    weights: dict[int, float],
+    params: dict[str, Any],
+) -> dict[int, _Waiting]:
+    """One pool's sweep from who is in the system; where that cannot rule out a user
+    capped by its job count (few users waiting beside many devices), again with the
+    exact counts up to the end of the last such stretch (`_counted_sql`)."""
+    window = params["w"]
+    busy = _Busy.from_changes(busy_changes, window)
+    heaviest = max(
+        (weights[user_id] for user_id in {user_id for user_id, _, _ in presence}), default=0.0
+    )
+    unsure = _unsure_until(presence, weights, max(busy.level, default=0) * heaviest, window)
+    if unsure is None:
+        return _sweep_pool(presence, busy, weights, window, heaviest=heaviest)
+    # Split half way to the next change: timestamps and their seconds then agree on a side.
+    later = bisect.bisect_right([at for _, at, _ in presence], unsure)
+    split = (unsure + presence[later][1]) / 2 if later < len(presence) else unsure + 1.0
+    until = datetime.fromisoformat(str(params["now"])) - WINDOW + timedelta(seconds=split)
+    cap = max(1, max(busy.level, default=0))
+    counted_params = {
+        **params,
+        "pool": pool,
+        "until": connection.ops.adapt_datetimefield_value(until),
+        "cap": cap,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_counted_sql(), counted_params)
+        counts = [(owner, float(at), int(jobs)) for owner, at, jobs in cursor.fetchall()]
+    # Exact counts before `until`, then who is in the system: every stretch from `until`
+    # on passed the O(1) test, where n_u does not matter.
+    changes = counts + presence[later:]
+    return _sweep_pool(changes, busy, weights, window, heaviest=heaviest)
+
+
 def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
     """Each pool's users measured against the fluid fair schedule over the window (see
     the module docstring): one query for the change points (`_fluid_sql`), one for the
@@ -749,8 +845,11 @@ def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
     now = now or timezone.now()
     window = WINDOW.total_seconds()
     adapt = connection.ops.adapt_datetimefield_value
-    params = {"t0": adapt(now - WINDOW), "t1": adapt(now), "w": window}
-    with connection.cursor() as cursor:
+    params = {"t0": adapt(now - WINDOW), "t1": adapt(now), "w": window, "now": now.isoformat()}
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # Its sorts (the queued jobs per user, the change points) then stay in memory.
+            cursor.execute("SET LOCAL work_mem = '64MB'")
         cursor.execute(_fluid_sql(), params)
         rows = cursor.fetchall()
     busy: dict[str, list[tuple[float, int]]] = {}
@@ -766,6 +865,11 @@ def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
             received[pool, owner_id] = float(value)
         else:
             longest[pool] = max(0.0, float(value or 0.0))
+    # Time order, sorted here: cheaper than by the database's collation of the pool names.
+    for changes in busy.values():
+        changes.sort()
+    for events in per_pool.values():
+        events.sort(key=lambda change: change[1])
     user_ids = {owner for events in per_pool.values() for owner, _, _ in events}
     users = {
         pk: (username, weight, oldest)
@@ -783,9 +887,7 @@ def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
     names = {pk: username for pk, (username, _, _) in users.items()}
     result: list[PoolFairness] = []
     for pool in sorted(per_pool):
-        swept = _sweep_pool(
-            per_pool[pool], _Busy.from_changes(busy.get(pool, []), window), weights, window
-        )
+        swept = _sweep_counted(pool, per_pool[pool], busy.get(pool, []), weights, params)
         for pk, state in swept.items():
             state.received = received.get((pool, pk), 0.0)
         bound = lag_bound(longest.get(pool, 0.0), settings.ZYPHER_DASHBOARD_LAG_SLACK_SECONDS)
