@@ -153,6 +153,41 @@ def test_a_requeued_attempt_counts_as_device_time_received() -> None:
     assert rows["b"]["lag_seconds"] == pytest.approx(15, abs=0.5)
 
 
+def test_job_counts_matter_early_and_only_presence_later(now) -> None:
+    # Three devices: first a (one job) and b (three) alone, a capped by its one job;
+    # from 200 s ten more users wait to the end, where nobody can be capped any more.
+    # The database counts jobs over the first part only and must still match the
+    # reference over the whole window.
+    window = stats.WINDOW.total_seconds()
+    t0 = now - stats.WINDOW
+    a, b = user("a"), user("b", 2)
+    spans = [JobSpan("a", 10, 70, ((10, 70),))]
+    ended(a, t0 + timedelta(seconds=10), 0, 60, device="d1")
+    for index, device in enumerate(("d2", "d3", "d2")):
+        ended(
+            b, t0 + timedelta(seconds=10), 60 * (index // 2), 60 * (index // 2) + 60, device=device
+        )
+        spans.append(
+            JobSpan(
+                "b", 10, 70 + 60 * (index // 2), ((10 + 60 * (index // 2), 70 + 60 * (index // 2)),)
+            )
+        )
+    for index in range(10):
+        waiting = user(f"w{index}")
+        job = Job.objects.create(owner=waiting, device_type="cpu")
+        Job.objects.filter(pk=job.pk).update(created_at=t0 + timedelta(seconds=200 + index))
+        spans.append(JobSpan(f"w{index}", 200 + index, window + 1))
+    ended(b, t0 + timedelta(seconds=300), 0, 100, device="d1")
+    spans.append(JobSpan("b", 300, 400, ((300, 400),)))
+    weights = {name: 1.0 for name in ["a"] + [f"w{index}" for index in range(10)]} | {"b": 2.0}
+    reference = fluid_shares(spans, weights, 0.0, window)
+    rows = shares_by_user(now)
+    assert reference["a"].entitled == pytest.approx(60, abs=1e-6)  # capped by its one job
+    for name, share in reference.items():
+        assert rows[name]["entitled_seconds"] == pytest.approx(share.entitled, abs=1e-3), name
+        assert rows[name]["received_seconds"] == pytest.approx(share.received, abs=1e-3), name
+
+
 # --- random traces written as rows: the database against the reference ---------------------
 
 row_traces = st.lists(
