@@ -18,7 +18,8 @@ fair schedule (`jobs.fairshare.fluid_shares` is the plain reference of the same 
              with one device, phi_u = m * w_u / sum of the waiting users' weights)
     entitled E_u = integral over [T0, T1] of phi_u dt      (device seconds)
     received R_u = device time of u's runs inside the window: every attempt, including
-             runs that were requeued or stopped (JobRun rows, and each job row's own run)
+             runs that were requeued or stopped (each job row's own run, and a JobRun row
+             for each requeued attempt, the only kind the row forgets)
     lag      L_u = E_u - R_u    (positive: owed time; the lags of a pool sum to zero)
     flagged  |L_u| > 2 * C_max + ZYPHER_DASHBOARD_LAG_SLACK_SECONDS, C_max = the pool's
              longest run in the window: beyond what the policy itself allows
@@ -29,9 +30,16 @@ fair schedule (`jobs.fairshare.fluid_shares` is the plain reference of the same 
              longest stretches in the system (the 20 most entitled users of the pool),
              beside the SFQ bound C_max/w_i + C_max/w_j for one device
 
-No loop over jobs: one query turns the window's job intervals into change points (per
-pool, user and instant, summed in SQL on SQLite and PostgreSQL alike) and one sweep per
-pool runs over those change points, O(log users) each (`_sweep_pool`).
+No loop over jobs. One query (`_fluid_sql`, window functions on SQLite and PostgreSQL
+alike) turns the window's job intervals into change points: the pool's busy devices per
+instant, and when each user enters or leaves the system (the backlog through a hash
+aggregate: only each user's first queued job counts); received time is summed there
+too. One sweep per pool runs over the users' change points (`_sweep_pool`): while the
+pool's largest m times the largest weight is at most W, nobody can be capped by its job
+count and V advances by the device seconds delivered over W. Where that test fails (few
+users beside many devices), a second query (`_counted_sql`) gives the exact job counts
+up to the end of the last such stretch, clamped to the pool's largest m (which loses
+nothing: phi_u <= m) so that only each user's first m queued jobs are ranked.
 """
 
 from __future__ import annotations
