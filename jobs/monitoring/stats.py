@@ -793,7 +793,8 @@ def _unsure_until(
     for user_id, at, jobs in presence:
         if at > clock:
             at = at if at < end else end
-            if present and most > weight_sum:
+            # With a margin: the sweep may sum the same weights in another order.
+            if present and most > weight_sum * (1 - 1e-9):
                 unsure = at
             clock = at
         if jobs > 0 and user_id not in present:
@@ -802,7 +803,7 @@ def _unsure_until(
         elif jobs <= 0 and user_id in present:
             present.discard(user_id)
             weight_sum = weight_sum - weights[user_id] if present else 0.0
-    if end > clock and present and most > weight_sum:
+    if end > clock and present and most > weight_sum * (1 - 1e-9):
         unsure = end
     return unsure
 
