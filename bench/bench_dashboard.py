@@ -223,7 +223,6 @@ def main() -> int:
     filled = fill(rows, now)
     log(f"filled {filled['jobs']:,} rows in {time.monotonic() - started:.1f}s; timing")
 
-    flag = 0.10
     cases: list[tuple[str, Callable[[], Any]]] = [
         ("SELECT 1 round trip (the floor)", select_one),
         ("queue_depth: queued per pool and priority", stats.queue_depth),
@@ -233,7 +232,7 @@ def main() -> int:
         ("device_states: the Device table", stats.device_states),
         ("throughput: rates and per-minute chart", lambda: stats.throughput(now)),
         ("service_time: mean, p95 per kind", lambda: stats.service_time(now)),
-        ("shares: received vs entitled, lag", lambda: stats.shares(now, flag)),
+        ("shares: fluid fair schedule, lag", lambda: stats.shares(now)),
         ("idle_gaps: LAG histogram", lambda: stats.idle_gaps(now)),
         ("dashboard_stats: all of the above (/api/stats/)", lambda: stats.dashboard_stats(now)),
         (

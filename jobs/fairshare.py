@@ -30,13 +30,25 @@ receive in it satisfy
 
 where C_max is the longest single job. `tests/queue/test_fairness_policy.py` checks exactly
 this bound on random traces.
+
+The yardstick: the fluid fair schedule (what the dashboard measures, `fluid_shares`). Per
+pool and window, user u is *in the system* while n_u(t) >= 1 of its jobs are queued or
+running; m(t) jobs of the pool hold a device. The fair rate is weighted water-filling,
+
+    phi_u(t) = min(n_u(t), theta(t) * w_u)   with theta(t) such that  sum_u phi_u(t) = m(t)
+
+(a user with k jobs cannot use more than k devices). Entitled E_u = integral of phi_u,
+received R_u = device time of u's runs in the window, lag L_u = E_u - R_u (the lags of a
+pool sum to zero, since both sides integrate m). The policy above keeps |L_u| within
+about two of the longest jobs (`lag_bound`): `tests/dashboard/test_fluid_fairness.py`
+checks it on random traces.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -156,3 +168,94 @@ class FairQueue(Generic[T]):
 
     def __iter__(self) -> Iterator[Hashable]:
         return iter(self._users)
+
+
+# --- the fluid fair schedule: the yardstick the dashboard measures against -------------------
+
+# Added to twice the longest job: timestamps and dispatch gaps are not exact.
+LAG_SLACK_SECONDS = 1.0
+
+
+def lag_bound(longest_job: float, slack: float = LAG_SLACK_SECONDS) -> float:
+    """How far from the fluid schedule the policy may leave a user: one job of theirs
+    that the fluid schedule spreads out, plus one of another user ahead of them."""
+    return 2.0 * longest_job + slack
+
+
+def water_fill(
+    demand: Mapping[Hashable, int], weights: Mapping[Hashable, float], service: float
+) -> tuple[float, dict[Hashable, float]]:
+    """The fair rates phi_u = min(n_u, theta * w_u) summing to `service` (at most the
+    total demand), and theta. Users are capped in increasing order of n_u / w_u."""
+    remaining = min(float(service), float(sum(demand.values())))
+    weight_left = sum(weights[user] for user in demand)
+    rates: dict[Hashable, float] = {}
+    order = sorted(demand, key=lambda user: demand[user] / weights[user])
+    theta = 0.0
+    for index, user in enumerate(order):
+        theta = remaining / weight_left if weight_left > 0 else 0.0
+        if demand[user] <= theta * weights[user]:
+            rates[user] = float(demand[user])  # capped by its job count
+            remaining -= demand[user]
+            weight_left -= weights[user]
+            continue
+        for other in order[index:]:
+            rates[other] = theta * weights[other]
+        break
+    return theta, rates
+
+
+@dataclass(frozen=True)
+class JobSpan:
+    """One job as the fluid schedule sees it: in the system from `arrived` until `left`
+    (queued or running), holding a device during each of `runs` (every attempt)."""
+
+    user: Hashable
+    arrived: float
+    left: float
+    runs: tuple[tuple[float, float], ...] = ()
+
+
+@dataclass
+class FluidShare:
+    entitled: float = 0.0
+    received: float = 0.0
+
+    @property
+    def lag(self) -> float:
+        return self.entitled - self.received
+
+
+def fluid_shares(
+    spans: Iterable[JobSpan], weights: Mapping[Hashable, float], start: float, end: float
+) -> dict[Hashable, FluidShare]:
+    """E_u, R_u (and L_u) over [start, end] for one pool, the plain way: between every
+    two consecutive change points, count n_u and m from scratch and water-fill.
+
+    Quadratic, for tests: `jobs.monitoring.stats` computes the same in one sorted sweep.
+    """
+    spans = list(spans)
+    points = {start, end}
+    for span in spans:
+        points.update((span.arrived, span.left))
+        for run_start, run_end in span.runs:
+            points.update((run_start, run_end))
+    cuts = sorted(point for point in points if start <= point <= end)
+    shares = {span.user: FluidShare() for span in spans if span.arrived < end and span.left > start}
+    for low, high in itertools.pairwise(cuts):
+        if high <= low:
+            continue
+        demand: dict[Hashable, int] = {}
+        busy = 0
+        for span in spans:
+            if span.arrived <= low and span.left >= high:
+                demand[span.user] = demand.get(span.user, 0) + 1
+            for run_start, run_end in span.runs:
+                if run_start <= low and run_end >= high:
+                    busy += 1
+                    shares[span.user].received += high - low
+        if busy and demand:
+            _, rates = water_fill(demand, weights, busy)
+            for user, rate in rates.items():
+                shares[user].entitled += rate * (high - low)
+    return shares

@@ -12,19 +12,32 @@ import uuid
 from typing import Self
 
 from django.contrib.auth.models import AbstractUser
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+
+# Weights are bounded: a tiny weight divides a charge into a virtual time that runs away
+# for good, a huge one lets a user outrun everyone else's start tags (issue 13).
+MIN_WEIGHT = 0.001
+MAX_WEIGHT = 1000.0
 
 
 class User(AbstractUser):
     """An account of the gateway. Its weight is its share of device time."""
 
-    weight = models.FloatField(default=1.0, help_text="Share of device time relative to others.")
+    weight = models.FloatField(
+        default=1.0,
+        validators=[MinValueValidator(MIN_WEIGHT), MaxValueValidator(MAX_WEIGHT)],
+        help_text=f"Share of device time relative to others ({MIN_WEIGHT:g} to {MAX_WEIGHT:g}).",
+    )
 
     class Meta:
         constraints = [
-            models.CheckConstraint(condition=Q(weight__gt=0), name="user_weight_positive")
+            models.CheckConstraint(
+                condition=Q(weight__gte=MIN_WEIGHT) & Q(weight__lte=MAX_WEIGHT),
+                name="user_weight_range",
+            )
         ]
 
     def __str__(self) -> str:
@@ -156,6 +169,29 @@ class Job(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.public_id} ({self.status})"
+
+
+class JobRun(models.Model):
+    """A requeued attempt of a job: the device time it held before it was given back.
+
+    Requeueing (`jobs.queue.release_job`) is the only path that erases a run from the job
+    row (it resets `started_at`); every other attempt (finished, failed, given up,
+    stopped) stays on the row itself, so the dashboard's received device time
+    (`jobs.monitoring.stats`) reads the job rows and these. Written once, closed.
+    """
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="runs")
+    owner = models.ForeignKey(User, on_delete=models.CASCADE, related_name="runs")
+    device_type = models.CharField(max_length=64)  # the pool
+    device = models.CharField(max_length=128, blank=True, default="")
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["ended_at"], name="jobrun_ended_at")]  # the window
+
+    def __str__(self) -> str:
+        return f"run of job {self.job_id} on {self.device or '?'} from {self.started_at}"
 
 
 class FairPool(models.Model):

@@ -35,7 +35,16 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from jobs import postgres
-from jobs.models import FairPool, FairShareAccount, Job, JobStatus, Program, QueueRepair, User
+from jobs.models import (
+    FairPool,
+    FairShareAccount,
+    Job,
+    JobRun,
+    JobStatus,
+    Program,
+    QueueRepair,
+    User,
+)
 
 log = logging.getLogger("zypher.queue")
 
@@ -580,6 +589,8 @@ def release_job(
                 "public_id",
                 "owner_id",
                 "device_type",
+                "device",
+                "started_at",
                 "attempts",
                 "charged_cost",
                 "charged_weight",
@@ -608,6 +619,17 @@ def release_job(
         requeued = Job.objects.filter(held).update(
             status=JobStatus.QUEUED, started_at=None, device="", lease_expires_at=None, error=reason
         )
+        if requeued and job.started_at is not None:
+            # The only path that erases a run from the job row: keep its device time for
+            # the dashboard's fairness figures (every other attempt stays on the row).
+            JobRun.objects.create(
+                job_id=job.pk,
+                owner_id=owner_id,
+                device_type=device_type,
+                device=job.device,
+                started_at=job.started_at,
+                ended_at=timezone.now(),
+            )
         account.update(
             virtual_time=F("virtual_time") - refund * requeued,
             running_count=F("running_count") - requeued,

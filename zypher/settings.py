@@ -245,9 +245,11 @@ ZYPHER_CALLBACK_BACKOFF_SECONDS = float(os.environ.get("ZYPHER_CALLBACK_BACKOFF_
 # --- dashboard ---
 # How often the dashboard re-renders its panels in the open page (seconds).
 ZYPHER_DASHBOARD_REFRESH_SECONDS = float(os.environ.get("ZYPHER_DASHBOARD_REFRESH_SECONDS", "3"))
-# A user's share of device time is flagged when it differs from their entitled share by
-# more than this fraction of all device time in the window.
-ZYPHER_DASHBOARD_SHARE_ALERT = float(os.environ.get("ZYPHER_DASHBOARD_SHARE_ALERT", "0.10"))
+# A user's lag behind the fluid fair schedule is flagged beyond twice the pool's longest job
+# in the window plus this many seconds (jobs.monitoring.stats; it replaces the share alert).
+ZYPHER_DASHBOARD_LAG_SLACK_SECONDS = float(
+    os.environ.get("ZYPHER_DASHBOARD_LAG_SLACK_SECONDS", "1.0")
+)
 
 # --- production safety (issue 8) ---
 # ZYPHER_ENV=production turns on the secure settings below and refuses to start (any

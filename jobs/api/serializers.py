@@ -11,7 +11,7 @@ from rest_framework.reverse import reverse
 from rest_framework.settings import api_settings
 
 from jobs.handlers import known_kinds
-from jobs.models import Job, User
+from jobs.models import MAX_WEIGHT, MIN_WEIGHT, Job, User
 from jobs.queue import JobSpec
 
 USER_ID_PATTERN = r"^[\w.@+-]{1,150}$"
@@ -217,8 +217,11 @@ class UserWeightSerializer(serializers.Serializer):
 
 
 def validate_weight(value: float) -> float:
-    if not value > 0 or value == float("inf"):
-        raise serializers.ValidationError("weight must be a positive finite number.")
+    # `not MIN <= value <= MAX` also refuses NaN; the model's check constraint agrees.
+    if not MIN_WEIGHT <= value <= MAX_WEIGHT:
+        raise serializers.ValidationError(
+            f"weight must be between {MIN_WEIGHT:g} and {MAX_WEIGHT:g} (got {value!r})."
+        )
     return value
 
 

@@ -95,14 +95,14 @@ def share_chart(shares: Sequence[dict[str, Any]], limit: int = 15) -> str:
     height = top + row_height * max(len(rows), 1) + 6
     scale = WIDTH - left - 60
     body = [
-        f'<text x="{left}" y="12" {FONT}>received share (filled) vs entitled by weight (outline)</text>'
+        f'<text x="{left}" y="12" {FONT}>received share (filled) vs entitled by the fluid fair schedule (outline)</text>'
     ]
     if not rows:
         body.append(f'<text x="{left}" y="{top + 14}" {FONT}>no device time in the window</text>')
     for index, row in enumerate(rows):
         y = top + index * row_height
         flagged = ' class="flagged"' if row["flagged"] else ""
-        name = escape(str(row["user"]))
+        name = escape(f"{row['user']} ({row['pool']})" if "pool" in row else str(row["user"]))
         received, entitled = row["received_share"], row["entitled_share"]
         tip = escape(
             f"{row['user']}: received {received:.1%}, entitled {entitled:.1%}, "

@@ -44,7 +44,7 @@ def human_seconds(seconds: float | None) -> str:
 def panels_context() -> dict[str, Any]:
     """The figures, their charts (trusted SVG: every label is escaped in `jobs.monitoring.charts`)
     and their ages in words."""
-    figures = stats.dashboard_stats(flag_above=settings.ZYPHER_DASHBOARD_SHARE_ALERT)
+    figures = stats.dashboard_stats()
     for row in figures["queued_by_user"] + figures["shares"]:
         row["oldest_queued_age"] = human_seconds(row["oldest_queued_age_seconds"])
     for job in figures["running"]:
@@ -53,13 +53,13 @@ def panels_context() -> dict[str, Any]:
     idle_gap = fairness["idle_gap"]
     # The users furthest from their entitlement either way, most owed first.
     shown = sorted(figures["shares"], key=lambda row: -abs(row["lag_seconds"]))[:SHARES_SHOWN]
-    shown.sort(key=lambda row: (-row["lag_seconds"], row["user"]))
+    shown.sort(key=lambda row: (row["pool"], -row["lag_seconds"], row["user"]))
     return {
         "stats": figures,
         "shares_shown": shown,
         "shares_hidden": len(figures["shares"]) - len(shown),
+        "lag_slack_seconds": f"{settings.ZYPHER_DASHBOARD_LAG_SLACK_SECONDS:g}",
         "oldest_queued_age": human_seconds(fairness["oldest_queued_age_seconds"]),
-        "share_alert_percent": settings.ZYPHER_DASHBOARD_SHARE_ALERT * 100,
         "throughput_chart": mark_safe(charts.throughput_chart(figures["throughput"]["last_hour"])),
         "share_chart": mark_safe(charts.share_chart(shown, limit=SHARES_SHOWN)),
         "idle_gap_chart": mark_safe(charts.histogram_chart(idle_gap["edges"], idle_gap["counts"])),

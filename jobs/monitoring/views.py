@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
 from drf_spectacular.utils import extend_schema, inline_serializer
@@ -29,7 +28,7 @@ class StatsView(APIView):
 
     @extend_schema(responses={200: dict})
     def get(self, request: Request) -> Response:
-        return Response(stats.dashboard_stats(flag_above=settings.ZYPHER_DASHBOARD_SHARE_ALERT))
+        return Response(stats.dashboard_stats())
 
 
 class RemoveFromQueueSerializer(serializers.Serializer):

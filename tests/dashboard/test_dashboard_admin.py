@@ -29,16 +29,18 @@ def test_the_dashboard_shows_the_figures_and_draws_its_charts(known_queue, staff
     html = response.content.decode()
     assert text_of(html, "queue-total") == "4"
     assert text_of(html, "running-total") == "1"
-    assert text_of(html, "jain-index") == "0.664"
+    # Jain's index of R/E, at the real clock (seconds after the fixture's M): about 0.67.
+    assert 0.6 < float(text_of(html, "jain-index")) < 0.9
     assert text_of(html, "oldest-queued").endswith("s")
     assert html.count('<svg class="chart"') == 3
     assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "https://" not in html  # nothing is fetched from elsewhere
     for section in ("queue-panel", "users-panel", "devices-panel", "fairness-panel"):
         assert f'id="{section}"' in html
-    # bob's share (73% against 60%) and carol's (0% against 20%) are flagged
-    flagged = re.findall(r'<tr class="flagged"[^>]*>\s*<td>(\w+)</td>', html)
-    assert sorted(flagged) == ["bob", "carol"]
+    # Every lag of the fixture is within its pool's bound: nobody is flagged, and the
+    # page says what "entitled" means.
+    assert 'class="flagged"' not in html
+    assert "fluid fair schedule" in html and 'id="entitled-means"' in html
     assert reverse("admin:dashboard-panels") in html  # what the page refreshes from
 
 

@@ -77,38 +77,45 @@ def test_service_time_mean_and_nearest_rank_95th_percentile_per_kind(known_queue
     ]
 
 
-def test_shares_lag_and_flags_of_the_active_users(known_queue) -> None:
+def test_shares_measure_each_user_against_the_fluid_fair_schedule_per_pool(known_queue) -> None:
     rows = stats.shares(known_queue.now)
-    by_user = {row["user"]: row for row in rows}
-    # Active: alice and bob received device time; carol waits. Dave ended 2 h ago.
-    assert [row["user"] for row in rows] == ["carol", "alice", "bob"]  # most owed first
-    assert by_user["alice"]["received_seconds"] == 30.0
-    assert by_user["bob"]["received_seconds"] == 80.0
-    assert by_user["carol"]["received_seconds"] == 0.0
-    assert by_user["alice"]["received_share"] == pytest.approx(30 / 110)
-    assert by_user["bob"]["received_share"] == pytest.approx(80 / 110)
-    assert by_user["alice"]["entitled_share"] == pytest.approx(1 / 5)
-    assert by_user["bob"]["entitled_share"] == pytest.approx(3 / 5)
-    assert by_user["carol"]["entitled_share"] == pytest.approx(1 / 5)
-    assert by_user["alice"]["lag_seconds"] == pytest.approx(22 - 30)
-    assert by_user["bob"]["lag_seconds"] == pytest.approx(66 - 80)
-    assert by_user["carol"]["lag_seconds"] == pytest.approx(22)
-    # Flagged above 10 points: bob (72.7% vs 60%) and carol (0% vs 20%), not alice.
-    assert {row["user"]: row["flagged"] for row in rows} == {
-        "alice": False,
-        "bob": True,
-        "carol": True,
-    }
-    assert by_user["carol"]["oldest_queued_age_seconds"] == 120.0
-    assert by_user["alice"]["oldest_queued_age_seconds"] is None
-    assert (by_user["alice"]["queued"], by_user["alice"]["running"]) == (0, 1)
+    by_key = {(row["pool"], row["user"]): row for row in rows}
+    # cpu: carol waits from -120 while bob runs [-30, -10] (weights 3:1) and alice runs
+    # [-5, 0] (1:1): entitled 20/4 + 5/2 = 7.5 s, received nothing. Dave ended 2 h ago.
+    assert [row["user"] for row in rows if row["pool"] == "cpu"] == ["carol", "alice", "bob"]
+    carol = by_key["cpu", "carol"]
+    assert (carol["entitled_seconds"], carol["received_seconds"]) == (
+        pytest.approx(7.5, abs=1e-3),
+        0.0,
+    )
+    assert carol["lag_seconds"] == pytest.approx(7.5, abs=1e-3)
+    # alice alone on d1 [-600, -590] except 0.3 s shared with bob (1:3), 0.995 s beside
+    # bob's run on d2, alone [-270, -260], and half of [-5, 0]: 9.775 + 0.249 + 10 + 2.5.
+    assert by_key["cpu", "alice"]["entitled_seconds"] == pytest.approx(22.524, abs=1e-3)
+    assert by_key["cpu", "alice"]["received_seconds"] == pytest.approx(25.0, abs=1e-3)
+    assert by_key["cpu", "bob"]["received_seconds"] == pytest.approx(80.0, abs=1e-3)
+    # Received and entitled are two accounts of the same device time: lags sum to zero.
+    assert sum(row["lag_seconds"] for row in rows if row["pool"] == "cpu") == pytest.approx(
+        0.0, abs=1e-3
+    )
+    # gpu: bob waits with no device busy: nothing is owed to him; alice ran alone.
+    assert by_key["gpu", "bob"]["entitled_seconds"] == 0.0
+    assert by_key["gpu", "alice"]["lag_seconds"] == pytest.approx(0.0, abs=1e-3)
+    # Every lag is within the bound (2 x the 30 s longest job + 1 s): nobody is flagged.
+    assert not any(row["flagged"] for row in rows)
+    assert carol["oldest_queued_age_seconds"] == 120.0
+    assert by_key["cpu", "alice"]["oldest_queued_age_seconds"] is None
+    assert (by_key["cpu", "alice"]["queued"], by_key["cpu", "alice"]["running"]) == (0, 1)
 
 
-def test_jains_index_of_weight_normalised_device_time(known_queue) -> None:
+def test_jains_index_of_received_over_entitled(known_queue) -> None:
     rows = stats.shares(known_queue.now)
-    # x = r / w: alice 30, bob 80/3, carol 0 → (170/3)² / (3 · 14500/9) = 289/435
-    assert stats.jain_index(rows) == pytest.approx(289 / 435)
-    equal = [dict(row, received_seconds=10.0 * row["weight"]) for row in rows]
+    # Over the users entitled to more than 1 s: carol 0, alice 25/22.524, bob 80/74.976,
+    # alice on gpu 1.
+    ratios = [0.0, 25 / 22.5237, 80 / 74.9763, 1.0]
+    expected = sum(ratios) ** 2 / (4 * sum(x * x for x in ratios))
+    assert stats.jain_index(rows) == pytest.approx(expected, abs=1e-3)
+    equal = [dict(row, received_seconds=row["entitled_seconds"]) for row in rows]
     assert stats.jain_index(equal) == pytest.approx(1.0)
     assert stats.jain_index([]) is None
 
