@@ -7,6 +7,7 @@ import re
 from django.test import Client
 from django.urls import reverse
 
+from devices.models import Device
 from jobs.models import Job, JobStatus
 
 pytest_plugins = ["tests.support.dashboard_fixtures"]
@@ -112,6 +113,15 @@ def test_the_filters_offer_pools_kinds_users_and_devices(known_queue, staff_clie
     html = staff_client.get(reverse("admin:jobs_job_changelist")).content.decode()
     for link in ("?pool=gpu", "?kind=predict", "?user=carol", "?device=d1"):
         assert link in html, link
+
+
+def test_the_device_filter_offers_registered_devices_that_run_nothing(
+    known_queue, staff_client
+) -> None:
+    """They come from the devices app through `device_states()`: jobs names no other app."""
+    Device.objects.create(name="qpu-idle", device_type="qpu", state=Device.State.READY)
+    html = staff_client.get(reverse("admin:jobs_job_changelist")).content.decode()
+    assert "?device=qpu-idle" in html and "?device=d1" in html
 
 
 def test_jobs_are_found_by_id_or_by_user(known_queue, staff_client) -> None:
