@@ -71,6 +71,7 @@ def test_the_users_list_shows_weight_queued_and_device_time(known_queue, staff_c
     values = {name: re.sub(r"<[^>]+>", "", value).strip() for name, value in cells}
     assert values["queued"] == "3" and values["running"] == "0"
     bob = re.search(r"<tr[^>]*>(?:(?!</tr>).)*>bob</a>(?:(?!</tr>).)*</tr>", html, re.S)
+    assert bob is not None
     assert '<td class="field-device_seconds">80.0</td>' in bob.group(0)
 
 

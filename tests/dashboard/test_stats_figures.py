@@ -108,7 +108,9 @@ def test_jains_index_of_weight_normalised_device_time(known_queue) -> None:
     rows = stats.shares(known_queue.now)
     # x = r / w: alice 30, bob 80/3, carol 0 → (170/3)² / (3 · 14500/9) = 289/435
     assert stats.jain_index(rows) == pytest.approx(289 / 435)
-    equal = [dict(row, received_seconds=10.0 * row["weight"]) for row in rows]
+    equal: list[stats.UserShare] = [
+        {**row, "received_seconds": 10.0 * row["weight"]} for row in rows
+    ]
     assert stats.jain_index(equal) == pytest.approx(1.0)
     assert stats.jain_index([]) is None
 
