@@ -104,7 +104,8 @@ def test_a_result_that_ends_while_the_gateway_is_down_is_delivered_once_it_is_ba
     assert sum(job.result["counts"].values()) == 50
     assert agent.log().count(f"run job {job_id}") == 1
     wait_until(lambda: device_is_free("qpu-a"), 10, "the device to be free")
-    assert agent.command("status").body["result"]["unreported"] == []
+    # The gateway frees the device before its answer reaches the agent: wait for the agent.
+    wait_until(lambda: agent.command("status").body["result"]["unreported"] == [], 10, "forgotten")
     assert agent.process.process.poll() is None and dispatcher.process.poll() is None
 
 
