@@ -174,12 +174,12 @@ def http_requests(url: str, body_kind: str, seconds: float, worker: int) -> tupl
             response = session.get(url + "/api/health/", timeout=30)
             count = 0
         elif body_kind == "submit":
-            body = {"user_id": user, "kind": "noop", "input": index}
+            body: dict[str, Any] = {"user_id": user, "kind": "noop", "input": index}
             response = session.post(url + "/api/jobs/", json=body, timeout=30)
             count = 1
         else:
-            body = [{"user_id": user, "kind": "noop", "input": index}] * 500
-            response = session.post(url + "/api/jobs/", json=body, timeout=60)
+            batch: list[dict[str, Any]] = [{"user_id": user, "kind": "noop", "input": index}] * 500
+            response = session.post(url + "/api/jobs/", json=batch, timeout=60)
             count = 500
         latencies.append(time.perf_counter() - started)
         if response.status_code not in (200, 201):
@@ -259,7 +259,7 @@ def burst_requests(url: str, jobs: int, worker: int) -> list[float]:
     latencies = []
     for start in range(0, jobs, 100):
         user = f"burst{(worker * 31 + start // 100) % 1000}"
-        body = [
+        body: list[dict[str, Any]] = [
             {"user_id": user, "kind": "stamp", "input": n}
             for n in range(start, min(jobs, start + 100))
         ]

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import requests  # noqa: E402
 from django.core.management import call_command  # noqa: E402
@@ -76,7 +77,7 @@ def start_agent(
 
 
 def submit_qpu_jobs(url: str, tag: str, count: int) -> list[str]:
-    body = {
+    body: dict[str, Any] = {
         "user_id": "drill00",
         "device_type": "qpu",
         "jobs": [{"instructions": ["h 0", "measure"], "shots": 10, "size": 4}] * count,

@@ -222,6 +222,7 @@ class DeviceAgent:
 
     async def run_job(self, job: RunningJob, job_input: Any) -> None:
         started = time.monotonic()
+        result: Any  # whatever the handler returned: checked by _unsendable_result
         try:
             if job.kind == "qpu" or self.config.device_type == "qpu":
                 await asyncio.sleep(self.config.qpu_seconds)
@@ -345,9 +346,9 @@ class DeviceAgent:
         attempt = 0
         while True:
             attempt += 1
-            delay: float | None = self.next_delay(attempt)
-            if time.monotonic() + delay > deadline:
-                delay = None
+            backoff = self.next_delay(attempt)
+            # None: the deadline comes before the next try, so this is the last one.
+            delay = backoff if time.monotonic() + backoff <= deadline else None
             outcome = await self.post_report(report, attempt, delay)
             if outcome != "retry":
                 if "job_id" in report:

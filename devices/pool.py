@@ -58,8 +58,8 @@ def register_device(name: str, device_type: str, size: int, url: str) -> tuple[D
         created = device is None
         if device is None:
             device = Device(name=name)
-        elif device.current_job_id is not None and device.fencing_token is not None:
-            _release(device, "device registered again (restarted) while running it")
+        elif (held := held_claim(device)) is not None:
+            _release(device, held, "device registered again (restarted) while running it")
         device.device_type = device_type
         device.size = size
         device.url = url
@@ -84,16 +84,25 @@ def remove_device(name: str) -> bool:
         device = _lock_device(name)
         if device is None:
             return False
-        if device.current_job_id is not None and device.fencing_token is not None:
-            _release(device, f"device {name} was removed while running it")
+        if (held := held_claim(device)) is not None:
+            _release(device, held, f"device {name} was removed while running it")
         device.delete()
     log.info("device %s removed", name)
     return True
 
 
-def _release(device: Device, reason: str) -> str | None:
-    status = release_job(device.current_job_id, device.fencing_token, reason)
-    log.warning("job %s on device %s: %s; now %s", device.current_job_id, device, reason, status)
+def held_claim(device: Device) -> tuple[int, int] | None:
+    """(job id, fencing token) of the claim the device holds, or None if it holds none
+    (the two are set and cleared together)."""
+    if device.current_job_id is None or device.fencing_token is None:
+        return None
+    return device.current_job_id, device.fencing_token
+
+
+def _release(device: Device, held: tuple[int, int], reason: str) -> str | None:
+    job_id, fencing_token = held
+    status = release_job(job_id, fencing_token, reason)
+    log.warning("job %s on device %s: %s; now %s", job_id, device, reason, status)
     return status
 
 
@@ -247,8 +256,8 @@ def mark_offline(name: str, reason: str) -> str | None:
         if device is None:
             return None
         status = None
-        if device.current_job_id is not None and device.fencing_token is not None:
-            status = _release(device, f"device {name} went offline: {reason}")
+        if (held := held_claim(device)) is not None:
+            status = _release(device, held, f"device {name} went offline: {reason}")
         device.state = Device.State.OFFLINE
         device.current_job = None
         device.fencing_token = None
@@ -271,18 +280,19 @@ def devices_to_check() -> list[Device]:
     return list(Device.objects.exclude(kind=Device.Kind.LOCAL).order_by("name"))
 
 
-def _job_held(device: Device) -> bool:
-    return Job.objects.filter(
-        pk=device.current_job_id, status=JobStatus.RUNNING, attempts=device.fencing_token
-    ).exists()
+def _job_held(held: tuple[int, int]) -> bool:
+    """Is the job still running under this claim (its attempt is the fencing token)?"""
+    job_id, fencing_token = held
+    return Job.objects.filter(pk=job_id, status=JobStatus.RUNNING, attempts=fencing_token).exists()
 
 
 def reconcile_simulated(device: Device, running_here: set[str]) -> bool:
     """Free a simulated device whose job is no longer running under its claim (its
     dispatcher died and the lease ran out). True if it was freed."""
-    if device.current_job_id is None or device.name in running_here or _job_held(device):
+    held = held_claim(device)
+    if held is None or device.name in running_here or _job_held(held):
         return False
-    free_device(device.name, device.current_job_id, device.fencing_token, Device.State.READY)
+    free_device(device.name, *held, Device.State.READY)
     return True
 
 
@@ -298,17 +308,19 @@ def after_health_check(name: str, agent_state: str, status: dict[str, Any]) -> b
     agent_job = status.get("job") if isinstance(status.get("job"), dict) else None
     # What the device is doing as far as dispatch goes: busy while its agent runs anything.
     effective = Device.State.BUSY if agent_job else agent_state
-    if device.current_job_id is None:
+    held = held_claim(device)
+    if held is None:
         if device.state != effective:
             Device.objects.filter(pk=device.pk, current_job__isnull=True).update(state=effective)
             return effective == Device.State.READY
         return False
+    fencing_token = held[1]
     job = device.current_job
     runs_it = (
         job is not None
         and agent_job is not None
         and agent_job.get("job_id") == str(job.public_id)
-        and agent_job.get("fencing_token") == device.fencing_token
+        and agent_job.get("fencing_token") == fencing_token
     )
     unreported = status.get("unreported")
     holds_result = (
@@ -322,21 +334,22 @@ def after_health_check(name: str, agent_state: str, status: dict[str, Any]) -> b
         waited = _unreported_seconds(status, job)
         bound = settings.ZYPHER_DEVICE_UNREPORTED_SECONDS
         if waited <= bound:
-            renew_leases([claimed_job_from_row(job, device.fencing_token)])
+            renew_leases([claimed_job_from_row(job, fencing_token)])
             return False
         # The agent could not deliver the result in time: at least once, so run it again.
         reason = f"device {name} did not deliver the result within {bound:g}s of the job's end"
         next_state = agent_state if agent_state in _AGENT_STATES else Device.State.UNREADY
-        status = release_on_device(name, job.pk, device.fencing_token, reason, next_state)
-        log.warning("job %s on device %s: %s; now %s", job.public_id, name, reason, status)
+        released = release_on_device(name, job.pk, fencing_token, reason, next_state)
+        log.warning("job %s on device %s: %s; now %s", job.public_id, name, reason, released)
         return next_state == Device.State.READY
     if runs_it:
-        renew_leases([claimed_job_from_row(job, device.fencing_token)])
+        assert job is not None
+        renew_leases([claimed_job_from_row(job, fencing_token)])
         return False
-    if _job_held(device):
+    if _job_held(held):
         return False  # not renewed: its lease runs out and it is requeued, then freed here
     next_state = Device.State.BUSY if agent_job else agent_state
-    free_device(name, device.current_job_id, device.fencing_token, next_state)
+    free_device(name, *held, next_state)
     return next_state == Device.State.READY
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from django.apps import apps
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin
 from django.db.models import Count, Q, QuerySet, Sum
@@ -30,6 +29,7 @@ from django.urls import reverse
 
 from jobs.handlers import known_kinds
 from jobs.models import FINAL_STATUSES, FairPool, FairShareAccount, Job, JobStatus, User
+from jobs.monitoring.stats import device_states
 from jobs.queue import cancel_job, release_job
 
 LISTED_CHOICES = 50
@@ -49,7 +49,8 @@ class ZypherUserAdmin(UserAdmin):
         "date_joined",
     ]
     list_editable = ["weight"]  # takes effect at the user's next dispatch
-    fieldsets = [*UserAdmin.fieldsets, ("Fair share", {"fields": ["weight"]})]
+    # django-stubs types UserAdmin.fieldsets as ModelAdmin's Optional; Django's UserAdmin sets it.
+    fieldsets = [*UserAdmin.fieldsets, ("Fair share", {"fields": ["weight"]})]  # type: ignore[misc]
     actions = ["remove_from_queue"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[User]:
@@ -86,7 +87,7 @@ class ZypherUserAdmin(UserAdmin):
         for model in (Job, FairShareAccount):
             codename = f"{model._meta.app_label}.delete_{model._meta.model_name}"
             if request.user.has_perm(codename):
-                perms_needed.discard(model._meta.verbose_name)
+                perms_needed.discard(str(model._meta.verbose_name))
         live = (
             Job.objects.filter(owner__in=list(objs), status__in=LIVE_STATUSES)
             .values("owner__username")
@@ -154,7 +155,8 @@ class UserFilter(admin.SimpleListFilter):
 
 
 class DeviceFilter(admin.SimpleListFilter):
-    """Registered devices (when the devices app has them) and those running a job now."""
+    """Registered devices (from the app that provides them to the dashboard, through
+    `device_states()`) and those running a job now."""
 
     title = "device"
     parameter_name = "device"
@@ -165,11 +167,7 @@ class DeviceFilter(admin.SimpleListFilter):
             .exclude(device="")
             .values_list("device", flat=True)[:LISTED_CHOICES]
         )
-        try:
-            device_model = apps.get_model("devices", "Device")
-            names |= set(device_model.objects.values_list("name", flat=True)[:LISTED_CHOICES])
-        except LookupError:
-            pass
+        names |= {state["device"] for state in device_states()[:LISTED_CHOICES]}
         return [(name, name) for name in sorted(names)]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Job]) -> QuerySet[Job]:

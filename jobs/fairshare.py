@@ -50,7 +50,7 @@ import heapq
 import itertools
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -183,13 +183,13 @@ def lag_bound(longest_job: float, slack: float = LAG_SLACK_SECONDS) -> float:
 
 
 def water_fill(
-    demand: Mapping[Hashable, int], weights: Mapping[Hashable, float], service: float
-) -> tuple[float, dict[Hashable, float]]:
+    demand: Mapping[Any, int], weights: Mapping[Any, float], service: float
+) -> tuple[float, dict[Any, float]]:
     """The fair rates phi_u = min(n_u, theta * w_u) summing to `service` (at most the
     total demand), and theta. Users are capped in increasing order of n_u / w_u."""
     remaining = min(float(service), float(sum(demand.values())))
     weight_left = sum(weights[user] for user in demand)
-    rates: dict[Hashable, float] = {}
+    rates: dict[Any, float] = {}
     order = sorted(demand, key=lambda user: demand[user] / weights[user])
     theta = 0.0
     for index, user in enumerate(order):
@@ -210,7 +210,7 @@ class JobSpan:
     """One job as the fluid schedule sees it: in the system from `arrived` until `left`
     (queued or running), holding a device during each of `runs` (every attempt)."""
 
-    user: Hashable
+    user: Any  # whatever the caller keys users by (names, ids)
     arrived: float
     left: float
     runs: tuple[tuple[float, float], ...] = ()
@@ -227,8 +227,8 @@ class FluidShare:
 
 
 def fluid_shares(
-    spans: Iterable[JobSpan], weights: Mapping[Hashable, float], start: float, end: float
-) -> dict[Hashable, FluidShare]:
+    spans: Iterable[JobSpan], weights: Mapping[Any, float], start: float, end: float
+) -> dict[Any, FluidShare]:
     """E_u, R_u (and L_u) over [start, end] for one pool, the plain way: between every
     two consecutive change points, count n_u and m from scratch and water-fill.
 
@@ -245,7 +245,7 @@ def fluid_shares(
     for low, high in itertools.pairwise(cuts):
         if high <= low:
             continue
-        demand: dict[Hashable, int] = {}
+        demand: dict[Any, int] = {}
         busy = 0
         for span in spans:
             if span.arrived <= low and span.left >= high:

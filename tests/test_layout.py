@@ -21,11 +21,6 @@ OTHER_APPS = {"devices", "splines"}
 # that another app registers.
 NAMING = re.compile(r"^(devices|splines|qpu|spline)$|\b(devices|splines)[.:][A-Za-z_]")
 
-# TODO(layout): jobs/admin.py is being changed in parallel (its device filter reads
-# apps.get_model("devices", "Device")); remove it from here after the merge, reading device
-# names through jobs.monitoring.stats.device_states() instead.
-PENDING: dict[str, str] = {"jobs/admin.py": 'apps.get_model("devices", ...)'}
-
 
 def imported_modules(tree: ast.AST) -> list[tuple[int, str]]:
     found = []
@@ -102,8 +97,6 @@ def test_the_check_finds_imports_and_names_of_another_app(tmp_path: Path) -> Non
 def test_jobs_imports_and_names_neither_devices_nor_splines(path: Path) -> None:
     relative = str(path.relative_to(ROOT))
     problems = references_to_other_apps(path, OTHER_APPS)
-    if relative in PENDING and problems:
-        pytest.xfail(f"being changed in parallel: {PENDING[relative]}")
     assert problems == [], f"{relative} reaches into another app: {problems}"
 
 

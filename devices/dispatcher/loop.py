@@ -85,6 +85,11 @@ class LocalDevice:
         return self.claim is None and self.process is not None and self.process.is_alive()
 
 
+def _finish_only(claim: ClaimedJob, **outcome: Any) -> tuple[bool, None]:
+    """finish_job in finish_and_claim_next's shape: (accepted, no next claim)."""
+    return finish_job(claim, **outcome), None
+
+
 # After the grace period, this long to give back what is still running; then the process
 # exits even if the database never answered (the leases hand its jobs back).
 CLEANUP_SECONDS = 5.0
@@ -357,10 +362,11 @@ class Dispatcher:
         if claim is None or claim.id != outcome.job_id:
             return
         claim_next_too = not (self.stopping or device.device_type in self.empty_pools)
+        record: Callable[..., tuple[bool, ClaimedJob | None]]
         if claim_next_too:
             record = partial(finish_and_claim_next, claim, device.name)
         else:
-            record = partial(finish_job, claim)
+            record = partial(_finish_only, claim)
         try:
             written = await self.db(
                 partial(
@@ -377,7 +383,7 @@ class Dispatcher:
             # this job): its lease is no longer renewed, so the reaper requeues it.
             log.warning("job %s: outcome not recorded (%s)", claim.public_id, exc)
             return
-        accepted, next_claim = written if claim_next_too else (written, None)
+        accepted, next_claim = written
         state = "succeeded" if outcome.succeeded else f"failed ({outcome.error[:200]})"
         if not accepted:
             state = "result refused: lease lost to another holder"

@@ -33,7 +33,7 @@ def client() -> APIClient:
     return APIClient()
 
 
-PROGRAM = {
+PROGRAM: dict[str, Any] = {
     "user_id": "alice",
     "priority": 5,
     "device_type": "qpu",
@@ -90,6 +90,7 @@ def test_get_shows_the_state_and_every_jobs_result(client):
     body = client.get(f"/api/programs/{created['id']}/").json()
     assert body["state"] == "queued" and body["callback"]["status"] == "pending"
     claim = claim_next("qpu", "sim", 20)
+    assert claim is not None
     finish_job(claim, succeeded=True, duration=0.1, result={"counts": {"0000": 100}})
     body = client.get(f"/api/programs/{created['id']}/").json()
     assert body["state"] == "running"
@@ -125,6 +126,7 @@ def finished_program(url: str) -> Program:
         owner, [QpuJob(["x 0"], 10, 1)], device_type="qpu", callback_url=url
     )
     claim = claim_next("qpu", "sim", 1)
+    assert claim is not None
     finish_job(claim, succeeded=True, duration=0.1, result={"counts": {"1": 10}})
     return program
 
@@ -197,6 +199,7 @@ def test_a_program_with_unfinished_jobs_is_not_called_back_yet(async_orm):
             owner, [QpuJob([], 1, 0)] * 2, device_type="qpu", callback_url=receiver.url
         )
         claim = claim_next("qpu", "sim", 1)
+        assert claim is not None
         finish_job(claim, succeeded=True, duration=0.1, result={})
         deliver(CallbackCourier())
         program.refresh_from_db()

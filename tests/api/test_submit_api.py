@@ -125,7 +125,7 @@ def test_the_list_filters_by_user_and_status_and_is_paginated(api_client: APICli
     cancelled = api_client.get(JOBS_URL, {"user_id": "alice", "status": "cancelled"}).json()
     assert [job["id"] for job in cancelled["results"]] == [alice_ids[0]]
 
-    first_page = api_client.get(JOBS_URL, {"user_id": "alice", "limit": 2}).json()
+    first_page = api_client.get(JOBS_URL, {"user_id": "alice", "limit": "2"}).json()
     assert first_page["count"] == 3
     assert len(first_page["results"]) == 2
     assert first_page["next"] is not None

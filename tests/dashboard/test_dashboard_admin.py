@@ -7,6 +7,7 @@ import re
 from django.test import Client
 from django.urls import reverse
 
+from devices.models import Device
 from jobs.models import Job, JobStatus
 
 pytest_plugins = ["tests.support.dashboard_fixtures"]
@@ -72,6 +73,7 @@ def test_the_users_list_shows_weight_queued_and_device_time(known_queue, staff_c
     values = {name: re.sub(r"<[^>]+>", "", value).strip() for name, value in cells}
     assert values["queued"] == "3" and values["running"] == "0"
     bob = re.search(r"<tr[^>]*>(?:(?!</tr>).)*>bob</a>(?:(?!</tr>).)*</tr>", html, re.S)
+    assert bob is not None
     assert '<td class="field-device_seconds">80.0</td>' in bob.group(0)
 
 
@@ -114,6 +116,15 @@ def test_the_filters_offer_pools_kinds_users_and_devices(known_queue, staff_clie
     html = staff_client.get(reverse("admin:jobs_job_changelist")).content.decode()
     for link in ("?pool=gpu", "?kind=predict", "?user=carol", "?device=d1"):
         assert link in html, link
+
+
+def test_the_device_filter_offers_registered_devices_that_run_nothing(
+    known_queue, staff_client
+) -> None:
+    """They come from the devices app through `device_states()`: jobs names no other app."""
+    Device.objects.create(name="qpu-idle", device_type="qpu", state=Device.State.READY)
+    html = staff_client.get(reverse("admin:jobs_job_changelist")).content.decode()
+    assert "?device=qpu-idle" in html and "?device=d1" in html
 
 
 def test_jobs_are_found_by_id_or_by_user(known_queue, staff_client) -> None:

@@ -115,7 +115,9 @@ def test_jains_index_of_received_over_entitled(known_queue) -> None:
     ratios = [0.0, 25 / 22.5237, 80 / 74.9763, 1.0]
     expected = sum(ratios) ** 2 / (4 * sum(x * x for x in ratios))
     assert stats.jain_index(rows) == pytest.approx(expected, abs=1e-3)
-    equal = [dict(row, received_seconds=row["entitled_seconds"]) for row in rows]
+    equal: list[stats.UserShare] = [
+        {**row, "received_seconds": row["entitled_seconds"]} for row in rows
+    ]
     assert stats.jain_index(equal) == pytest.approx(1.0)
     assert stats.jain_index([]) is None
 

@@ -43,7 +43,9 @@ def staff_client() -> APIClient:
 
 
 def register(client: APIClient, body: dict[str, Any] = QPU_1) -> Any:
-    return client.post("/api/devices/", body, format="json", **TOKEN_HEADER)
+    return client.post(
+        "/api/devices/", body, format="json", HTTP_X_ZYPHER_DEVICE_TOKEN=DEVICE_TOKEN
+    )
 
 
 def qpu_job(owner: User, size: int = 4) -> Job:
@@ -141,7 +143,9 @@ def test_a_device_is_given_only_jobs_that_fit_its_size(client):
     register(client, {"id": "small", "type": "qpu", "size": 4, "url": "addr1"})
     assert pool.claim_for_device("small") is None
     register(client, {"id": "large", "type": "qpu", "size": 10, "url": "addr2"})
-    device, claim = pool.claim_for_device("large")
+    claimed = pool.claim_for_device("large")
+    assert claimed is not None
+    device, claim = claimed
     assert claim.id == big.pk and device.state == "busy"
 
 
@@ -185,12 +189,13 @@ def report(client: APIClient, device: Device, message: dict[str, Any], secret: s
     path = f"/api/devices/{device.name}/reports/"
     body = protocol.encode(message)
     headers = protocol.sign(secret or device.secret, "POST", path, body)
+    # djangorestframework-stubs type `data` as str; Django sends bytes as they are.
     return client.generic(
         "POST",
         path,
-        body,
+        body,  # type: ignore[arg-type]
         content_type="application/json",
-        **{f"HTTP_{name.upper().replace('-', '_')}": value for name, value in headers.items()},
+        headers=headers,
     )
 
 
@@ -198,7 +203,9 @@ def running_on_remote(client: APIClient) -> tuple[Device, Job]:
     register(client)
     Device.objects.filter(name="qpu-1").update(state="ready")
     qpu_job(User.objects.create(username="alice"))
-    device, claim = pool.claim_for_device("qpu-1")
+    claimed = pool.claim_for_device("qpu-1")
+    assert claimed is not None
+    device, claim = claimed
     return device, Job.objects.get(pk=claim.id)
 
 

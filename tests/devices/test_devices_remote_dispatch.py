@@ -132,7 +132,7 @@ def test_a_device_killed_mid_job_loses_nothing(
     wait_until(lambda: Device.objects.get(name="qpu-doomed").state == "offline", 20, "offline")
     wait_until(lambda: Job.objects.get(public_id=job_id).status == "succeeded", 30, "the rerun")
     job = Job.objects.get(public_id=job_id)
-    assert job.device == "qpu-survivor" and job.attempts == 2
+    assert job.device == "qpu-survivor" and job.attempts == 2 and job.result is not None
     assert sum(job.result["counts"].values()) == 50
     # Ran to completion once: only the survivor finished it.
     assert survivor.log().count(f"job {job_id} succeeded") == 1

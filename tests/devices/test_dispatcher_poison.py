@@ -3,6 +3,8 @@ reason, and the dispatcher carries on with the next job (issue 12)."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 
 from jobs.models import Job
@@ -40,7 +42,7 @@ def test_results_the_database_cannot_store_fail_their_job_and_the_dispatcher_car
     assert done.status == "succeeded", done.error
     errors = {}
     for name, job_id in ids.items():
-        job = wait_until(lambda job_id=job_id: _ended(job_id), 30, f"the {name} job to end")
+        job = wait_until(partial(_ended, job_id), 30, f"the {name} job to end")
         if name == "infinity" and on_postgres():
             # jsonb keeps 1e200 as an exact number: it comes back an int, squared exactly.
             assert job.status == "succeeded" and job.result["y"] == 10**400, job.error
@@ -81,4 +83,5 @@ def test_storable_result_says_why_a_result_cannot_be_stored(value, reason):
 def test_storable_results_pass(settings):
     settings.ZYPHER_MAX_RESULT_BYTES = 64
     assert storable_result({"x": 1.5, "y": [None, True, "ok"], "é": "ü"}) is None
-    assert "over the limit" in storable_result({"blob": "x" * 100})
+    error = storable_result({"blob": "x" * 100})
+    assert error is not None and "over the limit" in error

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -45,7 +46,7 @@ def _alive(pid: int) -> bool:
 
 
 def _job_succeeds(url: str, tag: str) -> bool:
-    body = {"user_id": "runner", "kind": "sleep", "input": {"tag": tag}}
+    body: dict[str, Any] = {"user_id": "runner", "kind": "sleep", "input": {"tag": tag}}
     job = requests.post(url + "/api/jobs/", json=body, timeout=10).json()
     return wait_until(
         lambda: (

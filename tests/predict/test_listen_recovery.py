@@ -149,7 +149,8 @@ def test_waiters_poll_at_once_while_the_listener_is_down_and_use_it_again_after(
         timings["down"] = await latency_after_the_job_ends(during)
         assert timings["down"] < 0.5, timings  # the poll, not a 2 s wait for the listener
         started = time.monotonic()
-        assert (await wait(first, 10)).final  # an ended job: no wait for the listener
+        ended = await wait(first, 10)
+        assert ended is not None and ended.final  # an ended job: no wait for the listener
         timings["ended_job_down"] = time.monotonic() - started
         assert not hub.listening.is_set(), "the listener came back too early for this test"
 

@@ -6,9 +6,10 @@ import random
 
 import pytest
 
-from jobs.fairshare import FairQueue
+from jobs.fairshare import Dispatch, FairQueue
 from jobs.models import FairShareAccount, Job, User
 from jobs.queue import (
+    ClaimedJob,
     JobSpec,
     cancel_job,
     claim_next,
@@ -27,7 +28,7 @@ def run_trace(seed: int, steps: int = 300) -> None:
         User.objects.create(username=f"u{i}", weight=rng.choice([1, 2, 3, 5, 8])) for i in range(8)
     ]
     model: FairQueue[int] = FairQueue()
-    running: dict[int, tuple[object, object]] = {}  # job id -> (claim, dispatch)
+    running: dict[int, tuple[ClaimedJob, Dispatch[int]]] = {}  # job id -> (claim, dispatch)
     for _ in range(steps):
         action = rng.random()
         if action < 0.45:
@@ -102,8 +103,10 @@ def test_a_stale_claim_cannot_settle_after_its_job_was_requeued_and_claimed_agai
     user = User.objects.create(username="fenced")
     submit_jobs(user, [JobSpec("noop", 1)])
     first = claim_next("cpu", "d1")
+    assert first is not None
     assert release_job(first.id, first.fencing_token, "lease expired") == "queued"
     second = claim_next("cpu", "d2")
+    assert second is not None
     assert second.id == first.id and second.fencing_token == first.fencing_token + 1
     assert not finish_job(first, succeeded=True, duration=1.0, result="late")
     assert finish_job(second, succeeded=True, duration=1.0, result="ok")

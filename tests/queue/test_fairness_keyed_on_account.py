@@ -36,9 +36,10 @@ def test_a_user_submitting_through_several_tokens_and_priorities_gets_only_its_w
     modest_jobs = [{"kind": "noop", "input": i} for i in range(60)]
     assert client_for(modest).post("/api/jobs/", modest_jobs, format="json").status_code == 201
 
-    served = Counter()
+    served: Counter[str] = Counter()
     for _ in range(100):
         claim = claim_next("cpu", "device")
+        assert claim is not None
         served[claim.owner] += 1
         finish_job(claim, succeeded=True, duration=1.0)
     assert served["greedy"] == 50 and served["modest"] == 50
@@ -50,9 +51,10 @@ def test_weights_split_the_device_time_in_proportion(settings):
     for user in (light, heavy):
         body = [{"kind": "noop", "input": i} for i in range(200)]
         assert client_for(user).post("/api/jobs/", body, format="json").status_code == 201
-    served = Counter()
+    served: Counter[str] = Counter()
     for _ in range(200):
         claim = claim_next("cpu", "device")
+        assert claim is not None
         served[claim.owner] += 1
         finish_job(claim, succeeded=True, duration=2.0)
     assert served == {"heavy": 150, "light": 50}

@@ -13,7 +13,7 @@ a pass means something.
 from __future__ import annotations
 
 import random
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Hashable
 from dataclasses import dataclass
 from itertools import combinations
@@ -113,7 +113,7 @@ def test_weights_one_to_three_split_device_time_a_quarter_to_three_quarters() ->
         queue.push("light", rng.uniform(0.1, 3.0), weight=1)
         queue.push("heavy", rng.uniform(0.1, 3.0), weight=3)
 
-    device_time: Counter[Hashable] = Counter()
+    device_time: defaultdict[Hashable, float] = defaultdict(float)  # seconds, not counts
     for _ in range(1000):
         dispatch = queue.pop(cost=1.0)
         queue.settle(dispatch, dispatch.item)
@@ -192,7 +192,7 @@ def test_settled_virtual_time_is_actual_device_time_over_weight_whatever_the_est
         for user, weight in weights.items():
             queue.push(user, rng.expovariate(1.0), weight=weight)
 
-    device_time: Counter[Hashable] = Counter()
+    device_time: defaultdict[Hashable, float] = defaultdict(float)  # seconds, not counts
     in_flight: list[Dispatch[float]] = []
     for _ in range(600):
         while len(in_flight) < 2:

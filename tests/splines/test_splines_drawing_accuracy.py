@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
-from scipy.interpolate import splev, splprep
-from scipy.spatial import cKDTree
+from scipy.interpolate import splev, splprep  # type: ignore[import-untyped]  # no stubs installed
+from scipy.spatial import cKDTree  # type: ignore[import-untyped]  # no stubs installed
 
 from splines.coverage import coverage_error, dense_curve, exact_coverage
 from splines.drawing import DrawOptions, default_width, draw_curves
@@ -80,6 +81,7 @@ def test_every_scipy_sample_has_a_drawn_pixel_within_half_the_width_plus_one(
     size, mode, points, k, periodic, width, layout
 ) -> None:
     t, c, k = scipy_tck(points, k, periodic)
+    tck_value: list[Any] | dict[str, Any]
     if layout == "scipy":
         tck_value = [t.tolist(), [c[0].tolist(), c[1].tolist()], k]
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from rest_framework.test import APIClient
-from scipy.interpolate import splev
+from scipy.interpolate import splev  # type: ignore[import-untyped]  # no stubs installed
 
 from splines.tck import fit_tck, validate_tck
 

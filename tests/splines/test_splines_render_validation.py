@@ -29,7 +29,7 @@ def image_bytes(image_format: str = "PNG", size: tuple[int, int] = (160, 100)) -
 def post_multipart(image: bytes | None = None, **fields: object):
     file = io.BytesIO(image if image is not None else image_bytes())
     file.name = "upload"
-    data = {"image": file}
+    data: dict[str, io.BytesIO | str] = {"image": file}
     data.update(
         {
             name: value if isinstance(value, str) else json.dumps(value)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.interpolate import BSpline, splev, splprep
+from scipy.interpolate import BSpline, splev, splprep  # type: ignore[import-untyped]  # no stubs installed
 
 from splines.evaluation import CHORD_TOLERANCE_PX, sample_curve, split_at_jumps
 from splines.tck import validate_tck

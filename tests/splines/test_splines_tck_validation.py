@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
-from scipy.interpolate import splprep
+from scipy.interpolate import splprep  # type: ignore[import-untyped]  # no stubs installed
 
 from splines.tck import SplineInputError, parse_curves, validate_tck
 
@@ -17,7 +19,7 @@ def splprep_tck(k: int = 3, periodic: bool = False) -> tuple[list[float], list[l
     return list(map(float, t)), [list(map(float, c[0])), list(map(float, c[1]))], int(k_out)
 
 
-def error_of(*args: object, **kwargs: object) -> SplineInputError:
+def error_of(*args: Any, **kwargs: Any) -> SplineInputError:  # bad inputs on purpose
     with pytest.raises(SplineInputError) as caught:
         validate_tck(*args, **kwargs)
     return caught.value
@@ -122,7 +124,7 @@ def test_a_knot_repeated_more_than_k_plus_1_times_is_refused() -> None:
 def test_dlabel_export_draws_every_annotation_and_names_fields_by_path() -> None:
     t, c, k = splprep_tck()
     points = [[x, y] for x, y in zip(c[0], c[1], strict=True)]
-    export = {
+    export: dict[str, Any] = {
         "frame_size": [640, 480],
         "annotations": [
             {"shape": {"t": t, "c": points, "k": k, "type": "spline"}},

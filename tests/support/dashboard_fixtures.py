@@ -241,9 +241,9 @@ def build_busy_hour(now: datetime, seed: int = 7) -> User:
         )
     pools = {pool: FairPool.objects.create(device_type=pool) for pool in ("cpu", "gpu")}
     for name, user in users.items():
-        for pool_name, pool in pools.items():
+        for pool_name, fair_pool in pools.items():
             FairShareAccount.objects.create(
-                pool=pool,
+                pool=fair_pool,
                 user=user,
                 queued_count=backlog.get((name, pool_name), 0),
                 running_count=running.get((name, pool_name), 0),

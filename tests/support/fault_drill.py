@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -122,10 +123,23 @@ WORKER_EXIT = re.compile(
 )
 
 
+def _worker_exits_past(dispatcher: ServiceProcess, seen: int) -> bool:
+    return len(WORKER_EXIT.findall(dispatcher.log_text())) > seen
+
+
+def _worker_started_again(dispatcher: ServiceProcess, device: str) -> bool:
+    return dispatcher.log_text().count(f"device {device} (") >= 2
+
+
+def _job_ended(public_id: str) -> bool:
+    from jobs.models import Job
+
+    return Job.objects.get(public_id=public_id).status in ("succeeded", "failed")
+
+
 def kill_worker(dispatcher: ServiceProcess, attempts: int = 5) -> Recovery:
     """kill -9 one worker process while it runs a job; time until its job is requeued
     and done and the device is replaced."""
-    from jobs.models import Job
 
     recovery = Recovery("kill -9 worker mid-job")
     for _ in range(attempts):
@@ -138,7 +152,7 @@ def kill_worker(dispatcher: ServiceProcess, attempts: int = 5) -> Recovery:
         killed_at = time.monotonic()
         try:
             wait_until(
-                lambda seen=seen: len(WORKER_EXIT.findall(dispatcher.log_text())) > seen,
+                partial(_worker_exits_past, dispatcher, seen),
                 5,
                 "the dispatcher to see its worker die",
             )
@@ -149,15 +163,13 @@ def kill_worker(dispatcher: ServiceProcess, attempts: int = 5) -> Recovery:
         recovery.timings["job_released_s"] = time.monotonic() - killed_at
         recovery.notes.append(f"job {public_id} on {device}: {status}")
         wait_until(
-            lambda device=device: dispatcher.log_text().count(f"device {device} (") >= 2,
+            partial(_worker_started_again, dispatcher, device),
             10,
             "the device's worker to be replaced",
         )
         recovery.timings["worker_replaced_s"] = time.monotonic() - killed_at
         wait_until(
-            lambda public_id=public_id: (
-                Job.objects.get(public_id=public_id).status in ("succeeded", "failed")
-            ),
+            partial(_job_ended, public_id),
             60,
             "the released job to finish",
         )
@@ -318,7 +330,8 @@ class ApiProbe(threading.Thread):
                         response.headers.get("Retry-After", ""),
                         response.text[:300],
                     )
-                    if path == "/api/jobs/" and response.status_code in (200, 201):
+                    submitted = path == "/api/jobs/" and response.status_code in (200, 201)
+                    if submitted and body is not None:
                         self.accepted[body["input"]["tag"]] = response.json()["id"]
                 except requests.RequestException as exc:
                     answer = ProbeAnswer(time.monotonic(), f"{method} {path}", 0, "", "", str(exc))
@@ -351,7 +364,9 @@ def admin_cookies(url: str, username: str, password: str) -> dict[str, str]:
         allow_redirects=False,
     )
     assert response.status_code == 302, response.text[:500]
-    return session.cookies.get_dict()
+    # A cookie without a value is not one the admin set: nothing to send back.
+    cookies = session.cookies.get_dict()
+    return {name: value for name, value in cookies.items() if value is not None}
 
 
 def database_outage(

@@ -87,7 +87,7 @@ def submit_all(
     for job in jobs:
         if interval:
             time.sleep(interval)
-        body = {
+        body: dict[str, Any] = {
             "user_id": job.user,
             "kind": "sleep",
             "input": {"tag": job.tag, "seconds": job.seconds},
@@ -95,6 +95,7 @@ def submit_all(
         first_attempt = True
         while True:
             started = time.perf_counter()
+            response: requests.Response | None = None
             try:
                 response = session.post(
                     url + "/api/jobs/",
@@ -104,7 +105,6 @@ def submit_all(
                 )
             except requests.RequestException:
                 key = "connection"
-                response = None
             else:
                 key = str(response.status_code)
             elapsed = time.perf_counter() - started

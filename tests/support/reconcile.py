@@ -222,6 +222,7 @@ def fairness(rows: list[JobRow]) -> Fairness:
     last_start: dict[str, datetime] = {}
     weights: dict[str, int] = {}
     for row in done:
+        assert row.started_at is not None  # `done` holds only runs that started
         weights[row.owner] = row.weight
         if row.owner not in last_start or row.started_at > last_start[row.owner]:
             last_start[row.owner] = row.started_at
@@ -230,7 +231,9 @@ def fairness(rows: list[JobRow]) -> Fairness:
         return Fairness(window_start, window_end, [])
     seconds: dict[str, float] = dict.fromkeys(weights, 0.0)
     for row in done:
-        start, end = max(row.ran_from, window_start), min(row.finished_at, window_end)
+        ran_from, finished_at = row.ran_from, row.finished_at
+        assert ran_from is not None and finished_at is not None  # ran_from needs both ends
+        start, end = max(ran_from, window_start), min(finished_at, window_end)
         if end > start:
             seconds[row.owner] += (end - start).total_seconds()
     total = sum(seconds.values())

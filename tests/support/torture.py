@@ -37,7 +37,7 @@ import signal
 import time
 import traceback
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -684,7 +684,7 @@ def check_logs_and_jobs(config: TortureConfig, report: TortureReport) -> None:
         report.problems += _check_ending(job_id, row, endings.get(job_id, []))
 
 
-def _check_ending(job_id: int, row: dict[str, Any], endings: list[Any]) -> list[str]:
+def _check_ending(job_id: int, row: Mapping[str, Any], endings: list[Any]) -> list[str]:
     status = row["status"]
     hows = sorted(event["how"] for _, event in endings)
     where = f"job {job_id} ({status}, cancelled_by {row['cancelled_by']!r})"
