@@ -45,7 +45,7 @@ from django.db import DatabaseError, close_old_connections, connection
 from devices import pool
 from devices.dispatcher.remote import RemoteDevices
 from devices.dispatcher.supervisor import supervise
-from devices.dispatcher.worker import JobOrder, JobOutcome, worker_main
+from devices.dispatcher.worker import JobOrder, JobOutcome, log_job_start, worker_main
 from jobs import invariants
 from jobs.api.errors import database_unavailable
 from jobs.notifications import notifications
@@ -345,14 +345,7 @@ class Dispatcher:
     def send(self, device: LocalDevice, claim: ClaimedJob) -> None:
         device.claim, device.started = claim, time.monotonic()
         device.connection.send(JobOrder(claim.id, claim.fencing_token, claim.kind, claim.input))
-        log.info(
-            "start job %s user=%s kind=%s device=%s attempt=%d",
-            claim.public_id,
-            claim.owner,
-            claim.kind,
-            device.name,
-            claim.fencing_token,
-        )
+        log_job_start(log, claim, device.name)
 
     async def settle(self, device: LocalDevice, outcome: JobOutcome) -> None:
         """Record an outcome and, unless stopping, claim the device's next job in the same

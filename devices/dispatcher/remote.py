@@ -30,7 +30,7 @@ from django.conf import settings
 
 from devices import pool, protocol
 from devices.commands import COMMAND_PATH
-from devices.dispatcher.worker import JobOrder, JobOutcome, run_order
+from devices.dispatcher.worker import JobOrder, JobOutcome, log_job_start, run_order
 from devices.models import Device
 from devices.qpu.mock import QpuInputError, measure
 from jobs.queue import ClaimedJob, renew_leases
@@ -95,14 +95,7 @@ class RemoteDevices:
                 nothing_fits[device.device_type] = device.size
                 continue
             device, claim = claimed
-            log.info(
-                "start job %s user=%s kind=%s device=%s attempt=%d",
-                claim.public_id,
-                claim.owner,
-                claim.kind,
-                device.name,
-                claim.fencing_token,
-            )
+            log_job_start(log, claim, device.name)
             if device.kind == Device.Kind.SIMULATED:
                 task = asyncio.create_task(self.run_simulated(device, claim))
                 self.simulated[device.name] = (claim, task)

@@ -7,13 +7,17 @@ gives the job back to the queue; nothing it half-did is recorded.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the worker process imports this module before Django is set up
+    from jobs.queue import ClaimedJob
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,18 @@ class JobOutcome:
     result: Any
     error: str
     duration: float
+
+
+def log_job_start(log: logging.Logger, claim: ClaimedJob, device_name: str) -> None:
+    """The one line per job start that every device kind writes (`make run`'s log)."""
+    log.info(
+        "start job %s user=%s kind=%s device=%s attempt=%d",
+        claim.public_id,
+        claim.owner,
+        claim.kind,
+        device_name,
+        claim.fencing_token,
+    )
 
 
 def run_order(order: JobOrder) -> JobOutcome:

@@ -13,32 +13,17 @@ import time
 from collections.abc import Callable
 
 import pytest
-from django.db import connection, connections, transaction
+from django.db import connections, transaction
 
 from devices import pool
 from devices.models import Device
 from jobs.invariants import find_violations
 from jobs.models import Job, JobStatus, User
 from jobs.queue import ClaimedJob, JobSpec, submit_jobs
+from tests.support.processes import wait_until
+from tests.support.sessions import sessions_waiting_on_locks
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
-
-
-def _waiting_on_locks() -> int:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        )
-        return int(cursor.fetchone()[0])
-
-
-def _until(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def _busy_device() -> tuple[Device, ClaimedJob]:
@@ -78,12 +63,12 @@ def _race_with_job_held(first: Callable[[], object], second: Callable[[], object
     assert job_locked.wait(10)
     threads.append(threading.Thread(target=in_thread(first)))
     threads[1].start()
-    _until(lambda: _waiting_on_locks() >= 1, "the first path to wait for the job")
+    wait_until(lambda: sessions_waiting_on_locks() >= 1, 10, "the first path to wait for the job")
     threads.append(threading.Thread(target=in_thread(second)))
     threads[2].start()
     # The second path parks on a lock the first holds (or it found nothing to do).
     deadline = time.monotonic() + 3
-    while _waiting_on_locks() < 2 and threads[2].is_alive() and time.monotonic() < deadline:
+    while sessions_waiting_on_locks() < 2 and threads[2].is_alive() and time.monotonic() < deadline:
         time.sleep(0.02)
     let_go.set()
     for thread in threads:

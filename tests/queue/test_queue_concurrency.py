@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from django.db import connection, connections, transaction
+from django.db import connection, transaction
 from psycopg import errors
 
 from jobs.invariants import find_violations
@@ -28,30 +28,9 @@ from jobs.queue import (
     remove_user_from_queue,
     submit_jobs,
 )
+from tests.support.sessions import run_at_once
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
-
-
-def run_at_once(workers: list[Callable[[], None]]) -> list[BaseException]:
-    """Run each worker in a thread with its own connection; return what they raised."""
-    failures: list[BaseException] = []
-    start = threading.Barrier(len(workers))
-
-    def body(work: Callable[[], None]) -> None:
-        try:
-            start.wait()
-            work()
-        except BaseException as failure:  # noqa: BLE001 - reported to the test
-            failures.append(failure)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=body, args=(work,)) for work in workers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    return failures
 
 
 def caused_by_deadlock(failure: BaseException) -> bool:

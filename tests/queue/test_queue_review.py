@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections.abc import Callable
 
 import pytest
-from django.db import connection, connections, transaction
+from django.db import connections, transaction
 
 from jobs.invariants import find_violations, repair
 from jobs.models import FairPool, FairShareAccount, Job, JobStatus, User
@@ -24,25 +23,10 @@ from jobs.queue import (
     renew_leases,
     submit_jobs,
 )
+from tests.support.processes import wait_until
+from tests.support.sessions import sessions_waiting_on_locks
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _waiting_on_locks() -> int:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        )
-        return int(cursor.fetchone()[0])
-
-
-def _until(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def _race_with_row_held(
@@ -76,9 +60,9 @@ def _race_with_row_held(
     threads = [in_thread(holder)]
     assert held.wait(10)
     threads.append(in_thread(first))
-    _until(lambda: _waiting_on_locks() >= 1, "the first path to wait")
+    wait_until(lambda: sessions_waiting_on_locks() >= 1, 10, "the first path to wait")
     threads.append(in_thread(second))
-    _until(lambda: _waiting_on_locks() >= 2, "the second path to wait")
+    wait_until(lambda: sessions_waiting_on_locks() >= 2, 10, "the second path to wait")
     let_go.set()
     for thread in threads:
         thread.join(timeout=30)
