@@ -64,23 +64,22 @@ def test_sync_and_async_predictions_are_jobs_run_by_the_dispatcher(gateway, star
     assert gateway.get(f"/api/jobs/{prediction_id}/").json()["kind"] == "predict"
 
 
-def test_two_sync_predictions_on_two_devices_finish_in_about_one_model_time(
-    gateway, start_dispatcher
-):
+def test_two_sync_predictions_run_at_once_on_two_devices(gateway, start_dispatcher):
     model_seconds = 1.5
     start_dispatcher(devices=2, ZYPHER_PREDICT_DELAY=f"{model_seconds},{model_seconds}")
     assert predict_sync(gateway.url, "warm-up").status_code == 200  # workers are up
 
     with ThreadPoolExecutor(2) as pool:
-        started = time.monotonic()
         answers = list(pool.map(lambda text: predict_sync(gateway.url, text), ["a", "b"]))
-        elapsed = time.monotonic() - started
     assert [a.status_code for a in answers] == [200, 200]
     assert [a.json()["input"] for a in answers] == ["a", "b"]
-    devices = set(Job.objects.filter(input__in=["a", "b"]).values_list("device", flat=True))
-    assert len(devices) == 2
-    # One model time plus overhead, far from the two model times of a serialised run.
-    assert model_seconds <= elapsed < model_seconds * 1.6, elapsed
+    runs = list(
+        Job.objects.filter(input__in=["a", "b"]).values_list("device", "started_at", "finished_at")
+    )
+    assert len({device for device, _, _ in runs}) == 2
+    # Waiting requests never hold a device: both models ran at the same time, which the
+    # jobs' own times show (not the wall clock of a loaded machine).
+    assert max(started for _, started, _ in runs) < min(finished for _, _, finished in runs)
 
 
 def test_a_client_that_disconnects_while_waiting_does_not_cancel_its_prediction(
