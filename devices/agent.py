@@ -9,7 +9,8 @@ agent always answers new messages at once, `ping` and `terminate` included.
 Both ways: the gateway sends signed commands to `POST /commands`; the agent sends signed
 reports to `POST <gateway>/api/devices/<id>/reports/` (a job finished, a job given back,
 its state changed), so a job of minutes never holds a request open. It registers on
-start (getting its secret) and deregisters on exit.
+start (getting its secret; until then every command is refused with 503) and deregisters
+on exit. Its answers are signed with the secret too (`protocol.sign_answer`).
 
 A finished job's report is resent, with capped exponential backoff and jitter, until the
 gateway accepts it or refuses it for good (the claim was fenced off, the device is no
