@@ -9,7 +9,8 @@ agent always answers new messages at once, `ping` and `terminate` included.
 Both ways: the gateway sends signed commands to `POST /commands`; the agent sends signed
 reports to `POST <gateway>/api/devices/<id>/reports/` (a job finished, a job given back,
 its state changed), so a job of minutes never holds a request open. It registers on
-start (getting its secret) and deregisters on exit.
+start (getting its secret; until then every command is refused with 503) and deregisters
+on exit. Its answers are signed with the secret too (`protocol.sign_answer`).
 
 A finished job's report is resent, with capped exponential backoff and jitter, until the
 gateway accepts it or refuses it for good (the claim was fenced off, the device is no
@@ -369,7 +370,9 @@ class DeviceAgent:
             "url": self.config.url,
         }
         deadline = time.monotonic() + deadline_seconds
+        attempt = 0
         while True:
+            attempt += 1
             try:
                 async with self.session.post(
                     self.config.gateway + "/api/devices/",
@@ -388,6 +391,14 @@ class DeviceAgent:
                     raise SystemExit(
                         f"could not register with {self.config.gateway}: {exc}"
                     ) from exc
+                if attempt == 1:
+                    log.warning(
+                        "could not register with %s yet (%s); retrying for %.0fs, refusing "
+                        "commands until then",
+                        self.config.gateway,
+                        _short(str(exc) or type(exc).__name__),
+                        deadline_seconds,
+                    )
                 await asyncio.sleep(0.5)
 
     async def deregister(self) -> None:
@@ -429,16 +440,35 @@ class DeviceAgent:
             await self.deliver(unreported.report, deadline=time.monotonic() + 2)
         await self.deregister()
 
+    def respond(self, request: web.Request, status: int, answer: dict[str, Any]) -> web.Response:
+        """An answer signed with the secret, bound to the command's nonce: the gateway
+        believes only answers from the holder of the device's secret (issue 17)."""
+        body = protocol.encode(answer)
+        command_nonce = request.headers.get(protocol.NONCE_HEADER, "")
+        headers = (
+            protocol.sign_answer(self.secret, command_nonce, status, body)
+            if self.secret
+            else {"Content-Type": "application/json"}
+        )
+        return web.Response(body=body, status=status, headers=headers)
+
     async def on_command(self, request: web.Request) -> web.Response:
+        if not self.secret:
+            # Until it has registered it has no key to check commands with: an empty one
+            # would accept anyone's (issue 17).
+            status, answer = self.answer(
+                503, error="not registered with the gateway yet: commands are refused until then"
+            )
+            return self.respond(request, status, answer)
         limit = protocol.MAX_COMMAND_BYTES
         if (request.content_length or 0) > limit:
             status, answer = self.answer(413, error=f"message is over the limit of {limit} bytes")
-            return web.json_response(answer, status=status)
+            return self.respond(request, status, answer)
         try:
             body = await request.read()  # at most client_max_size, or 413
         except web.HTTPRequestEntityTooLarge:
             status, answer = self.answer(413, error=f"message is over the limit of {limit} bytes")
-            return web.json_response(answer, status=status)
+            return self.respond(request, status, answer)
         try:
             message = protocol.verify(
                 self.secret,
@@ -454,9 +484,9 @@ class DeviceAgent:
         except protocol.ProtocolError as error:
             log.warning("refused a message: %s", error.message)
             status, answer = self.answer(error.status, error=error.message)
-            return web.json_response(answer, status=status)
+            return self.respond(request, status, answer)
         status, answer = await self.handle(command)
-        return web.json_response(answer, status=status)
+        return self.respond(request, status, answer)
 
     def application(self) -> web.Application:
         # The size limit is checked by `verify`; aiohttp's own limit sits just above it.

@@ -2,12 +2,14 @@
 
 `send_command` signs a command with the device's secret, posts it to the agent's
 `/commands` endpoint and returns its answer. A simulated device (no agent) answers
-`status` and `ping` itself and refuses the rest.
+`status` and `ping` itself and refuses the rest. An agent's answer is believed only when
+signed with the device's secret (`protocol.verify_answer`); any other answer is reported
+as the device not answering (DeviceUnreachable 502), logged (issue 17).
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import socket
 import time
 import urllib.error
@@ -15,10 +17,14 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
+
 from devices import protocol
 from devices.models import Device
 
 COMMAND_PATH = "/commands"
+
+log = logging.getLogger("zypher.devices")
 
 
 class DeviceUnreachable(Exception):
@@ -44,17 +50,16 @@ def send_command(
     if device.kind != Device.Kind.REMOTE:
         return _answer_without_agent(device, command)
     body = protocol.encode(message)
+    headers = protocol.sign(device.secret, "POST", COMMAND_PATH, body)
     request = urllib.request.Request(
-        device.url.rstrip("/") + COMMAND_PATH,
-        data=body,
-        method="POST",
-        headers=protocol.sign(device.secret, "POST", COMMAND_PATH, body),
+        device.url.rstrip("/") + COMMAND_PATH, data=body, method="POST", headers=headers
     )
+    limit = protocol.MAX_ANSWER_BYTES + 1  # one more: verify_answer refuses it by size
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-            return CommandAnswer(response.status, _json_or_error(response.read()))
+            status, raw, answer_headers = response.status, response.read(limit), response.headers
     except urllib.error.HTTPError as error:
-        return CommandAnswer(error.code, _json_or_error(error.read()))
+        status, raw, answer_headers = error.code, error.read(limit), error.headers
     except TimeoutError:
         raise DeviceUnreachable(
             504, f"device {device.name} did not answer within {timeout:.0f}s"
@@ -68,14 +73,27 @@ def send_command(
         raise DeviceUnreachable(
             502, f"device {device.name} at {device.url} is unreachable: {reason}"
         ) from None
-
-
-def _json_or_error(raw: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(raw)
-    except ValueError:
-        return {"ok": False, "error": f"the device answered with non-JSON: {raw[:200]!r}"}
-    return body if isinstance(body, dict) else {"ok": False, "error": "non-object answer"}
+        answer = protocol.verify_answer(
+            device.secret,
+            headers[protocol.NONCE_HEADER],
+            status,
+            raw,
+            answer_headers,
+            max_age=settings.ZYPHER_SIGNATURE_MAX_AGE_SECONDS,
+        )
+    except protocol.ProtocolError as error:
+        log.warning(
+            "device %s: %s (%s %s); treated as no answer",
+            device.name,
+            error.message,
+            command,
+            status,
+        )
+        raise DeviceUnreachable(
+            502, f"device {device.name} did not answer with its secret's signature: {error.message}"
+        ) from None
+    return CommandAnswer(status, answer)
 
 
 def _answer_without_agent(device: Device, command: str) -> CommandAnswer:

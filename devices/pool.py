@@ -48,14 +48,23 @@ def kind_for_url(url: str) -> str:
     return Device.Kind.REMOTE if scheme in ("http", "https") else Device.Kind.SIMULATED
 
 
+class LocalDeviceId(Exception):
+    """A registration named a dispatcher's local worker: it never becomes remote."""
+
+
 def register_device(name: str, device_type: str, size: int, url: str) -> tuple[Device, bool]:
     """Register a device, or update it if its id is known; returns it (with a new secret)
     and whether it is new. A job the old registration was running goes back to the queue:
-    an agent that registers again has restarted and lost it."""
+    an agent that registers again has restarted and lost it. LocalDeviceId if `name` is a
+    local worker's (its jobs would go to whoever registered it, issue 17)."""
     kind = kind_for_url(url)
     with transaction.atomic():
         device = _lock_device(name)
         created = device is None
+        if device is not None and device.kind == Device.Kind.LOCAL:
+            raise LocalDeviceId(
+                f"Device {name!r} is a local worker of a dispatcher: its id cannot be registered."
+            )
         if device is None:
             device = Device(name=name)
         elif (held := held_claim(device)) is not None:

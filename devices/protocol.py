@@ -7,6 +7,11 @@ signed with the device's secret:
     X-Zypher-Nonce:     <random hex, 16..64 characters>
     X-Zypher-Signature: hex(HMAC-SHA256(secret, "<METHOD> <path>\\n<timestamp>\\n<nonce>\\n" + body))
 
+An agent's answer to a command is signed too, with the same headers over
+"ANSWER <status> <the command's nonce>" and the answer's body: bound to the one command it
+answers, it cannot be replayed, and anything else answering at the device's URL is not
+believed (`verify_answer`; the gateway treats such an answer as no answer, issue 17).
+
 The receiver refuses a message whose signature does not match (forged, or signed with
 an old secret), whose timestamp is outside `max_age` seconds of its clock (stale), or
 whose nonce it has seen within that window (replayed); then a body over the size limit,
@@ -38,12 +43,14 @@ MAX_COMMAND_BYTES = 256 * 1024  # a `run` carries the job's input
 MAX_REPORT_BYTES = 1024 * 1024  # a `job_finished` carries the job's result
 # A job's result, JSON-encoded: the rest of a report's limit is headroom for its fields.
 MAX_RESULT_BYTES = 512 * 1024
+MAX_ANSWER_BYTES = 1024 * 1024  # a `status` answer lists the unreported jobs
 DEFAULT_MAX_AGE_SECONDS = 30.0
 
 STATES = ("unready", "ready", "busy", "offline")
 CONTROL_COMMANDS = ("start", "stop", "terminate", "status")
 DATA_COMMANDS = ("ping", "calculate", "run")
 COMMANDS = CONTROL_COMMANDS + DATA_COMMANDS
+ANSWER_METHOD = "ANSWER"  # in an answer's signed prefix: never a command's or report's
 
 _NO_ARGS: dict[str, Any] = {"type": "object", "additionalProperties": False, "maxProperties": 0}
 _UUID = {
@@ -209,6 +216,49 @@ def verify(
     """Check a message's size and signature, freshness and nonce; return its JSON object."""
     if len(body) > max_bytes:
         raise ProtocolError(413, f"message of {len(body)} bytes is over the limit of {max_bytes}")
+    timestamp, nonce = _check_signature(secret, method, path, body, headers, max_age)
+    if not nonces.remember(nonce, int(timestamp)):
+        raise ProtocolError(401, "replayed message: nonce already used")
+    return parse_object(body)
+
+
+def _answer_target(status: int, command_nonce: str) -> str:
+    return f"{status} {command_nonce}"
+
+
+def sign_answer(secret: str, command_nonce: str, status: int, body: bytes) -> dict[str, str]:
+    """The headers that sign an agent's answer (`status`, `body`) to the command that
+    carried `command_nonce`."""
+    return sign(secret, ANSWER_METHOD, _answer_target(status, command_nonce), body)
+
+
+def verify_answer(
+    secret: str,
+    command_nonce: str,
+    status: int,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    max_age: float = DEFAULT_MAX_AGE_SECONDS,
+) -> dict[str, Any]:
+    """Check an agent's answer to the command that carried `command_nonce`; its JSON
+    object. ProtocolError (502) for an unsigned, badly signed, stale or malformed answer:
+    whoever sent it does not hold the device's secret, or answers another command."""
+    if len(body) > MAX_ANSWER_BYTES:
+        raise ProtocolError(502, f"answer over the limit of {MAX_ANSWER_BYTES} bytes")
+    try:
+        _check_signature(
+            secret, ANSWER_METHOD, _answer_target(status, command_nonce), body, headers, max_age
+        )
+        return parse_object(body)
+    except ProtocolError as error:
+        raise ProtocolError(502, f"answer refused: {error.message}") from None
+
+
+def _check_signature(
+    secret: str, method: str, path: str, body: bytes, headers: Mapping[str, str], max_age: float
+) -> tuple[str, str]:
+    """The signature headers' (timestamp, nonce) once signature and freshness pass."""
     timestamp = headers.get(TIMESTAMP_HEADER, "")
     nonce = headers.get(NONCE_HEADER, "")
     signature = headers.get(SIGNATURE_HEADER, "")
@@ -226,9 +276,7 @@ def verify(
         raise ProtocolError(
             401, f"stale message: timestamp is {age:.0f}s off (window {max_age:.0f}s)"
         )
-    if not nonces.remember(nonce, int(timestamp)):
-        raise ProtocolError(401, "replayed message: nonce already used")
-    return parse_object(body)
+    return timestamp, nonce
 
 
 def parse_object(body: bytes) -> dict[str, Any]:

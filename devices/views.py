@@ -2,7 +2,9 @@
 
 Who may do what: registering and removing take the registration token
 (`X-Zypher-Device-Token: <ZYPHER_DEVICE_TOKEN>`) or a staff user; listing also open
-mode; commands are staff only; reports are signed with the device's own secret.
+mode, without job ids or users; commands are staff only; reports are signed with the
+device's own secret. Registering a known id again also passes when the request is signed
+with that device's secret; a local device's id is never registered (issue 17).
 """
 
 from __future__ import annotations
@@ -44,11 +46,17 @@ def has_registration_token(request: HttpRequest | Request) -> bool:
     return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
 
 
+def is_registrar(request: Request) -> bool:
+    """The registration token or a staff user: may register, re-point and remove devices
+    and see who runs what."""
+    if has_registration_token(request):
+        return True
+    return bool(request.user.is_authenticated and request.user.is_staff)
+
+
 def require_registrar(request: Request) -> None:
     """The registration token or a staff user."""
-    if has_registration_token(request):
-        return
-    if request.user.is_authenticated and request.user.is_staff:
+    if is_registrar(request):
         return
     if request.headers.get(REGISTRATION_TOKEN_HEADER):
         raise exceptions.PermissionDenied("Wrong device registration token.")
@@ -57,8 +65,52 @@ def require_registrar(request: Request) -> None:
     )
 
 
-def pool_listing(devices: list[Device] | None = None) -> list[dict[str, Any]]:
-    """Every device with its state, current job and that job's user."""
+def signed_by_device(request: Request, device: Device) -> bool:
+    """Whether `request` is signed (protocol.sign) with `device`'s current secret."""
+    if not device.secret or not request.headers.get(protocol.SIGNATURE_HEADER):
+        return False
+    max_age = settings.ZYPHER_SIGNATURE_MAX_AGE_SECONDS
+    try:
+        protocol.verify(
+            device.secret,
+            request.method or "POST",
+            request.path,
+            request.body,
+            request.headers,
+            pool.DatabaseNonceStore(device.name, max_age),
+            max_age=max_age,
+        )
+    except protocol.ProtocolError as error:
+        log.warning("registration of %s refused: %s", device.name, error.message)
+        return False
+    return True
+
+
+def require_may_register(request: Request, name: Any, *, open_to_new: bool) -> None:
+    """Registering `name`: the registration token or staff; a known device's own
+    secret (a signed request); a new name too when `open_to_new` (the exercise's routes
+    in open mode without a token). A local device's id is refused later, for everyone
+    (pool.register_device)."""
+    device = Device.objects.filter(name=name).first() if isinstance(name, str) else None
+    if is_registrar(request):
+        return
+    if device is not None and signed_by_device(request, device):
+        return
+    if device is None and open_to_new:
+        return
+    if device is not None and open_to_new and not request.headers.get(REGISTRATION_TOKEN_HEADER):
+        raise exceptions.PermissionDenied(
+            f"Device {name!r} is registered: registering it again needs the registration "
+            "token, a staff token or a request signed with its secret."
+        )
+    require_registrar(request)
+
+
+def pool_listing(
+    devices: list[Device] | None = None, *, show_jobs: bool = True
+) -> list[dict[str, Any]]:
+    """Every device with its state, current job and that job's user (both None unless
+    `show_jobs`: who runs what is for registrars)."""
     if devices is None:
         devices = list(Device.objects.select_related("current_job__owner").order_by("name"))
     local_names = [device.name for device in devices if device.kind == Device.Kind.LOCAL]
@@ -86,8 +138,8 @@ def pool_listing(devices: list[Device] | None = None) -> list[dict[str, Any]]:
                 "kind": device.kind,
                 "url": device.url,
                 "state": state,
-                "current_job": str(job.public_id) if job is not None else None,
-                "current_user": job.owner.username if job is not None else None,
+                "current_job": str(job.public_id) if job is not None and show_jobs else None,
+                "current_user": job.owner.username if job is not None and show_jobs else None,
                 "last_seen": device.last_seen,
                 "registered_at": device.registered_at,
             }
@@ -96,7 +148,7 @@ def pool_listing(devices: list[Device] | None = None) -> list[dict[str, Any]]:
 
 
 def registered_body(device: Device) -> dict[str, Any]:
-    [described] = pool_listing([device])
+    [described] = pool_listing([device], show_jobs=False)  # a new registration runs nothing
     return {**described, "secret": device.secret}
 
 
@@ -113,7 +165,8 @@ class DeviceListCreateView(APIView):
         device_type = request.query_params.get("type")
         if device_type:
             devices = devices.filter(device_type=device_type)
-        return Response(DeviceSerializer(pool_listing(list(devices)), many=True).data)
+        listing = pool_listing(list(devices), show_jobs=is_registrar(request))
+        return Response(DeviceSerializer(listing, many=True).data)
 
     @extend_schema(
         request=DeviceRegisterSerializer,
@@ -121,19 +174,27 @@ class DeviceListCreateView(APIView):
         parameters=[OpenApiParameter(REGISTRATION_TOKEN_HEADER, str, OpenApiParameter.HEADER)],
     )
     def post(self, request: Request) -> Response:
-        require_registrar(request)
-        return register_from(request.data)
+        request.body  # noqa: B018 - read before DRF parses it: a signed request's signature covers it
+        data = request.data
+        require_may_register(
+            request, data.get("id") if isinstance(data, dict) else None, open_to_new=False
+        )
+        return register_from(data)
 
 
 def register_from(data: Any) -> Response:
+    """Register what `data` describes (the caller checked who may: require_may_register)."""
     if not isinstance(data, dict):
         raise exceptions.ValidationError({"error": "Send a JSON object."})
     serializer = DeviceRegisterSerializer(data=data)
     serializer.is_valid(raise_exception=True)
     fields = serializer.validated_data
-    device, created = pool.register_device(
-        fields["id"], fields["type"], fields["size"], fields["url"]
-    )
+    try:
+        device, created = pool.register_device(
+            fields["id"], fields["type"], fields["size"], fields["url"]
+        )
+    except pool.LocalDeviceId as error:
+        return Response({"error": str(error)}, status=status.HTTP_409_CONFLICT)
     return Response(
         registered_body(device), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
     )
@@ -149,7 +210,8 @@ class DeviceDetailView(APIView):
         device = Device.objects.filter(name=device_id).select_related("current_job__owner").first()
         if device is None:
             raise exceptions.NotFound(f"Device {device_id!r} not found.")
-        return Response(DeviceSerializer(pool_listing([device])[0]).data)
+        [described] = pool_listing([device], show_jobs=is_registrar(request))
+        return Response(DeviceSerializer(described).data)
 
     @extend_schema(responses={204: None})
     def delete(self, request: Request, device_id: str) -> Response:

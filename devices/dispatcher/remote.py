@@ -10,6 +10,8 @@
   renewed; after ZYPHER_DEVICE_MISSED_PINGS unanswered checks in a row the device is
   marked offline and its job requeued (`release_job`: attempts + 1 at its next claim).
   A job the agent no longer has is not renewed, so its lease runs out and it is requeued.
+  Answers are believed only when signed with the device's secret (`protocol.verify_answer`):
+  an unsigned or badly signed one counts as no answer, logged (issue 17).
 
 Several dispatchers may run: the device row is locked while a job is claimed for it, and
 every settle or release carries the claim's fencing token.
@@ -107,7 +109,8 @@ class RemoteDevices:
     async def post_command(
         self, device: Device, command: str, args: dict[str, Any]
     ) -> tuple[int, dict[str, Any]]:
-        """A signed command to an agent; (status, answer). Raises on no answer."""
+        """A signed command to an agent; (status, its signed answer). Raises on no answer,
+        and ProtocolError on an answer not signed with the device's secret."""
         assert self.session is not None
         body = protocol.encode({"command": command, "args": args})
         headers = protocol.sign(device.secret, "POST", COMMAND_PATH, body)
@@ -115,11 +118,20 @@ class RemoteDevices:
         async with self.session.post(
             device.url.rstrip("/") + COMMAND_PATH, data=body, headers=headers, timeout=timeout
         ) as response:
-            try:
-                answer = await response.json(content_type=None)
-            except ValueError:
-                answer = {}
-            return response.status, answer if isinstance(answer, dict) else {}
+            raw = bytearray()
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                raw += chunk
+                if len(raw) > protocol.MAX_ANSWER_BYTES:
+                    break  # refused by verify_answer for its size
+            answer = protocol.verify_answer(
+                device.secret,
+                headers[protocol.NONCE_HEADER],
+                response.status,
+                bytes(raw),
+                response.headers,
+                max_age=settings.ZYPHER_SIGNATURE_MAX_AGE_SECONDS,
+            )
+            return response.status, answer
 
     async def send_run(self, device: Device, claim: ClaimedJob) -> None:
         try:
@@ -139,7 +151,8 @@ class RemoteDevices:
         }
         try:
             status, answer = await self.post_command(device, "run", args)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError, protocol.ProtocolError) as exc:
+            # A forged answer is no answer: whoever sent it may not hold the job.
             reason = f"device {device.name} did not take the job: {exc or type(exc).__name__}"
             job_status = await self.db(
                 pool.give_back, device.name, claim, reason, Device.State.OFFLINE
@@ -230,7 +243,14 @@ class RemoteDevices:
             return
         try:
             status, answer = await self.post_command(device, "status", {})
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError, protocol.ProtocolError) as exc:
+            if isinstance(exc, protocol.ProtocolError):
+                # Not the agent that holds the secret: its answer must not renew leases.
+                log.warning(
+                    "device %s: health check answer %s; counted as unanswered",
+                    device.name,
+                    exc.message,
+                )
             missed = await self.db(pool.record_missed_ping, device.name)
             if missed >= settings.ZYPHER_DEVICE_MISSED_PINGS and device.state != "offline":
                 reason = f"{missed} health checks unanswered ({exc or type(exc).__name__})"

@@ -12,8 +12,11 @@ read as JSON whatever its content type. The routes, with or without a trailing s
   The client's id is the job's idempotency key; `program_id` groups jobs into a program.
 * `GET /jobs/<id>`, `GET /job/<id>`: the job by the client's id, with its result.
 
-In open mode registrations need no token (the scripts send none); otherwise they need the
-registration token or a staff token, as on `/api/devices/`.
+Registering and removing need the registration token or a staff token, as on
+`/api/devices/`, whenever ZYPHER_DEVICE_TOKEN is set or open mode is off. In open mode
+without it, the scripts' requests (no token) may register new ids and remove devices;
+registering a known id again still needs the token, staff or that device's secret. The
+listing shows job ids and users to registrars only (issue 17).
 """
 
 from __future__ import annotations
@@ -31,7 +34,13 @@ from rest_framework.views import APIView
 from devices import pool
 from devices.models import ClientProgramId, Device
 from devices.qpu.programs import QpuJob, qpu_job_spec
-from devices.views import pool_listing, register_from, require_registrar
+from devices.views import (
+    is_registrar,
+    pool_listing,
+    register_from,
+    require_may_register,
+    require_registrar,
+)
 from jobs.api.access import JOB_READERS, acting_user, visible_jobs
 from jobs.api.parsers import JSONParser
 from jobs.api.serializers import DEVICE_TYPE_PATTERN, USER_ID_PATTERN
@@ -57,8 +66,18 @@ class CompatView(APIView):
         return request.data
 
 
+def _open_to_scripts() -> bool:
+    """Open mode without a registration token: the exercise's scripts, as they are."""
+    return settings.ZYPHER_OPEN_MODE and not settings.ZYPHER_DEVICE_TOKEN
+
+
 def _require_registrar_unless_open(request: Request) -> None:
     if not settings.ZYPHER_OPEN_MODE:
+        require_registrar(request)
+
+
+def _require_device_manager(request: Request) -> None:
+    if not _open_to_scripts():
         require_registrar(request)
 
 
@@ -70,11 +89,12 @@ class CompatDevicesView(CompatView):
 
     def get(self, request: Request) -> Response:
         _require_registrar_unless_open(request)
-        return Response(pool_listing())
+        return Response(pool_listing(show_jobs=is_registrar(request)))
 
     def post(self, request: Request) -> Response:
-        _require_registrar_unless_open(request)
+        request.body  # noqa: B018 - read before DRF parses it: a signed request's signature covers it
         body = self.body(request)
+        require_may_register(request, body.get(self.id_field), open_to_new=_open_to_scripts())
         answer = register_from(
             {
                 "id": body.get(self.id_field),
@@ -83,6 +103,8 @@ class CompatDevicesView(CompatView):
                 "url": body.get("address"),
             }
         )
+        if answer.status_code >= 400:
+            return answer
         answer.data.pop("secret", None)  # agents use /api/devices/; the scripts need none
         return Response(answer.data, status=status.HTTP_201_CREATED)
 
@@ -98,10 +120,10 @@ class CompatDeviceDetailView(CompatView):
         device = Device.objects.filter(name=device_id).first()
         if device is None:
             raise exceptions.NotFound(f"Device {device_id!r} not found.")
-        return Response(pool_listing([device])[0])
+        return Response(pool_listing([device], show_jobs=is_registrar(request))[0])
 
     def delete(self, request: Request, device_id: str) -> Response:
-        _require_registrar_unless_open(request)
+        _require_device_manager(request)
         if not pool.remove_device(device_id):
             raise exceptions.NotFound(f"Device {device_id!r} not found.")
         return Response({"id": device_id, "deleted": True})
