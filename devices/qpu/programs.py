@@ -21,6 +21,7 @@ from rest_framework.views import APIView
 
 from devices.qpu.mock import MAX_SHOTS
 from jobs.api.access import acting_user, read_idempotency_key
+from jobs.api.errors import SUBMIT_REFUSALS
 from jobs.api.parsers import JSONParser
 from jobs.api.serializers import DEVICE_TYPE_PATTERN, USER_ID_PATTERN, check_storable_json
 from jobs.models import Job, Program, User
@@ -141,7 +142,7 @@ class ProgramCreateView(APIView):
 
     @extend_schema(
         request=ProgramSubmitSerializer,
-        responses={201: dict, 200: dict},
+        responses={201: dict, 200: dict, **SUBMIT_REFUSALS},
         parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],
     )
     def post(self, request: Request) -> Response:

@@ -22,6 +22,7 @@ from jobs.api.access import (
     read_idempotency_key,
     visible_jobs,
 )
+from jobs.api.errors import SUBMIT_REFUSALS
 from jobs.api.parsers import JSONParser
 from jobs.api.serializers import (
     USER_ID_PATTERN,
@@ -94,7 +95,7 @@ class JobListCreateView(generics.ListAPIView):
 
     @extend_schema(
         request=JobSubmitSerializer,
-        responses={201: JobSerializer, 200: JobSerializer},
+        responses={201: JobSerializer, 200: JobSerializer, **SUBMIT_REFUSALS},
         parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],
     )
     def post(self, request: Request) -> Response:

@@ -26,6 +26,7 @@ from rest_framework.request import Request
 from rest_framework.settings import api_settings
 
 from jobs.api.access import IdempotencyKeyTooLong, acting_user, read_idempotency_key, reader_of
+from jobs.api.errors import QUEUE_LIMIT_RETRY_AFTER_SECONDS, queue_limit_body
 from jobs.api.serializers import USER_ID_PATTERN
 from jobs.models import JobStatus
 from jobs.predict.hub import (
@@ -37,6 +38,7 @@ from jobs.predict.hub import (
     submit_prediction,
     wait_for_prediction,
 )
+from jobs.queue import QueueLimitReached
 
 ACCEPTED_MESSAGE = "Request received. Processing asynchronously."
 STILL_WAITING_MESSAGE = (
@@ -154,6 +156,10 @@ async def predict(request: HttpRequest) -> JsonResponse:
         prediction_id = await run_in_db_thread(_submit, request, input, user_id, key)
     except exceptions.APIException as exc:
         return _api_exception_response(exc)
+    except QueueLimitReached as exc:
+        response = JsonResponse(queue_limit_body(exc), status=429)
+        response["Retry-After"] = str(QUEUE_LIMIT_RETRY_AFTER_SECONDS)
+        return response
     except DatabaseError:
         return _database_unavailable()
     if asynchronous:
