@@ -157,6 +157,11 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "jobs.api.errors.exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
+    # Submit rate limits (jobs.api.throttles), e.g. "100/min"; empty: off (the default).
+    "DEFAULT_THROTTLE_RATES": {
+        "submit_user": os.environ.get("ZYPHER_SUBMIT_RATE_USER") or None,
+        "submit_address": os.environ.get("ZYPHER_SUBMIT_RATE_ADDRESS") or None,
+    },
 }
 
 SPECTACULAR_SETTINGS = {

@@ -24,6 +24,7 @@ from jobs.api.access import acting_user, read_idempotency_key
 from jobs.api.errors import SUBMIT_REFUSALS
 from jobs.api.parsers import JSONParser
 from jobs.api.serializers import DEVICE_TYPE_PATTERN, USER_ID_PATTERN, check_storable_json
+from jobs.api.throttles import SUBMIT_THROTTLES
 from jobs.models import Job, Program, User
 from jobs.programs import CallbackNotAllowed, check_callback_url, create_program
 from jobs.queue import JobSpec
@@ -139,6 +140,7 @@ class ProgramCreateView(APIView):
     """Create a program and its `qpu` jobs in one transaction; 201 with the ids."""
 
     parser_classes = [JSONParser]
+    throttle_classes = SUBMIT_THROTTLES
 
     @extend_schema(
         request=ProgramSubmitSerializer,

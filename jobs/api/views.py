@@ -36,6 +36,7 @@ from jobs.api.serializers import (
     list_limit_error,
     user_summary,
 )
+from jobs.api.throttles import SUBMIT_THROTTLES
 from jobs.models import Job, JobStatus, User
 from jobs.queue import cancel_job, submit_jobs
 
@@ -56,6 +57,7 @@ class JobListCreateView(generics.ListAPIView):
     serializer_class = JobSerializer
     parser_classes = [JSONParser]
     permission_classes = JOB_READERS
+    throttle_classes = SUBMIT_THROTTLES  # POST only
 
     def get_permissions(self) -> Sequence[Any]:
         # A submit says who it acts for last (`acting_user`), after its body is validated.

@@ -28,6 +28,7 @@ from rest_framework.settings import api_settings
 from jobs.api.access import IdempotencyKeyTooLong, acting_user, read_idempotency_key, reader_of
 from jobs.api.errors import QUEUE_LIMIT_RETRY_AFTER_SECONDS, queue_limit_body
 from jobs.api.serializers import USER_ID_PATTERN
+from jobs.api.throttles import check_submit_throttles
 from jobs.models import JobStatus
 from jobs.predict.hub import (
     AsyncModeError,
@@ -103,7 +104,9 @@ def _drf_request(request: HttpRequest) -> Request:
 
 
 def _submit(request: HttpRequest, input: str, user_id: str | None, key: str | None) -> str:
-    owner = acting_user(_drf_request(request), user_id)
+    drf_request = _drf_request(request)
+    check_submit_throttles(drf_request)
+    owner = acting_user(drf_request, user_id)
     return submit_prediction(owner, input, idempotency_key=key)
 
 
@@ -115,6 +118,8 @@ def _api_exception_response(exc: exceptions.APIException) -> JsonResponse:
     response = error(exc.status_code, str(exc.detail))
     if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
         response["WWW-Authenticate"] = "Token"
+    if isinstance(exc, exceptions.Throttled) and (wait := getattr(exc, "wait", None)):
+        response["Retry-After"] = str(int(wait))
     return response
 
 
