@@ -30,7 +30,7 @@ from rest_framework.views import APIView
 
 from devices import pool
 from devices.models import ClientProgramId, Device
-from devices.qpu.programs import QpuJob, qpu_job_spec
+from devices.qpu.programs import QpuJob, check_instructions, qpu_job_spec
 from devices.views import pool_listing, register_from, require_registrar
 from jobs.api.access import JOB_READERS, acting_user, visible_jobs
 from jobs.api.parsers import JSONParser
@@ -116,6 +116,9 @@ class CompatJobSerializer(serializers.Serializer):
     instructions = serializers.ListField(child=serializers.JSONField(), default=list)
     shots = serializers.IntegerField(min_value=1, max_value=1_000_000, default=DEFAULT_SHOTS)
     size = serializers.IntegerField(min_value=0, max_value=1_000_000, default=0)
+
+    def validate_instructions(self, value: list[Any]) -> list[Any]:
+        return check_instructions(value)  # the main API's storable-JSON check
 
 
 def program_for(owner: User, client_id: str, device_type: str, priority: int) -> Program:

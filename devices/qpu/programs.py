@@ -91,6 +91,19 @@ class ProgramJobListSerializer(serializers.ListSerializer):
             raise
 
 
+def check_instructions(value: list[Any]) -> list[Any]:
+    """`instructions` that a JSON column stores as sent: the main API's check of `input`
+    (`check_storable_json`), its message naming this field. For every route that takes them."""
+    try:
+        check_storable_json(value)
+    except serializers.ValidationError as error:
+        assert isinstance(error.detail, list)
+        raise serializers.ValidationError(
+            str(error.detail[0]).replace("input", "instructions")
+        ) from None
+    return value
+
+
 class ProgramJobSerializer(serializers.Serializer):
     instructions = serializers.ListField(
         child=serializers.JSONField(), max_length=MAX_INSTRUCTIONS, allow_empty=True
@@ -99,14 +112,7 @@ class ProgramJobSerializer(serializers.Serializer):
     size = serializers.IntegerField(min_value=0, max_value=1_000_000, default=0)
 
     def validate_instructions(self, value: list[Any]) -> list[Any]:
-        try:
-            check_storable_json(value)
-        except serializers.ValidationError as error:
-            assert isinstance(error.detail, list)
-            raise serializers.ValidationError(
-                str(error.detail[0]).replace("input", "instructions")
-            ) from None
-        return value
+        return check_instructions(value)
 
 
 class ProgramSubmitSerializer(serializers.Serializer):
