@@ -31,7 +31,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, Sum
 from django.utils import timezone
 
 from jobs import postgres
@@ -110,6 +110,41 @@ ON CONFLICT (pool_id, user_id) DO UPDATE SET
 """
 
 
+class QueueLimitReached(Exception):
+    """A submit that would take its user past `ZYPHER_MAX_QUEUED_PER_USER` queued jobs.
+    Nothing of it was queued; the API answers 429 with `Retry-After`."""
+
+    def __init__(self, username: str, queued: int, requested: int, limit: int) -> None:
+        super().__init__(
+            f"User {username!r} has {queued} jobs queued; {requested} more would pass the "
+            f"limit of {limit} queued jobs per user (ZYPHER_MAX_QUEUED_PER_USER). Nothing "
+            "was queued; retry when some of them have run."
+        )
+        self.username = username
+        self.queued = queued
+        self.requested = requested
+        self.limit = limit
+
+
+def check_admission(owner: User, requested: int) -> None:
+    """Refuse (QueueLimitReached) a submit of `requested` jobs that would leave `owner` with
+    more than `ZYPHER_MAX_QUEUED_PER_USER` queued, whole.
+
+    The user's queued jobs are the sum of their accounts' counters: one indexed read of
+    jobs_fairshareaccount (by user_id), never a count over jobs. It takes no lock, so two
+    concurrent submits of one user may both pass and overshoot the limit by one request's
+    jobs (at most ZYPHER_MAX_BULK_JOBS): a cap against filling the database, not an exact
+    quota, and not worth serialising every submit of a user on the hot path.
+    """
+    limit = settings.ZYPHER_MAX_QUEUED_PER_USER
+    queued = (
+        FairShareAccount.objects.filter(user=owner).aggregate(total=Sum("queued_count"))["total"]
+        or 0
+    )
+    if queued + requested > limit:
+        raise QueueLimitReached(owner.username, queued, requested, limit)
+
+
 def _enqueue(pool_id: int, user_id: int, count: int) -> None:
     """The ORM path's enqueue (SQLite, which polls instead of NOTIFY). On PostgreSQL
     zypher_submit does the same and NOTIFYs only when a user becomes backlogged: one
@@ -128,7 +163,9 @@ def submit_jobs(
     """Queue `specs` for `owner` in one transaction, all or nothing.
 
     Returns the jobs and whether they were created now (False: the idempotency key
-    was used before and these are the jobs it created then).
+    was used before and these are the jobs it created then). Raises QueueLimitReached
+    when they would take `owner` past `ZYPHER_MAX_QUEUED_PER_USER` queued jobs (a retry
+    of a keyed submit that was accepted still answers with its jobs).
     """
     keys: list[str | None]
     if idempotency_key is None:
@@ -141,6 +178,7 @@ def submit_jobs(
         existing = _jobs_for_keys(owner, keys)
         if existing:
             return existing, False
+    check_admission(owner, len(specs))
     now = timezone.now()
     jobs = [
         Job(

@@ -132,6 +132,9 @@ LOGIN_URL = "/admin/login/"
 ZYPHER_MAX_BODY_BYTES = int(os.environ.get("ZYPHER_MAX_BODY_BYTES", str(8 * 1024 * 1024)))
 DATA_UPLOAD_MAX_MEMORY_SIZE = ZYPHER_MAX_BODY_BYTES
 ZYPHER_MAX_BULK_JOBS = int(os.environ.get("ZYPHER_MAX_BULK_JOBS", "10000"))
+# Admission control: a submit that would leave its user with more queued jobs than this is
+# refused whole with a 429 (jobs.queue.check_admission).
+ZYPHER_MAX_QUEUED_PER_USER = int(os.environ.get("ZYPHER_MAX_QUEUED_PER_USER", "100000"))
 # A job's result over this many bytes of JSON fails the job (jobs.results).
 ZYPHER_MAX_RESULT_BYTES = int(os.environ.get("ZYPHER_MAX_RESULT_BYTES", str(1024 * 1024)))
 
@@ -154,6 +157,11 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "jobs.api.errors.exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
+    # Submit rate limits (jobs.api.throttles), e.g. "100/min"; empty: off (the default).
+    "DEFAULT_THROTTLE_RATES": {
+        "submit_user": os.environ.get("ZYPHER_SUBMIT_RATE_USER") or None,
+        "submit_address": os.environ.get("ZYPHER_SUBMIT_RATE_ADDRESS") or None,
+    },
 }
 
 SPECTACULAR_SETTINGS = {

@@ -33,7 +33,7 @@ from rest_framework.views import APIView
 
 from devices import pool
 from devices.models import ClientProgramId, Device
-from devices.qpu.programs import QpuJob, qpu_job_spec
+from devices.qpu.programs import QpuJob, check_instructions, qpu_job_spec
 from devices.views import (
     is_registrar,
     pool_listing,
@@ -44,6 +44,7 @@ from devices.views import (
 from jobs.api.access import JOB_READERS, acting_user, visible_jobs
 from jobs.api.parsers import JSONParser
 from jobs.api.serializers import DEVICE_TYPE_PATTERN, USER_ID_PATTERN
+from jobs.api.throttles import SUBMIT_THROTTLES
 from jobs.models import Job, Program, User
 from jobs.queue import submit_jobs
 
@@ -139,6 +140,9 @@ class CompatJobSerializer(serializers.Serializer):
     shots = serializers.IntegerField(min_value=1, max_value=1_000_000, default=DEFAULT_SHOTS)
     size = serializers.IntegerField(min_value=0, max_value=1_000_000, default=0)
 
+    def validate_instructions(self, value: list[Any]) -> list[Any]:
+        return check_instructions(value)  # the main API's storable-JSON check
+
 
 def program_for(owner: User, client_id: str, device_type: str, priority: int) -> Program:
     """The program a client's `program_id` names, created with its first job."""
@@ -182,6 +186,8 @@ class CompatJobsView(CompatView):
     """`POST /jobs` or `/job`: one `qpu` job, keyed by the client's id."""
 
     id_field = "id"
+
+    throttle_classes = SUBMIT_THROTTLES  # POST only, like /api/jobs/
 
     def post(self, request: Request) -> Response:
         body = dict(self.body(request))

@@ -21,8 +21,10 @@ from rest_framework.views import APIView
 
 from devices.qpu.mock import MAX_SHOTS
 from jobs.api.access import acting_user, read_idempotency_key
+from jobs.api.errors import SUBMIT_REFUSALS
 from jobs.api.parsers import JSONParser
 from jobs.api.serializers import DEVICE_TYPE_PATTERN, USER_ID_PATTERN, check_storable_json
+from jobs.api.throttles import SUBMIT_THROTTLES
 from jobs.models import Job, Program, User
 from jobs.programs import CallbackNotAllowed, check_callback_url, create_program
 from jobs.queue import JobSpec
@@ -89,6 +91,19 @@ class ProgramJobListSerializer(serializers.ListSerializer):
             raise
 
 
+def check_instructions(value: list[Any]) -> list[Any]:
+    """`instructions` that a JSON column stores as sent: the main API's check of `input`
+    (`check_storable_json`), its message naming this field. For every route that takes them."""
+    try:
+        check_storable_json(value)
+    except serializers.ValidationError as error:
+        assert isinstance(error.detail, list)
+        raise serializers.ValidationError(
+            str(error.detail[0]).replace("input", "instructions")
+        ) from None
+    return value
+
+
 class ProgramJobSerializer(serializers.Serializer):
     instructions = serializers.ListField(
         child=serializers.JSONField(), max_length=MAX_INSTRUCTIONS, allow_empty=True
@@ -97,14 +112,7 @@ class ProgramJobSerializer(serializers.Serializer):
     size = serializers.IntegerField(min_value=0, max_value=1_000_000, default=0)
 
     def validate_instructions(self, value: list[Any]) -> list[Any]:
-        try:
-            check_storable_json(value)
-        except serializers.ValidationError as error:
-            assert isinstance(error.detail, list)
-            raise serializers.ValidationError(
-                str(error.detail[0]).replace("input", "instructions")
-            ) from None
-        return value
+        return check_instructions(value)
 
 
 class ProgramSubmitSerializer(serializers.Serializer):
@@ -138,10 +146,11 @@ class ProgramCreateView(APIView):
     """Create a program and its `qpu` jobs in one transaction; 201 with the ids."""
 
     parser_classes = [JSONParser]
+    throttle_classes = SUBMIT_THROTTLES
 
     @extend_schema(
         request=ProgramSubmitSerializer,
-        responses={201: dict, 200: dict},
+        responses={201: dict, 200: dict, **SUBMIT_REFUSALS},
         parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],
     )
     def post(self, request: Request) -> Response:

@@ -5,15 +5,31 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
+from drf_spectacular.utils import OpenApiResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+
+from jobs.queue import QueueLimitReached
 
 # SQLSTATE 25006: the session is read-only (a database set read-only by an operator, or a
 # connection that landed on a standby after a failover). Like a lost connection, it is
 # an outage to wait out, not a bug: writes will work again on a fresh connection.
 READ_ONLY_SQLSTATE = "25006"
 UNAVAILABLE_MESSAGE = "The database is unavailable; retry shortly."
+# A user at the queued-jobs cap waits for some of their jobs to run: a guess, not a promise.
+QUEUE_LIMIT_RETRY_AFTER_SECONDS = 60
+
+
+def queue_limit_body(exc: QueueLimitReached) -> dict[str, Any]:
+    """The 429 body of a submit refused by admission control: the limit by name and value."""
+    return {
+        "error": str(exc),
+        "limit": "max_queued_per_user",
+        "max_queued": exc.limit,
+        "queued": exc.queued,
+        "requested": exc.requested,
+    }
 
 
 def database_unavailable(exc: BaseException) -> bool:
@@ -49,6 +65,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             status=status.HTTP_503_SERVICE_UNAVAILABLE,
             headers={"Retry-After": "5"},
         )
+    if isinstance(exc, QueueLimitReached):
+        return Response(
+            queue_limit_body(exc),
+            status=status.HTTP_429_TOO_MANY_REQUESTS,
+            headers={"Retry-After": str(QUEUE_LIMIT_RETRY_AFTER_SECONDS)},
+        )
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
@@ -74,6 +96,14 @@ _ERROR_RESPONSES = {
     "413": "The body is over `ZYPHER_MAX_BODY_BYTES`.",
     "415": "The body is not JSON.",
     "503": "The database is unavailable or read-only; retry after `Retry-After` seconds.",
+}
+# What a submit operation lists for 429 (`extend_schema(responses=SUBMIT_REFUSALS)`).
+SUBMIT_REFUSALS = {
+    429: OpenApiResponse(
+        description="Refused whole: the user would pass `ZYPHER_MAX_QUEUED_PER_USER` queued "
+        "jobs (the body names the limit), or submits too often; retry after `Retry-After` "
+        "seconds."
+    )
 }
 
 
@@ -106,4 +136,6 @@ def document_error_responses(
                 responses.setdefault(
                     code, {"description": _ERROR_RESPONSES[code], "content": reference}
                 )
+            if "429" in responses:  # a view's SUBMIT_REFUSALS: the same JSON error body
+                responses["429"].setdefault("content", reference)
     return result

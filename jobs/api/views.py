@@ -10,6 +10,7 @@ from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, generics, status
 from rest_framework.authtoken.models import Token
+from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import AllowAny, IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -22,6 +23,7 @@ from jobs.api.access import (
     read_idempotency_key,
     visible_jobs,
 )
+from jobs.api.errors import SUBMIT_REFUSALS
 from jobs.api.parsers import JSONParser
 from jobs.api.serializers import (
     USER_ID_PATTERN,
@@ -35,8 +37,39 @@ from jobs.api.serializers import (
     list_limit_error,
     user_summary,
 )
+from jobs.api.throttles import SUBMIT_THROTTLES
 from jobs.models import Job, JobStatus, User
 from jobs.queue import cancel_job, submit_jobs
+
+MAX_LIST_LIMIT = 1000
+
+
+class BoundedLimitOffsetPagination(LimitOffsetPagination):
+    """`?limit=&offset=` with `limit` at most MAX_LIST_LIMIT (stated in the schema): one
+    page never reads an unbounded number of rows. A `limit` that is not a whole number
+    from 1 to MAX_LIST_LIMIT is a 400 (DRF would quietly use the default or the cap)."""
+
+    max_limit = MAX_LIST_LIMIT
+
+    def get_limit(self, request: Request) -> int | None:
+        value = request.query_params.get(self.limit_query_param)
+        if value is None:
+            return super().get_limit(request)
+        if not re.fullmatch(r"[0-9]{1,7}", value) or not 1 <= int(value) <= MAX_LIST_LIMIT:
+            raise exceptions.ValidationError(
+                {self.limit_query_param: [f"A whole number from 1 to {MAX_LIST_LIMIT}."]}
+            )
+        return int(value)
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.limit_query_param:
+                parameter["schema"] = {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT}
+                parameter["description"] = (
+                    f"Results per page: at most {MAX_LIST_LIMIT} (default {self.default_limit})."
+                )
+        return parameters
 
 
 def submit_error(errors: Any) -> dict[str, Any]:
@@ -55,6 +88,8 @@ class JobListCreateView(generics.ListAPIView):
     serializer_class = JobSerializer
     parser_classes = [JSONParser]
     permission_classes = JOB_READERS
+    pagination_class = BoundedLimitOffsetPagination
+    throttle_classes = SUBMIT_THROTTLES  # POST only
 
     def get_permissions(self) -> Sequence[Any]:
         # A submit says who it acts for last (`acting_user`), after its body is validated.
@@ -94,7 +129,7 @@ class JobListCreateView(generics.ListAPIView):
 
     @extend_schema(
         request=JobSubmitSerializer,
-        responses={201: JobSerializer, 200: JobSerializer},
+        responses={201: JobSerializer, 200: JobSerializer, **SUBMIT_REFUSALS},
         parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],
     )
     def post(self, request: Request) -> Response:

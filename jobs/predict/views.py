@@ -26,7 +26,9 @@ from rest_framework.request import Request
 from rest_framework.settings import api_settings
 
 from jobs.api.access import IdempotencyKeyTooLong, acting_user, read_idempotency_key, reader_of
+from jobs.api.errors import QUEUE_LIMIT_RETRY_AFTER_SECONDS, queue_limit_body
 from jobs.api.serializers import USER_ID_PATTERN
+from jobs.api.throttles import check_submit_throttles
 from jobs.models import JobStatus
 from jobs.predict.hub import (
     AsyncModeError,
@@ -37,6 +39,7 @@ from jobs.predict.hub import (
     submit_prediction,
     wait_for_prediction,
 )
+from jobs.queue import QueueLimitReached
 
 ACCEPTED_MESSAGE = "Request received. Processing asynchronously."
 STILL_WAITING_MESSAGE = (
@@ -101,7 +104,9 @@ def _drf_request(request: HttpRequest) -> Request:
 
 
 def _submit(request: HttpRequest, input: str, user_id: str | None, key: str | None) -> str:
-    owner = acting_user(_drf_request(request), user_id)
+    drf_request = _drf_request(request)
+    check_submit_throttles(drf_request)
+    owner = acting_user(drf_request, user_id)
     return submit_prediction(owner, input, idempotency_key=key)
 
 
@@ -113,6 +118,8 @@ def _api_exception_response(exc: exceptions.APIException) -> JsonResponse:
     response = error(exc.status_code, str(exc.detail))
     if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
         response["WWW-Authenticate"] = "Token"
+    if isinstance(exc, exceptions.Throttled) and (wait := getattr(exc, "wait", None)):
+        response["Retry-After"] = str(int(wait))
     return response
 
 
@@ -154,6 +161,10 @@ async def predict(request: HttpRequest) -> JsonResponse:
         prediction_id = await run_in_db_thread(_submit, request, input, user_id, key)
     except exceptions.APIException as exc:
         return _api_exception_response(exc)
+    except QueueLimitReached as exc:
+        response = JsonResponse(queue_limit_body(exc), status=429)
+        response["Retry-After"] = str(QUEUE_LIMIT_RETRY_AFTER_SECONDS)
+        return response
     except DatabaseError:
         return _database_unavailable()
     if asynchronous:

@@ -1,0 +1,82 @@
+"""Retention: delete ended jobs after a while, so the jobs table does not grow for ever.
+
+`prune_ended_jobs` deletes succeeded, failed and cancelled jobs whose `finished_at` is
+older than a cutoff, a small batch per transaction (ids found by the `job_finished_at`
+index), so no lock is held long and the queue keeps serving. It never touches queued or
+running jobs (the delete re-checks the status), nor the jobs of a program whose callback
+is still pending (the callback reports every job). What outlives the job rows: each
+user's device seconds (`FairShareAccount.served_seconds`) and the queue's counters, which
+count only queued and running jobs. A job's `JobRun` rows go with it.
+
+Only ended jobs' rows are locked, which no other queue function locks (claims lock queued
+jobs, settling running ones): pruning takes no pool or account lock and cannot deadlock
+with a dispatcher.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from django.db import transaction
+from django.utils import timezone
+
+from jobs.models import FINAL_STATUSES, Job, Program
+
+if TYPE_CHECKING:
+    from django.db.models import QuerySet
+
+DEFAULT_BATCH_SIZE = 1000
+_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def parse_age(text: str) -> timedelta:
+    """`30d`, `12h`, `90m`, `45s` (a whole number and a unit) as a timedelta; ValueError else."""
+    match = re.fullmatch(r"\s*([0-9]{1,9})\s*([dhms])\s*", text)
+    if match is None:
+        raise ValueError(f"{text!r} is not an age: a whole number and d, h, m or s (e.g. 30d).")
+    return timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+
+
+def prunable_jobs(cutoff: datetime) -> QuerySet[Job]:
+    """Ended jobs finished before `cutoff`, but those of programs still to be called back."""
+    return Job.objects.filter(status__in=FINAL_STATUSES, finished_at__lt=cutoff).exclude(
+        program__callback_status=Program.Delivery.PENDING
+    )
+
+
+def prune_ended_jobs(
+    older_than: timedelta,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    on_batch: Callable[[int, int], None] | None = None,
+    now: datetime | None = None,
+) -> int:
+    """Delete the jobs that ended more than `older_than` ago, `batch_size` per transaction.
+
+    Calls `on_batch(batch_number, jobs_deleted)` after each batch; returns the jobs deleted.
+    """
+    cutoff = (now or timezone.now()) - older_than
+    total = 0
+    batch = 0
+    while True:
+        with transaction.atomic():
+            ids = list(
+                prunable_jobs(cutoff)
+                .order_by("finished_at")
+                .values_list("id", flat=True)[:batch_size]
+            )
+            if not ids:
+                break
+            # The filter again: a job that left its final status since (none should) stays.
+            _, per_model = prunable_jobs(cutoff).filter(id__in=ids).delete()
+        deleted = per_model.get(Job._meta.label, 0)
+        batch += 1
+        total += deleted
+        if on_batch is not None:
+            on_batch(batch, deleted)
+        if deleted == 0:  # every id found changed under us: stop rather than spin
+            break
+    return total
