@@ -742,8 +742,11 @@ def remove_user_from_queue(
         accounts = {device_types[account.pool_id]: account for account in locked}
         for device_type, account in accounts.items():
             mine = Job.objects.filter(owner=user, device_type=device_type)
+            # Under the account's lock no queued job of this account can change, so the
+            # ids read here are the rows the update cancels (no id list in the UPDATE, which
+            # SQLite builds with a parameter limit would refuse for a large backlog).
             queued = list(mine.filter(status=JobStatus.QUEUED).values_list("public_id", flat=True))
-            removed = mine.filter(public_id__in=queued, status=JobStatus.QUEUED).update(
+            removed = mine.filter(status=JobStatus.QUEUED).update(
                 status=JobStatus.CANCELLED, finished_at=now, cancelled_by=removed_by, error=reason
             )
             FairShareAccount.objects.filter(pk=account.pk).update(
