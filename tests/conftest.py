@@ -45,9 +45,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if on_postgres():
         return
     skip = pytest.mark.skip(reason="needs PostgreSQL: runs in the PostgreSQL pass of `make test`")
+    # `make test-sqlite` sets this when a PostgreSQL pass follows (tests/support/pgcluster.py).
+    once = os.environ.get("ZYPHER_POSTGRES_PASS_FOLLOWS") == "1"
+    skip_once = pytest.mark.skip(reason="one_pass: runs in the PostgreSQL pass of `make test`")
     for item in items:
         if "postgres" in item.keywords:
             item.add_marker(skip)
+        elif once and "one_pass" in item.keywords:
+            item.add_marker(skip_once)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -121,6 +121,7 @@ def test_an_impostor_at_a_devices_url_does_not_hold_its_job(
 
 
 @pytest.mark.e2e
+@pytest.mark.one_pass
 def test_an_agent_refuses_every_command_until_it_has_registered(device_env, tmp_path: Path):
     port, nowhere = free_port(), free_port()  # no gateway listens at `nowhere`
     command = [sys.executable, "manage.py", "run_device", "--id", "qpu-early", "--type", "qpu"]

@@ -22,7 +22,7 @@ from tests.support.device_fixtures import (  # noqa: F401 - fixtures used by nam
 )
 from tests.support.processes import wait_until
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.one_pass]
 
 FAKE_RUN = {
     "job_id": "6f0c0000-0000-4000-8000-000000000000",

@@ -20,7 +20,7 @@ from jobs.queue import JobSpec, claim_next, submit_jobs
 from tests.support.fault_drill import pg_ctl
 from tests.support.processes import ServiceProcess, wait_until
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.one_pass]
 
 
 def _exit_within(process: ServiceProcess, seconds: float) -> tuple[int, float]:

@@ -15,7 +15,7 @@ import requests
 
 from tests.support.processes import ServiceProcess, free_port, wait_until
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.one_pass]
 
 
 def _children(pid: int) -> dict[int, str]:

@@ -39,7 +39,7 @@ from tests.support.processes import (
     wait_until,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.one_pass]
 
 # Before issue 12 an agent gave up on a report after 60 s of retries and kept the job
 # unreported for ever; an outage longer than that is the case that wedged.

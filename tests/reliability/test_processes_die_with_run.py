@@ -21,7 +21,7 @@ import pytest
 
 from tests.support.processes import ROOT, popen_tied, untie, wait_until
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.one_pass]
 
 MARKER = "ZYPHER_TEST_RUN_MARKER"
 

@@ -93,10 +93,13 @@ class PostgresCluster:
 
 
 def main(argv: list[str]) -> int:
+    if argv == ["--available"]:  # exit status only: will a PostgreSQL pass run here?
+        return 0 if os.environ.get("DATABASE_URL") or find_bindir() else 1
     durable = "--durable" in argv[: argv.index("--")] if "--" in argv else False
     if "--" not in argv or argv.index("--") == len(argv) - 1:
         print(
-            "usage: python tests/support/pgcluster.py [--durable] -- COMMAND [ARGS...]",
+            "usage: python tests/support/pgcluster.py [--durable] -- COMMAND [ARGS...]\n"
+            "       python tests/support/pgcluster.py --available",
             file=sys.stderr,
         )
         return 2
