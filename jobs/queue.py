@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -302,6 +302,38 @@ def claim_next(
                 return _start_job(pool, account, job, device_name)
             if device_size is None:
                 _recount_queued(account, repaired_by="claim")
+    return None
+
+
+# What devices each pool has, from the app that keeps the devices table (`jobs` names no
+# other app): pool -> (registered devices, their largest size, or None when one of them
+# takes any size, as a local worker does).
+PoolCapacity = tuple[int, int | None]
+_pool_capacity_provider: Callable[[str], PoolCapacity] | None = None
+
+
+def provide_pool_capacity(provider: Callable[[str], PoolCapacity]) -> None:
+    """Register where `wait_reason` reads a pool's registered devices from."""
+    global _pool_capacity_provider
+    _pool_capacity_provider = provider
+
+
+def wait_reason(job: Job) -> str | None:
+    """Why a queued job waits when no registered device of its pool can run it, else None.
+
+    Such a job is passed over by every claim (its user is not charged for it), so it
+    never holds up anyone else; this says so instead of leaving it silently queued.
+    """
+    if job.status != JobStatus.QUEUED or _pool_capacity_provider is None:
+        return None
+    devices, largest = _pool_capacity_provider(job.device_type)
+    if devices == 0:
+        return f"no device of pool {job.device_type!r} is registered; it runs when one is"
+    if largest is not None and job.size > largest:
+        return (
+            f"needs a device of size {job.size}; the largest registered in pool "
+            f"{job.device_type!r} has size {largest}: it runs when a big enough one registers"
+        )
     return None
 
 

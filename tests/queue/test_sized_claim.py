@@ -64,3 +64,54 @@ def test_within_a_user_the_head_that_fits_is_highest_priority_then_oldest():
         order.append(claim.input)
         finish_job(claim, succeeded=True, duration=1.0)
     assert order == ["new-2-high", "new-5-high", "old-4", "old-0"]
+
+
+def test_a_job_no_registered_device_can_run_says_why_it_waits_and_holds_up_nobody():
+    from rest_framework.test import APIClient
+
+    from devices.models import Device
+
+    owner = User.objects.create(username="dreamer")
+    other = User.objects.create(username="other")
+    client = APIClient()
+    client.force_login(owner)
+    (waiting,), _ = submit_jobs(owner, [JobSpec("noop", 0, "qpu", size=10)])
+
+    before = client.get(f"/api/jobs/{waiting.public_id}/").json()
+    assert "no device of pool 'qpu' is registered" in before["wait_reason"]
+
+    Device.objects.create(name="five", device_type="qpu", size=5, kind=Device.Kind.REMOTE)
+    (runnable,), _ = submit_jobs(other, [JobSpec("noop", 1, "qpu", size=5)])
+    answer = client.get(f"/api/jobs/{waiting.public_id}/").json()
+    assert answer["status"] == "queued"
+    assert "needs a device of size 10" in answer["wait_reason"]
+    assert "largest registered in pool 'qpu' has size 5" in answer["wait_reason"]
+    claim = claim_next("qpu", "five", 5)
+    assert claim is not None and claim.id == runnable.pk
+
+    Device.objects.create(name="ten", device_type="qpu", size=10, kind=Device.Kind.REMOTE)
+    assert client.get(f"/api/jobs/{waiting.public_id}/").json()["wait_reason"] is None
+
+
+def test_the_dashboard_lists_the_jobs_no_registered_device_can_run():
+    from django.test import Client
+    from django.urls import reverse
+
+    from devices.models import Device
+    from jobs.monitoring.stats import dashboard_stats
+
+    Device.objects.create(name="five", device_type="qpu", size=5, kind=Device.Kind.REMOTE)
+    for index in range(3):
+        user = User.objects.create(username=f"big{index}")
+        submit_jobs(user, [JobSpec("noop", 0, "qpu", size=7 + index), JobSpec("noop", 0, "qpu")])
+
+    (row,) = dashboard_stats()["waiting_for_a_device"]
+    assert (row["pool"], row["jobs"], row["users"]) == ("qpu", 3, 3)
+    assert (row["largest_job_size"], row["largest_device_size"]) == (9, 5)
+
+    staff = User.objects.create(username="operator", is_staff=True, is_superuser=True)
+    client = Client()
+    client.force_login(staff)
+    page = client.get(reverse("admin:dashboard")).content.decode()
+    assert "Waiting for a device that can run them" in page
+    assert "3 queued jobs of 3 users up to size 9" in page
