@@ -13,6 +13,8 @@ class DevicesConfig(AppConfig):
         from devices import monitoring
         from jobs.handlers import register_handlers
         from jobs.monitoring.stats import provide_device_states
+        from jobs.queue import provide_pool_capacity
 
         register_handlers({"qpu": "devices.qpu.mock:qpu_handler"})
         provide_device_states(monitoring.device_states)
+        provide_pool_capacity(monitoring.pool_capacity)

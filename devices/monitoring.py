@@ -4,6 +4,7 @@ and its state, handed to `jobs.monitoring.stats` at start-up (`devices.apps`).""
 from __future__ import annotations
 
 from django.db import DatabaseError, transaction
+from django.db.models import Count, Max, Q
 
 from devices.models import Device
 from jobs.monitoring.stats import MAX_RUNNING_LISTED, DeviceState
@@ -31,3 +32,18 @@ def device_states() -> list[DeviceState]:
         }
         for name, pool, kind, state, job, last_seen in rows
     ]
+
+
+def pool_capacity(device_type: str) -> tuple[int, int | None]:
+    """The pool's registered devices and their largest size (None: a local worker, which
+    takes any size), for `jobs.queue.wait_reason`."""
+    try:
+        with transaction.atomic():
+            found = Device.objects.filter(device_type=device_type).aggregate(
+                devices=Count("id"),
+                largest=Max("size"),
+                unsized=Count("id", filter=Q(kind=Device.Kind.LOCAL)),
+            )
+    except DatabaseError:
+        return 0, None
+    return found["devices"], None if found["unsized"] else found["largest"]

@@ -21,6 +21,11 @@ The policy, per device pool:
   "counter lift" as VTC, Sheng et al., OSDI 2024).
 * Within one user, items go out by priority (higher first), then oldest first. Between
   users only the weighted share counts, so nobody buys the line with a priority.
+* Sized devices: an item needs a device of at least its `size`. A device of capacity c is
+  given the first user in the order above with an item of size <= c (that user's head
+  among those items); the users it passes over are not charged and keep their place.
+  However many users wait for bigger devices, they never block one that has work that
+  fits (issue 13): the bound below holds among the users with work the device can run.
 
 The guarantee (SFQ, one device, costs settled before the next dispatch): for any two
 users i and j that are backlogged throughout an interval, the device seconds W they
@@ -66,6 +71,7 @@ class Dispatch(Generic[T]):
     start_tag: float
     charged_cost: float
     charged_weight: float
+    size: int = 0
 
 
 @dataclass
@@ -76,6 +82,14 @@ class _UserQueue(Generic[T]):
     # Heap entries (-priority, sequence, item): sequences are unique, so items are never
     # compared with each other and may be of any type.
     heap: list[tuple[int, int, T]] = field(default_factory=list)
+    sizes: dict[int, int] = field(default_factory=dict)  # sequence -> the device size it needs
+
+    def head(self, capacity: int | None) -> tuple[int, int, T] | None:
+        """The first entry by (priority, age) that fits a device of `capacity` (None: any)."""
+        if capacity is None:
+            return self.heap[0] if self.heap else None
+        fitting = [entry for entry in self.heap if self.sizes[entry[1]] <= capacity]
+        return min(fitting, key=lambda entry: entry[:2]) if fitting else None
 
 
 class FairQueue(Generic[T]):
@@ -91,7 +105,13 @@ class FairQueue(Generic[T]):
         return sum(len(q.heap) for q in self._users.values())
 
     def push(
-        self, user: Hashable, item: T, *, weight: float | None = None, priority: int = 0
+        self,
+        user: Hashable,
+        item: T,
+        *,
+        weight: float | None = None,
+        priority: int = 0,
+        size: int = 0,
     ) -> int:
         """Queue `item` for `user`; return its sequence number (its age).
 
@@ -109,6 +129,7 @@ class FairQueue(Generic[T]):
         if not queue.heap:
             queue.virtual_time = max(queue.virtual_time, self.virtual_time)
         sequence = next(self._sequence)
+        queue.sizes[sequence] = size
         heapq.heappush(queue.heap, (-priority, sequence, item))
         return sequence
 
@@ -117,27 +138,38 @@ class FairQueue(Generic[T]):
             raise ValueError("weight must be positive")
         self._users[user].weight = weight
 
-    def next_user(self) -> Hashable | None:
-        """The user the policy serves next, or None when nothing is queued."""
+    def next_user(self, capacity: int | None = None) -> Hashable | None:
+        """The user the policy serves next on a device of `capacity` (None: unsized), or
+        None when nothing queued fits it."""
         best: tuple[float, int] | None = None
         chosen: Hashable | None = None
         for user, queue in self._users.items():
-            if queue.heap and (best is None or (queue.virtual_time, queue.order) < best):
+            if best is not None and (queue.virtual_time, queue.order) >= best:
+                continue
+            if queue.head(capacity) is not None:
                 best = (queue.virtual_time, queue.order)
                 chosen = user
         return chosen
 
-    def pop(self, cost: float = 1.0) -> Dispatch[T]:
-        """Hand out the next item by the policy and charge `cost` (an estimate) for it."""
-        user = self.next_user()
+    def pop(self, cost: float = 1.0, capacity: int | None = None) -> Dispatch[T]:
+        """Hand out the next item by the policy to a device of `capacity` (None: unsized)
+        and charge `cost` (an estimate) for it."""
+        user = self.next_user(capacity)
         if user is None:
-            raise IndexError("pop from an empty FairQueue")
+            raise IndexError("pop from an empty FairQueue" if not len(self) else "nothing fits")
         queue = self._users[user]
-        negative_priority, sequence, item = heapq.heappop(queue.heap)
+        entry = queue.head(capacity)
+        assert entry is not None
+        queue.heap.remove(entry)
+        heapq.heapify(queue.heap)
+        negative_priority, sequence, item = entry
         start_tag = queue.virtual_time
         self.virtual_time = max(self.virtual_time, start_tag)
         queue.virtual_time += cost / queue.weight
-        return Dispatch(user, item, -negative_priority, sequence, start_tag, cost, queue.weight)
+        size = queue.sizes.pop(sequence)
+        return Dispatch(
+            user, item, -negative_priority, sequence, start_tag, cost, queue.weight, size
+        )
 
     def settle(self, dispatch: Dispatch[T], actual_cost: float) -> None:
         """Replace the estimate charged at dispatch by the real cost."""
@@ -148,6 +180,7 @@ class FairQueue(Generic[T]):
         """Undo a dispatch whose holder was lost: refund the charge, restore the item."""
         queue = self._users[dispatch.user]
         queue.virtual_time -= dispatch.charged_cost / dispatch.charged_weight
+        queue.sizes[dispatch.sequence] = dispatch.size
         heapq.heappush(queue.heap, (-dispatch.priority, dispatch.sequence, dispatch.item))
 
     def remove_user(self, user: Hashable) -> list[T]:
@@ -157,6 +190,7 @@ class FairQueue(Generic[T]):
             return []
         items = [item for _, _, item in sorted(queue.heap, key=lambda entry: entry[:2])]
         queue.heap.clear()
+        queue.sizes.clear()
         return items
 
     def queued(self, user: Hashable) -> int:

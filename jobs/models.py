@@ -143,6 +143,17 @@ class Job(models.Model):
                 condition=Q(status="queued"),
                 name="job_queue_head",
             ),
+            # Sized devices: a user's smallest queued size is the first entry of its range
+            # (one probe says whether anything fits), and each size's head follows it.
+            models.Index(
+                "device_type",
+                "owner",
+                "size",
+                models.F("priority").desc(),
+                "id",
+                condition=Q(status="queued"),
+                name="job_queued_fit",
+            ),
             models.Index(
                 fields=["lease_expires_at"],
                 condition=Q(status="running"),

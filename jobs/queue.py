@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -267,18 +267,16 @@ def _jobs_for_keys(owner: User, keys: list[str | None]) -> list[Job]:
     return [found[key] for key in keys if key in found]
 
 
-# A device smaller than a user's head jobs skips that user; this bounds how many backlogged
-# users one claim looks at before it gives up (the device waits for the next wake-up).
-MAX_ACCOUNTS_SCANNED = 50
-
-
 def claim_next(
     device_type: str, device_name: str, device_size: int | None = None
 ) -> ClaimedJob | None:
     """Take the next job of `device_type` by the fair-share policy, or None if none waits.
 
     With `device_size`, only jobs whose `size` fits the device are considered: the
-    backlogged users are tried in fair order and the first with a fitting job is served.
+    backlogged users are tried in fair order, without a cap, and the first with a fitting
+    job is served. A user passed over costs one probe of the index `job_queued_fit` (its
+    smallest queued size), however many jobs it has; it is not charged, so it keeps its
+    place for a device that fits.
     """
     if connection.vendor == "postgresql":
         return _claim_on_postgres(device_type, device_name, device_size)
@@ -289,6 +287,8 @@ def claim_next(
         if pool is None:
             return None
         for candidate in _backlogged_accounts(pool):
+            if device_size is not None and not _fits(device_type, candidate.user_id, device_size):
+                continue  # read without its lock: only the user that is served is locked
             # The account before its jobs: cancels and requeues hold them in that order.
             account = (
                 FairShareAccount.objects.select_for_update(no_key=True)
@@ -302,6 +302,38 @@ def claim_next(
                 return _start_job(pool, account, job, device_name)
             if device_size is None:
                 _recount_queued(account, repaired_by="claim")
+    return None
+
+
+# What devices each pool has, from the app that keeps the devices table (`jobs` names no
+# other app): pool -> (registered devices, their largest size, or None when one of them
+# takes any size, as a local worker does).
+PoolCapacity = tuple[int, int | None]
+_pool_capacity_provider: Callable[[str], PoolCapacity] | None = None
+
+
+def provide_pool_capacity(provider: Callable[[str], PoolCapacity]) -> None:
+    """Register where `wait_reason` reads a pool's registered devices from."""
+    global _pool_capacity_provider
+    _pool_capacity_provider = provider
+
+
+def wait_reason(job: Job) -> str | None:
+    """Why a queued job waits when no registered device of its pool can run it, else None.
+
+    Such a job is passed over by every claim (its user is not charged for it), so it
+    never holds up anyone else; this says so instead of leaving it silently queued.
+    """
+    if job.status != JobStatus.QUEUED or _pool_capacity_provider is None:
+        return None
+    devices, largest = _pool_capacity_provider(job.device_type)
+    if devices == 0:
+        return f"no device of pool {job.device_type!r} is registered; it runs when one is"
+    if largest is not None and job.size > largest:
+        return (
+            f"needs a device of size {job.size}; the largest registered in pool "
+            f"{job.device_type!r} has size {largest}: it runs when a big enough one registers"
+        )
     return None
 
 
@@ -322,7 +354,6 @@ def _claim_params(device_type: str, device_name: str, device_size: int | None) -
         "device": device_name,
         "device_size": device_size,
         "lease_seconds": settings.ZYPHER_LEASE_SECONDS,
-        "max_accounts": MAX_ACCOUNTS_SCANNED,
     }
 
 
@@ -384,32 +415,87 @@ def _finish_params(
 _FINISH_CASTS = {"result": "jsonb"}
 
 
+ACCOUNTS_PER_READ = 100  # backlogged accounts read at once after the first
+
+
 def _backlogged_accounts(pool: FairPool) -> Iterator[FairShareAccount]:
-    """Backlogged accounts in fair order: the first one alone (the usual case), then more."""
-    accounts = (
-        FairShareAccount.objects.filter(pool=pool, queued_count__gt=0)
-        .order_by("virtual_time", "id")
-        .select_related("user")
+    """Backlogged accounts in fair order (index `account_backlogged`), read as they are
+    needed: the first alone is the usual case, and no cap stops the walk early."""
+    accounts = FairShareAccount.objects.filter(pool=pool, queued_count__gt=0).order_by(
+        "virtual_time", "id"
     )
-    first = accounts.first()
-    if first is None:
-        return
-    yield first
-    # Read after the first was tried (and perhaps repaired): exclude it, not offset 1.
-    yield from accounts.exclude(pk=first.pk)[: MAX_ACCOUNTS_SCANNED - 1]
+    page = list(accounts.only("id", "user_id", "virtual_time")[:1])
+    while page:
+        yield from page
+        # The next page after the last one tried (keyset, read after it was tried and
+        # perhaps repaired), not an offset and not an open cursor across writes.
+        last = page[-1]
+        page = list(
+            accounts.filter(
+                Q(virtual_time__gt=last.virtual_time)
+                | Q(virtual_time=last.virtual_time, id__gt=last.pk)
+            ).only("id", "user_id", "virtual_time")[:ACCOUNTS_PER_READ]
+        )
+
+
+def _fitting(device_type: str, owner_id: int, device_size: int) -> Any:
+    return Job.objects.filter(
+        device_type=device_type,
+        owner_id=owner_id,
+        status=JobStatus.QUEUED,
+        size__lte=device_size,
+    )
+
+
+def _fits(device_type: str, owner_id: int, device_size: int) -> bool:
+    """Whether the user has a queued job of at most `device_size`: the first entry of its
+    range of `job_queued_fit`, one probe."""
+    return (
+        _fitting(device_type, owner_id, device_size)
+        .order_by("size")
+        .values_list("size", flat=True)
+        .first()
+        is not None
+    )
 
 
 def _queue_head(device_type: str, owner_id: int, device_size: int | None) -> Job | None:
-    """The user's next job: highest priority, then oldest (index `job_queue_head`)."""
+    """The user's next job: highest priority, then oldest (index `job_queue_head`); on a
+    sized device, the same among the jobs that fit it (`_fitting_head`)."""
     jobs = Job.objects.filter(device_type=device_type, owner_id=owner_id, status=JobStatus.QUEUED)
     if device_size is not None:
-        jobs = jobs.filter(size__lte=device_size)
+        head = _fitting_head(device_type, owner_id, device_size)
+        if head is None:
+            return None
+        jobs = jobs.filter(pk=head)
     return (
         jobs.order_by("-priority", "id")
         .select_for_update(skip_locked=True, no_key=True)
         .only("id", "public_id", "kind", "input", "attempts")
         .first()
     )
+
+
+def _fitting_head(device_type: str, owner_id: int, device_size: int) -> int | None:
+    """The id of the user's first fitting job by priority then age, in one probe of
+    `job_queued_fit` per distinct size that fits (each probe gives that size's head), not
+    a walk over the user's jobs: its jobs too big for the device are never read."""
+    best: tuple[int, int] | None = None  # (-priority, id)
+    smaller_than = -1
+    while True:
+        step = (
+            _fitting(device_type, owner_id, device_size)
+            .filter(size__gt=smaller_than)
+            .order_by("size", "-priority", "id")
+            .values_list("size", "priority", "id")
+            .first()
+        )
+        if step is None:
+            return None if best is None else best[1]
+        size, priority, job_id = step
+        if best is None or (-priority, job_id) < best:
+            best = (-priority, job_id)
+        smaller_than = size
 
 
 def _start_job(pool: FairPool, account: FairShareAccount, job: Job, device_name: str) -> ClaimedJob:

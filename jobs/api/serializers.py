@@ -181,8 +181,13 @@ class JobDetailSerializer(JobSerializer):
         help_text="While queued: about how many jobs the policy dispatches before this one."
     )
 
+    wait_reason = serializers.SerializerMethodField(
+        help_text="While queued: why no registered device of its pool can run it (null when "
+        "one can)."
+    )
+
     class Meta(JobSerializer.Meta):
-        fields = [*JobSerializer.Meta.fields, "queue_position"]
+        fields = [*JobSerializer.Meta.fields, "queue_position", "wait_reason"]
         read_only_fields = fields
 
     def get_queue_position(self, job: Job) -> int | None:
@@ -190,8 +195,17 @@ class JobDetailSerializer(JobSerializer):
 
         return queue_position(job)
 
+    def get_wait_reason(self, job: Job) -> str | None:
+        from jobs.queue import wait_reason
+
+        return wait_reason(job)
+
     def to_representation(self, job: Job) -> dict[str, Any]:
-        return {**super().to_representation(job), "queue_position": self.get_queue_position(job)}
+        return {
+            **super().to_representation(job),
+            "queue_position": self.get_queue_position(job),
+            "wait_reason": self.get_wait_reason(job),
+        }
 
 
 class UserCreateSerializer(serializers.Serializer):

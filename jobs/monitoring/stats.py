@@ -52,7 +52,7 @@ from typing import Any, TypedDict
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Min, OuterRef, Q, Subquery, Sum
+from django.db.models import Count, Max, Min, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
@@ -1032,6 +1032,65 @@ def queue_repairs(now: datetime | None = None, latest: int = 5) -> QueueRepairs:
     }
 
 
+# --- jobs that no registered device can run ------------------------------------------------
+
+
+class WaitingForDevice(TypedDict):
+    pool: str
+    jobs: int  # queued jobs of the pool that no registered device can run
+    users: int
+    largest_job_size: int | None
+    largest_device_size: int | None  # None: no device of the pool is registered
+    reason: str
+
+
+def waiting_for_a_device() -> list[WaitingForDevice]:
+    """Per pool, the queued jobs no registered device can run (`jobs.queue.wait_reason`):
+    claims pass them over without holding anyone up, and the page says why they wait.
+    Pools come from the backlogged accounts, not from a scan of the jobs."""
+    from jobs import queue
+
+    provider = queue._pool_capacity_provider
+    if provider is None:
+        return []
+    pools = (
+        FairShareAccount.objects.filter(queued_count__gt=0)
+        .values_list("pool__device_type")
+        .annotate(queued=Sum("queued_count"), users=Count("id"))
+        .order_by("pool__device_type")
+    )
+    found: list[WaitingForDevice] = []
+    for pool, queued, users in pools:
+        devices, largest = provider(pool)
+        if devices == 0:
+            found.append(
+                {
+                    "pool": pool,
+                    "jobs": queued,
+                    "users": users,
+                    "largest_job_size": None,
+                    "largest_device_size": None,
+                    "reason": f"no device of pool {pool!r} is registered",
+                }
+            )
+        elif largest is not None:
+            too_big = Job.objects.filter(
+                status=JobStatus.QUEUED, device_type=pool, size__gt=largest
+            ).aggregate(jobs=Count("id"), users=Count("owner", distinct=True), size=Max("size"))
+            if too_big["jobs"]:
+                found.append(
+                    {
+                        "pool": pool,
+                        "jobs": too_big["jobs"],
+                        "users": too_big["users"],
+                        "largest_job_size": too_big["size"],
+                        "largest_device_size": largest,
+                        "reason": f"larger than the largest registered device (size {largest})",
+                    }
+                )
+    return found
+
+
 # --- everything --------------------------------------------------------------------------------
 
 
@@ -1045,6 +1104,7 @@ def dashboard_stats(now: datetime | None = None) -> dict[str, Any]:
         "queued_by_user": queued_by_user(now=now),
         "running": running_jobs(now),
         "devices": device_states(),
+        "waiting_for_a_device": waiting_for_a_device(),
         "throughput": throughput(now),
         "service_time": service_time(now),
         "shares": [row for pool in pools for row in pool["shares"]],
@@ -1069,4 +1129,5 @@ __all__ = [
     "service_time",
     "shares",
     "throughput",
+    "waiting_for_a_device",
 ]

@@ -1,8 +1,11 @@
 -- zypher_claim: the next job of a pool by the fair-share policy (jobs.queue.claim_next).
 -- Lock order (README, "One lock order"): pool, then account, then job.
+-- A sized device walks the backlogged accounts in fair order without a cap: a user with
+-- nothing that fits costs one probe of job_queued_fit (its smallest queued size), is not
+-- locked and not charged, and keeps its place for a device that fits (issue 13).
 CREATE OR REPLACE FUNCTION zypher_claim(
     p_device_type text, p_device text, p_device_size integer, p_now timestamptz,
-    p_lease_seconds double precision, p_max_accounts integer
+    p_lease_seconds double precision
 ) RETURNS TABLE (
     out_job_id bigint, out_public_id uuid, out_owner_id bigint, out_owner text,
     out_kind text, out_input jsonb, out_pool_id bigint, out_fencing_token integer,
@@ -13,6 +16,10 @@ DECLARE
     v_candidate record;
     v_account record;
     v_job record;
+    v_step record;
+    v_head_id bigint;
+    v_head_priority integer;
+    v_smaller_than integer;
     v_actual integer;
 BEGIN
     SELECT id, virtual_time, cost_estimate INTO v_pool
@@ -21,11 +28,19 @@ BEGIN
         RETURN;
     END IF;
     FOR v_candidate IN
-        SELECT a.id FROM jobs_fairshareaccount a
+        SELECT a.id, a.user_id FROM jobs_fairshareaccount a
         WHERE a.pool_id = v_pool.id AND a.queued_count > 0
         ORDER BY a.virtual_time, a.id
-        LIMIT p_max_accounts
     LOOP
+        IF p_device_size IS NOT NULL THEN
+            PERFORM j.size FROM jobs_job j
+            WHERE j.device_type = p_device_type AND j.owner_id = v_candidate.user_id
+              AND j.status = 'queued' AND j.size <= p_device_size
+            ORDER BY j.size LIMIT 1;
+            IF NOT FOUND THEN
+                CONTINUE;  -- nothing of theirs fits this device: read without their lock
+            END IF;
+        END IF;
         -- The account before its jobs: a cancel or a requeue holds them in this order.
         SELECT a.id, a.user_id, a.virtual_time, a.queued_count, u.weight, u.username
         INTO v_account
@@ -35,13 +50,39 @@ BEGIN
         IF v_account.queued_count <= 0 THEN
             CONTINUE;  -- emptied by a cancel that committed after the list was read
         END IF;
-        SELECT j.id, j.public_id, j.kind, j.input, j.attempts INTO v_job
-        FROM jobs_job j
-        WHERE j.device_type = p_device_type AND j.owner_id = v_account.user_id
-          AND j.status = 'queued' AND (p_device_size IS NULL OR j.size <= p_device_size)
-        ORDER BY j.priority DESC, j.id
-        LIMIT 1
-        FOR NO KEY UPDATE SKIP LOCKED;
+        IF p_device_size IS NULL THEN
+            SELECT j.id, j.public_id, j.kind, j.input, j.attempts INTO v_job
+            FROM jobs_job j
+            WHERE j.device_type = p_device_type AND j.owner_id = v_account.user_id
+              AND j.status = 'queued'
+            ORDER BY j.priority DESC, j.id
+            LIMIT 1
+            FOR NO KEY UPDATE SKIP LOCKED;
+        ELSE
+            -- The head among the jobs that fit: one probe per distinct size that fits,
+            -- each giving that size's head (priority, then age); larger jobs are not read.
+            v_head_id := NULL;
+            v_smaller_than := -1;
+            LOOP
+                SELECT j.size, j.priority, j.id INTO v_step FROM jobs_job j
+                WHERE j.device_type = p_device_type AND j.owner_id = v_account.user_id
+                  AND j.status = 'queued' AND j.size > v_smaller_than
+                  AND j.size <= p_device_size
+                ORDER BY j.size, j.priority DESC, j.id
+                LIMIT 1;
+                EXIT WHEN NOT FOUND;
+                IF v_head_id IS NULL OR v_step.priority > v_head_priority
+                   OR (v_step.priority = v_head_priority AND v_step.id < v_head_id) THEN
+                    v_head_id := v_step.id;
+                    v_head_priority := v_step.priority;
+                END IF;
+                v_smaller_than := v_step.size;
+            END LOOP;
+            SELECT j.id, j.public_id, j.kind, j.input, j.attempts INTO v_job
+            FROM jobs_job j
+            WHERE j.id = v_head_id AND j.status = 'queued'
+            FOR NO KEY UPDATE SKIP LOCKED;
+        END IF;
         IF NOT FOUND THEN
             IF p_device_size IS NULL THEN
                 -- Nothing queued although the counter says so: it drifted. Count under

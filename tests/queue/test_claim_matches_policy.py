@@ -22,8 +22,12 @@ from jobs.queue import (
 pytestmark = pytest.mark.django_db
 
 
-def run_trace(seed: int, steps: int = 300) -> None:
+def run_trace(seed: int, steps: int = 300, capacities: tuple[int | None, ...] = (None,)) -> None:
+    """Random submits, claims, settles, requeues and cancels, through the database and the
+    model side by side. With `capacities`, each claim is for a device of one of them and
+    jobs need sizes 0..9 (some fit no device)."""
     rng = random.Random(seed)
+    sized = capacities != (None,)
     users = [
         User.objects.create(username=f"u{i}", weight=rng.choice([1, 2, 3, 5, 8])) for i in range(8)
     ]
@@ -34,14 +38,16 @@ def run_trace(seed: int, steps: int = 300) -> None:
         if action < 0.45:
             user = rng.choice(users)
             priority = rng.choice([-5, 0, 0, 0, 3])
-            jobs, _ = submit_jobs(user, [JobSpec("noop", None, "cpu", priority)])
-            model.push(user.username, jobs[0].pk, weight=user.weight, priority=priority)
+            size = rng.randint(0, 9) if sized else 0
+            jobs, _ = submit_jobs(user, [JobSpec("noop", None, "cpu", priority, size)])
+            model.push(user.username, jobs[0].pk, weight=user.weight, priority=priority, size=size)
         elif action < 0.75 and len(running) < 3:
-            claim = claim_next("cpu", "device")
+            capacity = rng.choice(capacities)
+            claim = claim_next("cpu", "device", capacity)
             if claim is None:
-                assert model.next_user() is None
+                assert model.next_user(capacity) is None
                 continue
-            dispatch = model.pop(cost=claim.charged_cost)
+            dispatch = model.pop(cost=claim.charged_cost, capacity=capacity)
             assert (dispatch.user, dispatch.item) == (claim.owner, claim.id)
             running[claim.id] = (claim, dispatch)
         elif action < 0.95 and running:
@@ -56,15 +62,16 @@ def run_trace(seed: int, steps: int = 300) -> None:
                 model.settle(dispatch, actual)
             else:  # settle and claim the device's next job in one transaction
                 actual = rng.choice([0.1, 1.0, 3.0, 10.0])
+                capacity = rng.choice(capacities)
                 accepted, following = finish_and_claim_next(
-                    claim, "device", succeeded=True, duration=actual
+                    claim, "device", capacity, succeeded=True, duration=actual
                 )
                 assert accepted
                 model.settle(dispatch, actual)
                 if following is None:
-                    assert model.next_user() is None
+                    assert model.next_user(capacity) is None
                 else:
-                    dispatch = model.pop(cost=following.charged_cost)
+                    dispatch = model.pop(cost=following.charged_cost, capacity=capacity)
                     assert (dispatch.user, dispatch.item) == (following.owner, following.id)
                     running[following.id] = (following, dispatch)
         elif action >= 0.95:
@@ -85,6 +92,11 @@ def run_trace(seed: int, steps: int = 300) -> None:
 @pytest.mark.parametrize("seed", range(4))
 def test_database_claims_follow_the_reference_model_on_random_traces(seed):
     run_trace(seed)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_sized_database_claims_follow_the_reference_model_on_random_traces(seed):
+    run_trace(seed, steps=250, capacities=(3, 5, 8, None))
 
 
 def test_a_single_users_jobs_come_out_by_priority_then_age():

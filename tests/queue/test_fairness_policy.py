@@ -302,6 +302,27 @@ class FairScheduler:
         self.queue.settle(self.running, job.duration)
 
 
+class SizedFairScheduler(FairScheduler):
+    """FairQueue behind one device of size CAPACITY, with users ahead of everyone whose
+    jobs fit no device: queued before the trace starts, never charged, never served."""
+
+    CAPACITY = 5
+
+    def __init__(self, estimate: float = 1.0, blocking_users: int = 60) -> None:
+        super().__init__(estimate)
+        for user in range(-blocking_users, 0):
+            too_big = Job(index=user, user=user, arrival=0.0, duration=1.0)
+            self.queue.push(user, too_big, size=self.CAPACITY + 1 + user % 3)
+
+    def push(self, job: Job, weight: float) -> None:
+        size = job.index % (self.CAPACITY + 1)  # every size the device can run
+        self.queue.push(job.user, job, weight=weight, priority=job.priority, size=size)
+
+    def pop(self) -> Job:
+        self.running = self.queue.pop(cost=self.estimate, capacity=self.CAPACITY)
+        return self.running.item
+
+
 class FifoScheduler:
     """First come, first served: what the checker must reject."""
 
@@ -583,6 +604,19 @@ def test_any_two_users_backlogged_over_an_interval_get_service_within_the_sfq_bo
     """|W_i/w_i - W_j/w_j| <= C_max/w_i + C_max/w_j: the intervals are the ones defined
     in `sfq_violation` (both users backlogged, endpoints at job boundaries)."""
     schedule = simulate(trace, FairScheduler(estimate))
+
+    assert sorted(job.index for job in schedule.dispatched) == list(range(len(trace.jobs)))
+    assert sfq_violation(schedule, trace.weights) is None
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(trace=traces(), estimate=st.sampled_from([0.0, 1.0, 250.0]))
+def test_on_a_sized_device_the_sfq_bound_holds_among_the_users_with_work_that_fits(
+    trace: Trace, estimate: float
+) -> None:
+    """Sixty users whose jobs fit no device wait ahead of everyone in the fair order: the
+    device still serves every job it can run, and the bound holds among their users."""
+    schedule = simulate(trace, SizedFairScheduler(estimate))
 
     assert sorted(job.index for job in schedule.dispatched) == list(range(len(trace.jobs)))
     assert sfq_violation(schedule, trace.weights) is None

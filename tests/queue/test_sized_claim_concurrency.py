@@ -1,0 +1,85 @@
+"""Sized claims from several sessions at once, on PostgreSQL: a claim locks only the user
+it serves (the users it passes over are read, not locked), so the outcome to check is
+that no job is handed out twice or to a device too small, no deadlock, counters equal
+to the jobs, and every queued job still reachable by a device big enough."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+import pytest
+
+from jobs.invariants import find_violations
+from jobs.models import Job, JobStatus, User
+from jobs.queue import (
+    ClaimedJob,
+    JobSpec,
+    cancel_job,
+    claim_next,
+    finish_and_claim_next,
+    finish_job,
+    submit_jobs,
+)
+from tests.support.sessions import run_at_once
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+
+def test_sized_devices_claiming_beside_submits_and_cancels_hand_each_job_out_once() -> None:
+    users = [User.objects.create(username=f"u{i}", weight=1 + i % 3) for i in range(8)]
+    for index, user in enumerate(users):
+        # Half the users first queue only jobs no device here can run (size 9).
+        size = 9 if index % 2 else 2
+        submit_jobs(user, [JobSpec("noop", 0, "qpu", size=size) for _ in range(40)])
+    stop = time.monotonic() + 4
+    handed_out: list[tuple[int, int, int]] = []  # (job id, token, device size)
+
+    def dispatcher(name: str, capacity: int) -> Callable[[], None]:
+        def work() -> None:
+            claim: ClaimedJob | None = claim_next("qpu", name, capacity)
+            while time.monotonic() < stop:
+                if claim is None:
+                    claim = claim_next("qpu", name, capacity)
+                    continue
+                handed_out.append((claim.id, claim.fencing_token, capacity))
+                if random.random() < 0.5:
+                    _, claim = finish_and_claim_next(
+                        claim, name, capacity, succeeded=True, duration=0.01
+                    )
+                else:
+                    finish_job(claim, succeeded=True, duration=0.01)
+                    claim = None
+            if claim is not None:
+                handed_out.append((claim.id, claim.fencing_token, capacity))
+                finish_job(claim, succeeded=True, duration=0.01)
+
+        return work
+
+    def submitter() -> None:
+        while time.monotonic() < stop:
+            sizes = [random.choice([0, 3, 5, 9]) for _ in range(random.randint(1, 4))]
+            submit_jobs(random.choice(users), [JobSpec("noop", 0, "qpu", size=s) for s in sizes])
+
+    def canceller() -> None:
+        while time.monotonic() < stop:
+            job = Job.objects.filter(status=JobStatus.QUEUED).order_by("?").first()
+            if job is not None:
+                cancel_job(job)
+
+    workers = [dispatcher(f"d{i}", capacity) for i, capacity in enumerate([3, 5, 5, 8])]
+    assert run_at_once([*workers, submitter, canceller]) == []
+
+    assert len(handed_out) > 20
+    assert len({(job, token) for job, token, _ in handed_out}) == len(handed_out)
+    sizes = dict(Job.objects.values_list("id", "size"))
+    assert all(sizes[job] <= capacity for job, _, capacity in handed_out)
+    assert find_violations() == []
+    fitting = Job.objects.filter(status=JobStatus.QUEUED, size__lte=8).count()
+    reached = 0
+    while (claim := claim_next("qpu", "last", 8)) is not None:
+        finish_job(claim, succeeded=True, duration=0.01)
+        reached += 1
+    assert reached == fitting
+    assert Job.objects.filter(status=JobStatus.QUEUED).exclude(size=9).count() == 0
