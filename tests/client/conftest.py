@@ -54,6 +54,7 @@ def _service_env(database: dict[str, str], log_dir: Path) -> dict[str, str]:
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
+        "WEB_WORKERS": "1",  # starts faster; async workers hold many waits each
         "ZYPHER_OPEN_MODE": "1",
         "ZYPHER_LIMITED_F_SECONDS": "0.02",
         "ZYPHER_PREDICT_DELAY": "0.02,0.05",

@@ -52,7 +52,12 @@ class AnswerLosingProxy:
             threading.Thread(target=_pump, args=(client, upstream), daemon=True).start()
             if losing:
                 upstream.recv(1)  # the server has answered: its work is done
-                return  # closing both: the answer is lost
+                # The answer is lost. shutdown, not only close: it also wakes the pump
+                # blocked reading the client, and the client sees the connection end.
+                for sock in (client, upstream):
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+                return
             _pump(upstream, client)
 
 
