@@ -112,8 +112,9 @@ class JobProgress:
         if not self.console.is_terminal:
             self.console.print(description, highlight=False, markup=False)
             return
-        total = 1.0 if job.status == "running" and job.progress is not None else None
-        completed = job.progress or 0.0
+        # Percent: rich's types want whole numbers; None pulses the bar while queued.
+        total = 100 if job.status == "running" and job.progress is not None else None
+        completed = round((job.progress or 0.0) * 100)
         if self.task is None:
             self.task = self.progress.add_task(description, total=total, completed=completed)
         else:

@@ -68,7 +68,8 @@ class ServerSentEvent:
 def parse_events(lines: Iterable[str]) -> Iterator[ServerSentEvent]:
     """Events from the stream's lines (without their line ends): fields accumulate until
     a blank line dispatches them; `:` lines are comments (keep-alives)."""
-    event, data, event_id = "", [], None
+    event, event_id = "", None
+    data: list[str] = []
     for line in lines:
         if not line:
             if data or event:
