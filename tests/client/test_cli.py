@@ -47,10 +47,14 @@ def test_submit_wait_shows_the_queue_position_then_the_running_job(
     command += ["--kind", "hold", json.dumps(hold_input(release_dir, "b")), "--wait"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue[str] = queue.Queue()
-    assert process.stderr is not None
-    threading.Thread(
-        target=lambda: [lines.put(line) for line in process.stderr], daemon=True
-    ).start()
+    stderr = process.stderr
+    assert stderr is not None
+
+    def read_stderr() -> None:
+        for line in stderr:
+            lines.put(line)
+
+    threading.Thread(target=read_stderr, daemon=True).start()
     seen: list[str] = []
 
     def saw(word: str) -> bool:
