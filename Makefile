@@ -9,7 +9,8 @@ export HOST PORT WEB_WORKERS
 
 .PHONY: run test test-sqlite test-postgres bench reliability lint format browser clean
 
-$(VENV)/.installed: requirements.txt
+# The client (./client in requirements.txt) is reinstalled when its sources change.
+$(VENV)/.installed: requirements.txt client/pyproject.toml $(wildcard client/src/zypher_client/*.py)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r requirements.txt

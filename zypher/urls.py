@@ -10,7 +10,10 @@ from django.views.defaults import page_not_found, server_error
 from django.views.static import serve
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from zypher.front import front_page
+
 urlpatterns = [
+    path("", front_page, name="front-page"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
