@@ -29,6 +29,8 @@ PODMAN_COMPOSE = "podman-compose==1.6.0"
 PROJECT_PREFIX = "zypherct"
 PROJECT_LABEL = "io.podman.compose.project"
 VENV_DIR = standins.CACHE_DIR / "podman-compose-venv"
+CACHE_BUILD_STAGE = "localhost/zypher-containers-cache:build-stage"
+CACHE_APP = "localhost/zypher-containers-cache:app"
 
 
 class Unavailable(Exception):
@@ -108,25 +110,28 @@ def build_app_image(tag: str, project: str, log: Callable[[str], None]) -> None:
     trust: list[str] = []
     if ca_bundle.exists():
         trust = ["-v", f"{ca_bundle}:{ca_bundle}:ro", "--build-arg", f"PIP_CERT={ca_bundle}"]
+    build = [*PODMAN, "build", "--format", "docker", "--pull=never", *ULIMITS, *trust]
+    build += pip_index_args()
+    # The layer cache survives the run under cache tags (like the stand-ins), so that a
+    # run downloads the dependencies again only when docker/requirements.txt changed.
+    previous = image_id(CACHE_APP)
+    log("building the dependencies stage (cached unless docker/requirements.txt changed)")
+    run([*build, "--target", "build", "-t", CACHE_BUILD_STAGE, str(ROOT)], timeout=900)
     log(f"building the app image {tag}")
-    run(
-        [
-            *PODMAN,
-            "build",
-            "--format",
-            "docker",
-            "--pull=never",
-            *ULIMITS,
-            *trust,
-            *pip_index_args(),
-            "--label",
-            f"{PROJECT_LABEL}={project}",
-            "-t",
-            tag,
-            str(ROOT),
-        ],
-        timeout=900,
+    run([*build, "--label", f"{PROJECT_LABEL}={project}", "-t", tag, str(ROOT)], timeout=900)
+    run([*PODMAN, "tag", tag, CACHE_APP])
+    if previous and previous != image_id(CACHE_APP):
+        subprocess.run([*PODMAN, "rmi", previous], stdin=subprocess.DEVNULL, capture_output=True)
+
+
+def image_id(name: str) -> str:
+    found = subprocess.run(
+        [*PODMAN, "image", "inspect", "--format", "{{.Id}}", name],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
     )
+    return found.stdout.strip() if found.returncode == 0 else ""
 
 
 class Stack:
@@ -141,8 +146,7 @@ class Stack:
         return [
             str(self.compose),
             "--podman-args=--runtime runc",
-            f"--podman-run-args={' '.join(ULIMITS)}",
-            f"--podman-create-args={' '.join(ULIMITS)}",
+            f"--podman-run-args={' '.join(ULIMITS)}",  # `run` and `create`
             "--in-pod=false",
             "-p",
             self.project,

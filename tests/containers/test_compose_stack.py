@@ -35,9 +35,16 @@ REQUIRED = os.environ.get("ZYPHER_REQUIRE_CONTAINER") == "1"
 JOB_SECONDS = 4  # long enough to kill a dispatcher mid-job, short enough for ~40 s of jobs
 
 
+_capture: Any = None  # pytest's capture manager, set by the fixture
+
+
 def log(message: str) -> None:
-    # One line per step on the terminal, through pytest's capture: a cold run takes minutes.
-    print(f"[container test] {message}", file=sys.__stderr__, flush=True)
+    # One line per step on the terminal, past pytest's capture: a cold run takes minutes.
+    if _capture is None:
+        print(f"[container test] {message}", flush=True)
+        return
+    with _capture.global_and_fixture_disabled():
+        print(f"[container test] {message}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -63,7 +70,9 @@ def _unavailable(reason: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def running_stack() -> Iterator[RunningStack]:
+def running_stack(pytestconfig: pytest.Config) -> Iterator[RunningStack]:
+    global _capture
+    _capture = pytestconfig.pluginmanager.getplugin("capturemanager")
     if os.environ.get("DATABASE_URL", "").startswith("postgres"):
         pytest.skip("runs in the SQLite pass of make test: the stack brings its own PostgreSQL")
     try:
@@ -122,9 +131,11 @@ def running_stack() -> Iterator[RunningStack]:
         log("clean")
 
 
-def _wait_for(predicate: Callable[[], Any], seconds: float, what: str, stack: RunningStack) -> Any:
+def _wait_for(
+    predicate: Callable[[], Any], seconds: float, what: str, stack: RunningStack, every: float = 0.5
+) -> Any:
     try:
-        return wait_until(predicate, seconds, what)
+        return wait_until(predicate, seconds, what, interval=every)
     except AssertionError:
         log(stack.stack.logs())
         raise
@@ -139,6 +150,7 @@ def test_jobs_end_in_fair_order_and_a_killed_dispatcher_container_reruns_its_job
         90,
         "carol's job to start",
         running_stack,
+        every=0.2,
     )
     # While carol's job holds the only device, alice queues three jobs, then bob three:
     # first come, first served would run alice's three before any of bob's.
