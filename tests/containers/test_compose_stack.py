@@ -104,7 +104,17 @@ def running_stack(pytestconfig: pytest.Config) -> Iterator[RunningStack]:
         started = time.monotonic()
         podman.build_app_image(image, project, log)
         log(f"app image built in {time.monotonic() - started:.0f} s; compose up on port {port}")
-        stack.compose_run("up", "-d")
+        # In stages, as compose.yaml orders them: Podman 4.3 cannot start a container whose
+        # `--requires` chain holds an exited one-shot (it tries to start `migrate` again),
+        # so each stage starts without dependencies once the previous one is done.
+        stack.compose_run("up", "-d", "--no-deps", "db", "migrate")
+        (migrate,) = stack.containers("migrate")
+        exit_code = podman.run([*podman.PODMAN, "wait", str(migrate["Id"])], timeout=180)
+        if exit_code.strip() != "0":
+            log(stack.logs())
+            raise AssertionError(f"migrate exited with {exit_code.strip()}")
+        log("migrations done; starting web and dispatcher")
+        stack.compose_run("up", "-d", "--no-deps", "web", "dispatcher")
         url = f"http://127.0.0.1:{port}"
 
         def healthy() -> bool:
