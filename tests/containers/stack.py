@@ -184,9 +184,10 @@ def remove_project(project: str, image: str | None) -> None:
     label = f"label={PROJECT_LABEL}={project}"
     for command in (
         [*PODMAN, "rm", "-f", "-t", "0", "--filter", label],
-        [*PODMAN, "pod", "rm", "-f", "--filter", label],
-        [*PODMAN, "volume", "rm", "-f", "--filter", label],
-        [*PODMAN, "network", "rm", "-f", "--filter", label],
+        # `rm` of volumes and networks takes no filter in Podman 4.3; `prune` does, and
+        # with the containers gone nothing of the project is in use.
+        [*PODMAN, "volume", "prune", "-f", "--filter", label],
+        [*PODMAN, "network", "prune", "-f", "--filter", label],
     ):
         subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True)
     if image:
@@ -225,15 +226,17 @@ def start_watcher(project: str, image: str) -> int:
 
 def remove_dead_runs(log: Callable[[str], None]) -> None:
     """Stacks of earlier runs whose test process is gone (kill -9 beat the watcher)."""
-    output = subprocess.run(
-        [*PODMAN, "ps", "-a", "--format", "{{.Labels}}", "--filter", f"label={PROJECT_LABEL}"],
-        capture_output=True,
-        text=True,
-    ).stdout
-    images = subprocess.run(
-        [*PODMAN, "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True
-    ).stdout
-    projects = set(re.findall(rf"\b({PROJECT_PREFIX}(\d+))\b", output + images))
+    listings = [
+        [*PODMAN, "ps", "-a", "--format", "{{.Names}}"],
+        [*PODMAN, "volume", "ls", "--format", "{{.Name}}"],
+        [*PODMAN, "network", "ls", "--format", "{{.Name}}"],
+        [*PODMAN, "images", "--format", "{{.Repository}}:{{.Tag}}"],
+    ]
+    names = "\n".join(
+        subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True).stdout
+        for command in listings
+    )
+    projects = set(re.findall(rf"\b({PROJECT_PREFIX}(\d+))(?!\d)", names))
     for project, pid in sorted(projects):
         if not Path(f"/proc/{pid}").exists():
             log(f"removing what the dead run {project} left")
