@@ -38,7 +38,7 @@ RUN python manage.py collectstatic --noinput -v0 \
     && chmod 0755 /app/docker/entrypoint.sh
 USER zypher
 EXPOSE 8080
-HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+HEALTHCHECK --interval=15s --timeout=10s --start-period=30s --retries=3 \
     CMD ["python", "/app/docker/healthcheck.py"]
 ENTRYPOINT ["tini", "--", "/app/docker/entrypoint.sh"]
 CMD ["web"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -128,7 +129,15 @@ def running_stack(pytestconfig: pytest.Config) -> Iterator[RunningStack]:
         except AssertionError:
             log(stack.logs())
             raise
-        log("stack up and healthy")
+        (web,) = stack.containers("web")
+
+        def image_healthcheck_passes() -> bool:
+            # The image's own HEALTHCHECK, run on demand (Podman's timers need systemd).
+            check = [*podman.PODMAN, "healthcheck", "run", str(web["Id"])]
+            return subprocess.run(check, capture_output=True).returncode == 0
+
+        wait_until(image_healthcheck_passes, 60, "the image's HEALTHCHECK to pass", interval=2)
+        log("stack up and healthy (the web container's HEALTHCHECK passes)")
         yield RunningStack(stack, url)
     finally:
         log("compose down, removing containers, networks, volumes and the app image")
