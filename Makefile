@@ -7,7 +7,8 @@ PORT ?= 8080
 WEB_WORKERS ?= 2
 export HOST PORT WEB_WORKERS
 
-.PHONY: run test test-sqlite test-postgres bench reliability lint format browser clean
+.PHONY: run test test-sqlite test-postgres bench reliability lint format browser clean \
+	image compose-up compose-down
 
 # The client (./client in requirements.txt) is reinstalled when its sources change.
 $(VENV)/.installed: requirements.txt client/pyproject.toml $(wildcard client/src/zypher_client/*.py)
@@ -58,6 +59,22 @@ lint: $(VENV)/.installed
 format: $(VENV)/.installed
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# Containers (README, "Containers"): docker if installed, else podman; podman-compose
+# when there is no `docker compose`. Extra flags through IMAGE_FLAGS / COMPOSE_FLAGS.
+ENGINE ?= $(shell command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 && echo docker || \
+	{ command -v podman >/dev/null 2>&1 && echo podman; } || echo docker)
+IMAGE ?= zypher:latest
+COMPOSE ?= $(if $(filter podman,$(ENGINE)),podman-compose,docker compose)
+
+image:
+	$(ENGINE) build $(if $(filter podman,$(ENGINE)),--format docker) $(IMAGE_FLAGS) -t $(IMAGE) .
+
+compose-up: image
+	ZYPHER_IMAGE=$(IMAGE) $(COMPOSE) $(COMPOSE_FLAGS) up -d
+
+compose-down:
+	ZYPHER_IMAGE=$(IMAGE) $(COMPOSE) $(COMPOSE_FLAGS) down
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis
