@@ -29,7 +29,7 @@ async def timed(
 async def pgqueuer(dsn: str, single: int, bulk: int, batch: int, devices: int) -> dict[str, float]:
     from datetime import timedelta
 
-    import asyncpg
+    import asyncpg  # type: ignore[import-not-found]
 
     # Installed only in the bench's own environment (bench/bench_peers.py).
     from pgqueuer import AsyncpgDriver, Queries, QueueManager  # type: ignore[import-not-found]
