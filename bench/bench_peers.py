@@ -144,7 +144,7 @@ def main() -> int:
         print("bench_peers needs PostgreSQL: run it through `make bench`", file=sys.stderr)
         return 2
     call_command("migrate", verbosity=0)
-    single, bulk, batch = (500, 5_000, 500) if options.quick else (2_000, 20_000, 500)
+    single, bulk, batch = (500, 5_000, 500) if options.quick else (1_000, 10_000, 500)
     load = os.getloadavg()
     python = peers_python()
     results: dict[str, dict[str, float]] = {"zypher": run_zypher(single, bulk, batch)}
