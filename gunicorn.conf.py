@@ -9,3 +9,8 @@ bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8080')}"
 workers = int(os.environ.get("WEB_WORKERS", "2"))
 worker_class = "uvicorn_worker.UvicornWorker"
 graceful_timeout = 10
+
+# The web workers take their database connections from Django's pool (zypher/settings.py):
+# under ASGI a request's synchronous part runs in a new thread, which would otherwise open
+# a connection of its own.
+os.environ.setdefault("ZYPHER_DB_POOL", "1")

@@ -4,8 +4,9 @@ throwaway PostgreSQL.
 
     python -m bench.run_all [performance|reliability]
 
-`performance` (the default, `make bench`, under 15 minutes here): the core figures,
-scale-out over several dispatchers of one pool, /predict, the dashboard and splines.
+`performance` (the default, `make bench`, under 15 minutes here): the core figures, the
+HTTP path against its floors, the peers (pgqueuer, procrastinate), scale-out over several
+dispatchers of one pool, /predict, the dashboard and splines.
 `reliability` (`make reliability`): the soak, the fault drill, the long fuzz run of
 docs/reliability.md and the long queue torture (ZYPHER_TORTURE_SECONDS, default 300).
 """
@@ -21,6 +22,8 @@ BENCH = Path(__file__).resolve().parent
 GROUPS = {
     "performance": [
         "bench_core",
+        "bench_http",
+        "bench_peers",
         "bench_scale_out",
         "bench_predict",
         "bench_dashboard",

@@ -2,7 +2,12 @@
 
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "zypher.settings")
-application = get_asgi_application()
+django.setup(set_prefix=False)
+
+# One thread hop per request to a synchronous view (jobs.api.middleware explains why).
+from jobs.api.middleware import OneHopASGIHandler  # noqa: E402
+
+application = OneHopASGIHandler()

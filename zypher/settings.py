@@ -108,6 +108,30 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {
         "NAME": str(BASE_DIR / "var" / f"test-zypher-{os.getpid()}.sqlite3")
     }
+elif env_bool("ZYPHER_DB_POOL", False):
+    # PostgreSQL through Django's native pool (psycopg-pool), one pool per process; on in
+    # the web server (gunicorn.conf.py sets ZYPHER_DB_POOL=1). Under ASGI each request's
+    # synchronous part runs in a thread of its own, so per-thread persistent connections
+    # (CONN_MAX_AGE) were opened anew by every request; a pooled connection is taken when
+    # a request first queries and given back when it ends. Processes with long-lived
+    # threads (run_dispatcher, manage.py) keep persistent connections: a pool would only
+    # add a check per call there. Sizes are per web worker: WEB_WORKERS x
+    # ZYPHER_DB_POOL_MAX_SIZE, plus one connection per dispatcher thread and per LISTEN,
+    # must stay below PostgreSQL's max_connections (100 by default, 3 reserved): the
+    # defaults (2 workers x 10) leave room for several dispatchers and operators. A
+    # request that finds the pool exhausted waits up to ZYPHER_DB_POOL_TIMEOUT seconds,
+    # then fails as a database outage (503 with Retry-After).
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool refuses persistent connections
+    # Health check: each connection taken from the pool is checked with an empty query
+    # (one round trip), so a connection the server dropped is replaced, not handed out.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": int(os.environ.get("ZYPHER_DB_POOL_MIN_SIZE", "2")),
+        "max_size": int(os.environ.get("ZYPHER_DB_POOL_MAX_SIZE", "10")),
+        "timeout": float(os.environ.get("ZYPHER_DB_POOL_TIMEOUT", "10")),
+        # Recycled after an hour idle-or-not, so server-side memory growth stays bounded.
+        "max_lifetime": 3600.0,
+    }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "jobs.User"

@@ -7,9 +7,13 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
+from django.core.handlers.asgi import ASGIHandler
+from django.core.handlers.base import BaseHandler
 from django.core.signals import got_request_exception
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.urls import Resolver404, get_resolver
 
 from jobs.api.errors import UNAVAILABLE_MESSAGE, database_unavailable, forget_connections
 
@@ -46,10 +50,42 @@ got_request_exception.connect(_note_database_outage, dispatch_uid="zypher-databa
 
 
 class ApiErrorMiddleware:
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        self.get_response = get_response
+    """Sync and async capable: in Django's asynchronous chain (the `async def` views) it
+    runs on the event loop instead of costing a hop to a thread and back."""
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.is_async:
+            return self.__acall__(request)
+        refusal = self.refuse_body(request)
+        if refusal is not None:
+            return refusal
+        response = self.get_response(request)
+        if self.database_failed(request, response):
+            forget_connections()
+            return unavailable_response(request)
+        return response
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+        refusal = self.refuse_body(request)
+        if refusal is not None:
+            return refusal
+        response = await self.get_response(request)
+        if self.database_failed(request, response):
+            await sync_to_async(forget_connections, thread_sensitive=True)()
+            return unavailable_response(request)
+        return response
+
+    @staticmethod
+    def refuse_body(request: HttpRequest) -> HttpResponse | None:
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
@@ -62,11 +98,13 @@ class ApiErrorMiddleware:
                 },
                 status=413,
             )
-        response = self.get_response(request)
-        if response.status_code == 500 and getattr(request, "_zypher_database_unavailable", False):
-            forget_connections()
-            return unavailable_response(request)
-        return response
+        return None
+
+    @staticmethod
+    def database_failed(request: HttpRequest, response: HttpResponse) -> bool:
+        return response.status_code == 500 and getattr(
+            request, "_zypher_database_unavailable", False
+        )
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         # A database outage outside DRF views (admin, sessions, pages) is a 503, not a traceback.
@@ -74,3 +112,38 @@ class ApiErrorMiddleware:
             forget_connections()
             return unavailable_response(request)
         return None
+
+
+class OneHopASGIHandler(ASGIHandler):
+    """Django's ASGI handler with one thread hop per request to a synchronous view.
+
+    Django's own handler runs the middleware chain on the event loop and adapts every
+    synchronous piece to it: each `process_request`/`process_response` of the built-in
+    middleware (sessions, CSRF, auth, messages, ...), WhiteNoise, this module's
+    middleware and the view each paid a hop to a thread and back (17 per `GET
+    /api/health/`, measured with `python -m bench.bench_http --profile`). Here a request
+    whose view is synchronous (the API, the admin, the pages) runs the whole synchronous
+    chain, exactly as under WSGI, in one hop to the request's thread; a request whose
+    view is `async def` (/predict, which waits on the event loop) keeps Django's
+    asynchronous chain. The request_started signal and the response's close (which gives
+    the database connection back to the pool) stay where Django puts them, in the same
+    thread as the view.
+    """
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        super().load_middleware(is_async=is_async)
+        self._sync_handler = BaseHandler()
+        self._sync_handler.load_middleware(is_async=False)
+
+    async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
+        if _view_is_async(request.path_info):
+            return await super().get_response_async(request)
+        return await sync_to_async(self._sync_handler.get_response, thread_sensitive=True)(request)
+
+
+def _view_is_async(path: str) -> bool:
+    try:
+        match = get_resolver(settings.ROOT_URLCONF).resolve(path)
+    except Resolver404:
+        return False
+    return iscoroutinefunction(match.func)

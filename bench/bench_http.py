@@ -1,0 +1,385 @@
+"""The HTTP path against its floors: what Django, DRF and the server add to a request.
+
+    python tests/support/pgcluster.py -- .venv/bin/python -m bench.bench_http [--quick]
+    python tests/support/pgcluster.py -- .venv/bin/python -m bench.bench_http --profile
+
+Needs PostgreSQL (DATABASE_URL). Each figure stands next to a floor measured in the same
+run, on the same server configuration (gunicorn.conf.py):
+
+- `GET /api/health/` against a bare ASGI hello app (bench/hello_asgi.py);
+- `POST /api/jobs/` (one job, one sequential client) against `submit_jobs` called in
+  process; `GET /api/jobs/<id>/` against reading and serialising the job in process;
+- concurrent single submits (4 client processes) against the trivial view's throughput.
+
+`--profile` runs requests through the ASGI application in this process instead: the
+thread hops per request (asgiref's sync_to_async / async_to_sync calls) and a cProfile
+breakdown of the same requests through the synchronous handler. Writes
+bench/results/http.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import json
+import os
+import pstats
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+# The in-process requests of --profile submit as a named user, as the servers here do.
+os.environ.setdefault("ZYPHER_OPEN_MODE", "1")
+
+import requests  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+from django.db import connection  # noqa: E402
+
+from bench.bench_core import http_load, reset_tables  # noqa: E402  (sets Django up)
+from bench.common import RESULTS, log, print_table, subprocess_env, write_results  # noqa: E402
+from jobs.api.serializers import JobDetailSerializer  # noqa: E402
+from jobs.models import Job, User  # noqa: E402
+from jobs.queue import JobSpec, submit_jobs  # noqa: E402
+from tests.support.processes import ServiceProcess, free_port, start_gateway, wait_until  # noqa: E402
+
+TARGETS = {
+    "health": 1.5,  # x the bare ASGI app, at most
+    "submit": 3.0,  # x the in-process call, at most
+    "detail": 3.0,
+    "concurrent": 0.6,  # of the trivial view's throughput, at least
+}
+
+
+# --- in process -----------------------------------------------------------------------
+
+
+def time_calls(call: Callable[[], object], count: int) -> list[float]:
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def in_process_submit(owner: User) -> Callable[[], object]:
+    spec = JobSpec(kind="noop", input=1, device_type="cpu")
+    return lambda: submit_jobs(owner, [spec])
+
+
+def in_process_detail(public_id: str) -> Callable[[], object]:
+    def read() -> object:
+        job = Job.objects.select_related("owner").get(public_id=public_id)
+        return json.dumps(JobDetailSerializer(job, context={"request": None}).data)
+
+    return read
+
+
+# --- over HTTP --------------------------------------------------------------------------
+
+
+def start_hello() -> tuple[ServiceProcess, str]:
+    """The bare ASGI app under the same gunicorn.conf.py as Zypher."""
+    port = free_port()
+    gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+    process = ServiceProcess(
+        "gunicorn-hello",
+        [gunicorn, "bench.hello_asgi:app", "-b", f"127.0.0.1:{port}"],
+        subprocess_env(),
+        RESULTS,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            return requests.get(url + "/", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_until(answers, 30, "the hello app to answer")
+    return process, url
+
+
+def time_requests(
+    session: requests.Session, count: int, send: Callable[[int], requests.Response]
+) -> list[float]:
+    times = []
+    for index in range(count):
+        started = time.perf_counter()
+        response = send(index)
+        times.append(time.perf_counter() - started)
+        if response.status_code not in (200, 201):
+            raise RuntimeError(
+                f"{response.request.url}: {response.status_code} {response.text[:200]}"
+            )
+    return times
+
+
+def sequential(zypher: str, hello: str, rounds: int, count: int) -> dict[str, list[float]]:
+    """Interleaved rounds of every figure, so load on the shared machine hits them alike."""
+    session = requests.Session()
+    owner, _ = User.objects.get_or_create(username="bench-inproc")
+    submitted = session.post(
+        zypher + "/api/jobs/",
+        json={"user_id": "bench-http", "kind": "noop", "input": 0},
+        timeout=30,
+    )
+    job_url = zypher + f"/api/jobs/{submitted.json()['id']}/"
+    samples: dict[str, list[float]] = {
+        name: []
+        for name in ("hello", "health", "submit", "detail", "submit_inproc", "detail_inproc")
+    }
+    for round_number in range(rounds):
+        log(f"sequential: round {round_number + 1} of {rounds}, {count} of each")
+        samples["hello"] += time_requests(
+            session, count, lambda _: session.get(hello + "/", timeout=30)
+        )
+        samples["health"] += time_requests(
+            session, count, lambda _: session.get(zypher + "/api/health/", timeout=30)
+        )
+        samples["submit"] += time_requests(
+            session,
+            count,
+            lambda i: session.post(
+                zypher + "/api/jobs/",
+                json={"user_id": "bench-http", "kind": "noop", "input": i},
+                timeout=30,
+            ),
+        )
+        samples["detail"] += time_requests(
+            session, count, lambda _: session.get(job_url, timeout=30)
+        )
+        samples["submit_inproc"] += time_calls(in_process_submit(owner), count)
+        samples["detail_inproc"] += time_calls(in_process_detail(submitted.json()["id"]), count)
+    return samples
+
+
+# --- profile: hops and where the time goes ---------------------------------------------
+
+
+def asgi_request(app: Any, method: str, path: str, body: bytes = b"") -> int:
+    """One request through the ASGI application in this process; returns the status."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [
+            (b"host", b"127.0.0.1"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    asyncio.run(app(scope, receive, send))
+    return status
+
+
+def count_hops(app: Any, method: str, path: str, body: bytes = b"") -> Counter[str]:
+    """asgiref adapter calls during one request: each is a hop between loop and thread."""
+    from asgiref import sync
+
+    hops: Counter[str] = Counter()
+    original_s2a, original_a2s = sync.SyncToAsync.__call__, sync.AsyncToSync.__call__
+
+    async def s2a(self: Any, *args: Any, **kwargs: Any) -> Any:
+        hops[f"sync_to_async {getattr(self.func, '__qualname__', self.func)}"] += 1
+        return await original_s2a(self, *args, **kwargs)
+
+    def a2s(self: Any, *args: Any, **kwargs: Any) -> Any:
+        hops[f"async_to_sync {getattr(self.awaitable, '__qualname__', self.awaitable)}"] += 1
+        return original_a2s(self, *args, **kwargs)
+
+    sync.SyncToAsync.__call__ = s2a  # type: ignore[method-assign]
+    sync.AsyncToSync.__call__ = a2s  # type: ignore[method-assign]
+    try:
+        asgi_request(app, method, path, body)
+    finally:
+        sync.SyncToAsync.__call__ = original_s2a  # type: ignore[method-assign]
+        sync.AsyncToSync.__call__ = original_a2s  # type: ignore[method-assign]
+    return hops
+
+
+def profile(count: int) -> dict[str, Any]:
+    from django.test import Client
+
+    from zypher.asgi import application as app
+
+    body = json.dumps({"user_id": "bench-profile", "kind": "noop", "input": 1}).encode()
+    status = asgi_request(app, "POST", "/api/jobs/", body)  # create the user, warm caches
+    job_id = Job.objects.order_by("-id").values_list("public_id", flat=True).first()
+    assert job_id is not None, f"the warm-up submit queued nothing ({status})"
+    cases = {
+        "health": ("GET", "/api/health/", b""),
+        "submit": ("POST", "/api/jobs/", body),
+        "detail": ("GET", f"/api/jobs/{job_id}/", b""),
+    }
+    report: dict[str, Any] = {}
+    for name, (method, path, data) in cases.items():
+        hops = count_hops(app, method, path, data)
+
+        def through_asgi(m: str = method, p: str = path, d: bytes = data) -> int:
+            return asgi_request(app, m, p, d)
+
+        asgi_times = time_calls(through_asgi, count)
+        print(f"\n{name}: {method} {path}: {sum(hops.values())} hops per request (ASGI)")
+        for hop, times in hops.most_common():
+            print(f"  {times} x {hop}")
+        # cProfile follows one thread: the same request through the synchronous handler.
+        client = Client()
+
+        def send(m: str = method, p: str = path, d: bytes = data, c: Client = client) -> object:
+            if m == "POST":
+                return c.post(p, d, content_type="application/json")
+            return c.get(p)
+
+        send()
+        profiler = cProfile.Profile()
+        profiler.enable()
+        sync_times = time_calls(send, count)
+        profiler.disable()
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(35)
+        print(f"  ASGI in process: median {statistics.median(asgi_times) * 1000:.3f} ms;")
+        print(
+            f"  synchronous handler under cProfile: median {statistics.median(sync_times) * 1000:.3f} ms"
+        )
+        print("\n".join(out.getvalue().splitlines()[:60]))
+        report[name] = {
+            "hops": dict(hops),
+            "asgi_in_process_median_ms": statistics.median(asgi_times) * 1000,
+        }
+    return report
+
+
+# --- the report ---------------------------------------------------------------------------
+
+
+def verdict(ratio: float, target: float, at_least: bool = False) -> str:
+    met = ratio >= target if at_least else ratio <= target
+    return "MET" if met else "MISSED"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke test)")
+    parser.add_argument("--profile", action="store_true", help="hops and cProfile, in process")
+    options = parser.parse_args()
+    if connection.vendor != "postgresql":
+        print(
+            "bench_http needs PostgreSQL: run it through tests/support/pgcluster.py",
+            file=sys.stderr,
+        )
+        return 2
+    call_command("migrate", verbosity=0)
+    reset_tables()
+    if options.profile:
+        write_results("http_profile", profile(100 if options.quick else 300))
+        return 0
+    load = os.getloadavg()
+    rounds, count = (2, 100) if options.quick else (3, 300)
+    seconds = 3.0 if options.quick else 6.0
+    gateway, zypher = start_gateway(subprocess_env(), RESULTS)
+    hello, hello_url = start_hello()
+    try:
+        samples = sequential(zypher, hello_url, rounds, count)
+        connection.close()  # the forked clients must not share this process's connection
+        log(f"concurrent: 4 clients, {seconds:.0f}s each of health and single submits")
+        health_load = http_load(zypher, "health", seconds, 4)
+        submit_load = http_load(zypher, "submit", seconds, 4)
+    finally:
+        hello.stop()
+        gateway.stop()
+    median = {name: statistics.median(values) * 1000 for name, values in samples.items()}
+    ratios = {
+        "health": median["health"] / median["hello"],
+        "submit": median["submit"] / median["submit_inproc"],
+        "detail": median["detail"] / median["detail_inproc"],
+        "concurrent": submit_load["requests_per_s"] / health_load["requests_per_s"],
+    }
+    rows = [
+        [
+            "GET /api/health/",
+            f"{median['health']:.3f} ms",
+            "bare ASGI hello, same server",
+            f"{median['hello']:.3f} ms",
+            f"{ratios['health']:.2f}x",
+            "<= 1.5x",
+            verdict(ratios["health"], TARGETS["health"]),
+        ],
+        [
+            "POST /api/jobs/ (1 job, sequential)",
+            f"{median['submit']:.3f} ms",
+            "submit_jobs in process",
+            f"{median['submit_inproc']:.3f} ms",
+            f"{ratios['submit']:.2f}x",
+            "<= 3x",
+            verdict(ratios["submit"], TARGETS["submit"]),
+        ],
+        [
+            "GET /api/jobs/<id>/ (sequential)",
+            f"{median['detail']:.3f} ms",
+            "read + serialise in process",
+            f"{median['detail_inproc']:.3f} ms",
+            f"{ratios['detail']:.2f}x",
+            "<= 3x",
+            verdict(ratios["detail"], TARGETS["detail"]),
+        ],
+        [
+            "POST /api/jobs/ (1 job, 4 clients)",
+            f"{submit_load['requests_per_s']:.0f} req/s",
+            "GET /api/health/, 4 clients",
+            f"{health_load['requests_per_s']:.0f} req/s",
+            f"{ratios['concurrent']:.2f}",
+            ">= 0.6",
+            verdict(ratios["concurrent"], TARGETS["concurrent"], at_least=True),
+        ],
+    ]
+    print_table(
+        f"HTTP path against its floors (medians; load average {load[0]:.1f} at the start)",
+        ["figure", "measured", "floor", "floor measured", "ratio", "target", "verdict"],
+        rows,
+    )
+    path = write_results(
+        "http",
+        {
+            "load_average": load,
+            "median_ms": median,
+            "ratios": ratios,
+            "concurrent": {"health": health_load, "submit": submit_load},
+            "quick": options.quick,
+        },
+    )
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
