@@ -139,7 +139,10 @@ class Job(models.Model):
         validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
         help_text="How far the running handler says it has got, 0 to 1.",
     )
-    progress_message = models.CharField(max_length=PROGRESS_MESSAGE_LENGTH, blank=True, default="")
+    # db_default too: the PL/pgSQL submit (jobs/sql/submit.sql) inserts rows itself.
+    progress_message = models.CharField(
+        max_length=PROGRESS_MESSAGE_LENGTH, blank=True, default="", db_default=""
+    )
 
     objects = OwnedQuerySet.as_manager()
 

@@ -25,7 +25,8 @@ def read_events(url: str, into: list[tuple[str, dict[str, Any]]], timeout: float
         assert response.status_code == 200, response.text
         assert response.headers["Content-Type"].startswith("text/event-stream")
         event, data = "", ""
-        for line in response.iter_lines(decode_unicode=True):
+        for raw in response.iter_lines():
+            line = raw.decode()
             if line.startswith("event: "):
                 event = line[len("event: ") :]
             elif line.startswith("data: "):
@@ -104,7 +105,7 @@ async def check_access(job_id: str, owner_token: str, other_token: str) -> None:
     assert unknown.status_code == 404
     own = await client.get(url, headers={"Authorization": f"Token {owner_token}"})
     assert own.status_code == 200 and own["Content-Type"] == "text/event-stream"
-    body = b"".join([chunk async for chunk in own.streaming_content]).decode()
+    body = b"".join([chunk async for chunk in own.streaming_content]).decode()  # type: ignore[attr-defined]
     assert body.startswith("id: 1\nevent: ended\ndata: ") and '"status":"cancelled"' in body
 
 

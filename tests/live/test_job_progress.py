@@ -34,8 +34,8 @@ def test_the_mock_qpu_behind_an_agent_reports_progress_through_its_status(
     agent = start_agent("qpu-p", size=3, ZYPHER_QPU_SECONDS="4")
     agent.command("start")
     start_device_dispatcher()
-    body = {"user_id": "bo", "kind": "qpu", "device_type": "qpu"}
-    body["input"] = {"instructions": ["h 0"], "shots": 10}
+    qpu_input = {"instructions": ["h 0"], "shots": 10}
+    body = {"user_id": "bo", "kind": "qpu", "device_type": "qpu", "input": qpu_input}
     job_id = device_gateway.post("/api/jobs/", body).json()["id"]
     seen = wait_until(lambda: progress_while_running(device_gateway, job_id), 20, "progress")
     assert seen["progress_message"].startswith("shot batch") and seen["device"] == "qpu-p"
