@@ -47,7 +47,7 @@ from jobs.models import FINAL_STATUSES, Job, JobStatus
 from jobs.predict.hub import completion_hub, run_in_db_thread
 
 POLL_SECONDS = 0.5  # every watched job is re-read this often, in one query per 500
-POSITION_SECONDS = 10.0  # a queued job's position is recomputed this often, at most
+POSITION_SECONDS = 30.0  # a queued job's position is recomputed this often, at most (a few queries)
 KEEPALIVE_SECONDS = 15.0
 EVENT_TYPES = ("queued", "running", "ended")
 

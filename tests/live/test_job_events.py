@@ -15,6 +15,7 @@ from django.test import AsyncClient
 from rest_framework.authtoken.models import Token
 
 from jobs.models import Job, User
+from jobs.predict.hub import close_db_connections
 from jobs.queue import JobSpec, submit_jobs
 from tests.support.processes import wait_until
 
@@ -88,7 +89,10 @@ def test_the_stream_has_the_access_rules_of_the_job(settings):
     [job], _ = submit_jobs(owner, [JobSpec(kind="noop", input=1, device_type="cpu")])
     Job.objects.filter(pk=job.pk).update(status="cancelled")
     owner_token, other_token = (Token.objects.create(user=user).key for user in (owner, other))
-    asyncio.run(check_access(str(job.public_id), owner_token, other_token))
+    try:
+        asyncio.run(check_access(str(job.public_id), owner_token, other_token))
+    finally:
+        close_db_connections()  # the view's database threads: the test database is dropped
 
 
 async def check_access(job_id: str, owner_token: str, other_token: str) -> None:
