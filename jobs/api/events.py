@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import time
 import uuid
@@ -45,6 +46,8 @@ from rest_framework.settings import api_settings
 from jobs.api.access import reader_of
 from jobs.models import FINAL_STATUSES, Job, JobStatus
 from jobs.predict.hub import completion_hub, run_in_db_thread
+
+log = logging.getLogger("zypher.events")
 
 POLL_SECONDS = 0.5  # every watched job is re-read this often, in one query per 500
 POSITION_SECONDS = 30.0  # a queued job's position is recomputed this often, at most (a few queries)
@@ -171,8 +174,9 @@ class JobWatchHub:
             await asyncio.sleep(POLL_SECONDS)
             try:
                 latest = await run_in_db_thread(_fingerprints, list(self._watches))
-            except DatabaseError:
-                continue  # a database outage: the streams wait, and retry with us
+            except Exception as exc:  # an outage: the streams wait, and we retry
+                log.warning("re-reading watched jobs failed: %s", str(exc)[:200])
+                continue
             for public_id, fingerprint in latest.items():
                 watch = self._watches.get(public_id)
                 if watch is not None and watch.fingerprint != fingerprint:
