@@ -14,7 +14,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
-BENCH_HANDLERS = {"stamp": "bench.handlers:stamp"}
+BENCH_HANDLERS = {
+    "stamp": "bench.handlers:stamp",
+    "progress_noop": "bench.handlers:progress_noop",  # bench_live: the cost of progress
+}
 
 
 def setup_django() -> None:

@@ -17,6 +17,10 @@ gateway accepts it or refuses it for good (the claim was fenced off, the device 
 longer known, a signature that will never pass); until then the job is listed as
 `unreported` in `status`, with how long ago it ended, and the gateway keeps its lease
 for a bounded time only (ZYPHER_DEVICE_UNREPORTED_SECONDS), then requeues it.
+
+The running job's latest progress (its handler's or the mock QPU's `report_progress`)
+travels in the `status` answer (`job.progress`, `job.progress_message`): the gateway
+asks every few seconds anyway, so progress costs no message of its own.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ import aiohttp
 from aiohttp import web
 
 from devices import protocol
-from devices.qpu.mock import measure
+from devices.qpu.mock import run_mock_qpu
+from jobs.progress import ProgressReporter, reporting
 
 log = logging.getLogger("zypher.agent")
 
@@ -74,6 +79,20 @@ class RunningJob:
     kind: str
     task: asyncio.Task[None] | None = None
     started: float = field(default_factory=time.monotonic)
+    reporter: ProgressReporter = field(default_factory=ProgressReporter)
+
+    def summary(self, now: float) -> dict[str, Any]:
+        """The job as `status` shows it, with its latest progress if it reported any."""
+        summary: dict[str, Any] = {
+            "job_id": self.job_id,
+            "fencing_token": self.fencing_token,
+            "seconds": round(now - self.started, 3),
+        }
+        progress = self.reporter.peek()
+        if progress is not None:
+            summary["progress"] = progress.fraction
+            summary["progress_message"] = progress.message
+        return summary
 
 
 @dataclass
@@ -176,13 +195,7 @@ class DeviceAgent:
             "id": self.config.device_id,
             "type": self.config.device_type,
             "size": self.config.size,
-            "job": None
-            if job is None
-            else {
-                "job_id": job.job_id,
-                "fencing_token": job.fencing_token,
-                "seconds": round(now - job.started, 3),
-            },
+            "job": None if job is None else job.summary(now),
             "unreported": sorted({job_id for job_id, _ in self.unreported}),
             # How long ago each unreported job ended (its latest run): the gateway keeps its
             # lease only so long.
@@ -225,13 +238,15 @@ class DeviceAgent:
         started = time.monotonic()
         result: Any  # whatever the handler returned: checked by _unsendable_result
         try:
-            if job.kind == "qpu" or self.config.device_type == "qpu":
-                await asyncio.sleep(self.config.qpu_seconds)
-                result = measure(job_input, self.config.size)
-            else:
-                from jobs.handlers import resolve_handler
+            with reporting(job.reporter):  # copied into the handler's thread by to_thread
+                if job.kind == "qpu" or self.config.device_type == "qpu":
+                    result = await run_mock_qpu(
+                        job_input, self.config.size, self.config.qpu_seconds
+                    )
+                else:
+                    from jobs.handlers import resolve_handler
 
-                result = await asyncio.to_thread(resolve_handler(job.kind), job_input)
+                    result = await asyncio.to_thread(resolve_handler(job.kind), job_input)
             succeeded, error = True, _unsendable_result(result)
             if error:
                 result, succeeded = None, False

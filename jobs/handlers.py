@@ -2,7 +2,8 @@
 
 A handler is `def handler(input) -> result`: it gets the job's JSON input and returns a
 JSON-serialisable result; an exception fails the job with its message. Handlers run in
-the dispatcher's worker processes, never in a web request.
+the dispatcher's worker processes, never in a web request. A handler may call
+`report_progress(fraction, message)` as often as it likes (see `jobs.progress`).
 
 `jobs` names only its own handlers here. Other apps add theirs from their
 `AppConfig.ready()` through `register_handlers` (splines: `spline`, devices: `qpu`), and
@@ -22,6 +23,10 @@ from functools import cache
 from typing import Any
 
 from django.conf import settings
+
+from jobs.progress import report_progress
+
+__all__ = ["report_progress", "register_handlers", "resolve_handler", "known_kinds"]
 
 BUILTIN_HANDLERS: dict[str, str] = {
     "limited_f": "jobs.handlers:limited_f",
@@ -59,12 +64,16 @@ def limited_f(x: Any) -> dict[str, Any]:
     """A CPU-bound stand-in for scarce compute: hashes for ZYPHER_LIMITED_F_SECONDS."""
     deadline = time.monotonic() + settings.ZYPHER_LIMITED_F_SECONDS
     digest = hashlib.sha256(json.dumps(x, sort_keys=True).encode()).digest()
+    seconds = settings.ZYPHER_LIMITED_F_SECONDS
     rounds = 0
     while True:
         digest = hashlib.sha256(digest).digest()
         rounds += 1
-        if rounds % 1000 == 0 and time.monotonic() >= deadline:
-            break
+        if rounds % 1000 == 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            report_progress(1 - left / seconds if seconds > 0 else 0.0, f"{rounds} rounds")
     output: Any = (
         x * x if isinstance(x, int | float) and not isinstance(x, bool) else digest.hex()[:16]
     )

@@ -17,6 +17,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from jobs.progress import PROGRESS_MESSAGE_LENGTH
+
 # Weights are bounded: a tiny weight divides a charge into a virtual time that runs away
 # for good, a huge one lets a user outrun everyone else's start tags (issue 13).
 MIN_WEIGHT = 0.001
@@ -128,6 +130,18 @@ class Job(models.Model):
     size = models.PositiveIntegerField(default=0)
     program = models.ForeignKey(
         Program, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
+    )
+    # What the handler last reported (`jobs.handlers.report_progress`), written coalesced
+    # by the device's dispatcher (`jobs.progress`); NULL until the first report.
+    progress = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="How far the running handler says it has got, 0 to 1.",
+    )
+    # db_default too: the PL/pgSQL submit (jobs/sql/submit.sql) inserts rows itself.
+    progress_message = models.CharField(
+        max_length=PROGRESS_MESSAGE_LENGTH, blank=True, default="", db_default=""
     )
 
     objects = OwnedQuerySet.as_manager()

@@ -741,7 +741,13 @@ def release_job(
             notify_done(str(job.public_id))
             return JobStatus.FAILED
         requeued = Job.objects.filter(held).update(
-            status=JobStatus.QUEUED, started_at=None, device="", lease_expires_at=None, error=reason
+            status=JobStatus.QUEUED,
+            started_at=None,
+            device="",
+            lease_expires_at=None,
+            error=reason,
+            progress=None,  # the next run reports its own
+            progress_message="",
         )
         if requeued and job.started_at is not None:
             # The only path that erases a run from the job row: keep its device time for

@@ -1,7 +1,7 @@
 from django.urls import path, re_path
 from rest_framework.authtoken.views import obtain_auth_token
 
-from jobs.api import views
+from jobs.api import events, views
 from jobs.monitoring import views as stats_views
 from jobs.predict import views as predict_views
 
@@ -9,6 +9,7 @@ urlpatterns = [
     path("api/health/", views.HealthView.as_view(), name="health"),
     path("api/jobs/", views.JobListCreateView.as_view(), name="job-list"),
     path("api/jobs/<uuid:job_id>/", views.JobDetailView.as_view(), name="job-detail"),
+    path("api/jobs/<uuid:job_id>/events", events.job_events, name="job-events"),
     path("api/jobs/<uuid:job_id>/cancel/", views.JobCancelView.as_view(), name="job-cancel"),
     path("api/users/", views.UserCreateView.as_view(), name="user-create"),
     path("api/users/<str:user_id>/", views.UserDetailView.as_view(), name="user-detail"),

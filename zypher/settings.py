@@ -198,6 +198,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "jobs.api.errors.document_error_responses",
+        "jobs.api.events.document_events_endpoint",  # the SSE stream, a plain Django view
     ],
 }
 

@@ -12,7 +12,8 @@ worker processes; each holds at most one job. The loop:
 * sleeps when there is nothing to do until a NOTIFY (PostgreSQL) or a short poll;
 * hands jobs to remote agents and simulated devices, checks their health and requeues
   the job of a device that vanished (`devices.dispatcher.remote`);
-* posts each finished program's results to its callback URL (`jobs.programs`).
+* posts each finished program's results to its callback URL (`jobs.programs`);
+* writes the latest progress its devices reported, coalesced (`jobs.progress`).
 
 Local devices are registered in the pool (`devices.models.Device`) while it runs.
 
@@ -45,11 +46,18 @@ from django.db import DatabaseError, close_old_connections, connection
 from devices import pool
 from devices.dispatcher.remote import RemoteDevices
 from devices.dispatcher.supervisor import supervise
-from devices.dispatcher.worker import JobOrder, JobOutcome, log_job_start, worker_main
+from devices.dispatcher.worker import (
+    JobOrder,
+    JobOutcome,
+    JobProgress,
+    log_job_start,
+    worker_main,
+)
 from jobs import invariants
 from jobs.api.errors import database_unavailable
 from jobs.notifications import notifications
 from jobs.programs import CallbackCourier
+from jobs.progress import FLUSH_SECONDS, ProgressBuffer, normalised, save_progress
 from jobs.queue import (
     NOTIFY_CHANNEL,
     ClaimedJob,
@@ -116,7 +124,10 @@ class Dispatcher:
         self.failure: str | None = None  # why the dispatcher gave up (exit status 1)
         self.empty_pools: set[str] = set()
         self.lease_seconds = settings.ZYPHER_LEASE_SECONDS
-        self.remote = RemoteDevices(self.db, self.stop_requested, self.lease_seconds)
+        self.progress = ProgressBuffer()
+        self.remote = RemoteDevices(
+            self.db, self.stop_requested, self.lease_seconds, progress=self.progress
+        )
         self.callbacks = CallbackCourier()
 
     @property
@@ -206,7 +217,20 @@ class Dispatcher:
             asyncio.get_running_loop().remove_reader(device.connection.fileno())
             self.events.put_nowait(("died", device))
             return
+        if isinstance(outcome, JobProgress):
+            self._record_progress(device, outcome)
+            return
         self.events.put_nowait(("outcome", (device, outcome)))
+
+    def _record_progress(self, device: LocalDevice, report: JobProgress) -> None:
+        # Only for the job the device holds now: one that already ended is ignored.
+        claim = device.claim
+        if claim is not None and (claim.id, claim.fencing_token) == (
+            report.job_id,
+            report.fencing_token,
+        ):
+            key = (claim.public_id, claim.fencing_token, device.name)
+            self.progress.record(key, normalised(report.fraction, report.message))
 
     # --- the loop ---
 
@@ -233,6 +257,7 @@ class Dispatcher:
                 "reaper": self.reap_expired,
                 "callbacks": self.deliver_callbacks,
                 "queue-check": self.check_queue,
+                "progress": self.flush_progress,
                 **self.remote.tasks(),
             }
             if connection.vendor == "postgresql":
@@ -460,6 +485,19 @@ class Dispatcher:
             except DatabaseError:
                 # One program's row or answer: its attempt is counted; try again later.
                 log.exception("callback delivery failed")
+
+    async def flush_progress(self) -> None:
+        """Write the latest progress of each job every FLUSH_SECONDS at most: one
+        transaction for all of them, however often the handlers reported."""
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            updates = self.progress.drain()
+            if not updates:
+                continue
+            try:
+                await self.db(save_progress, updates, retry=False)
+            except DatabaseError as exc:  # progress is a hint: the next report replaces it
+                log.warning("progress not written (%s)", str(exc).strip()[:120])
 
     async def listen_for_work(self) -> None:
         """Wake on NOTIFY (PostgreSQL); reconnects by itself if the database restarts, and

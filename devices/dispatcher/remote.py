@@ -12,6 +12,9 @@
   A job the agent no longer has is not renewed, so its lease runs out and it is requeued.
   Answers are believed only when signed with the device's secret (`protocol.verify_answer`):
   an unsigned or badly signed one counts as no answer, logged (issue 17).
+* Progress: an agent's `status` answer carries its job's latest progress, and a simulated
+  device's handler reports here; both go to the dispatcher's `ProgressBuffer`, written
+  coalesced (`jobs.progress`).
 
 Several dispatchers may run: the device row is locked while a job is claimed for it, and
 every settle or release carries the claim's fencing token.
@@ -34,7 +37,8 @@ from devices import pool, protocol
 from devices.commands import COMMAND_PATH
 from devices.dispatcher.worker import JobOrder, JobOutcome, log_job_start, run_order
 from devices.models import Device
-from devices.qpu.mock import QpuInputError, measure
+from devices.qpu.mock import QpuInputError, run_mock_qpu
+from jobs.progress import ProgressBuffer, ProgressReporter, normalised, reporting
 from jobs.queue import ClaimedJob, renew_leases
 from jobs.results import settle_outcome
 
@@ -49,9 +53,14 @@ class RemoteDevices:
     its stop event and the lease length."""
 
     def __init__(
-        self, db: DatabaseRunner, stop_requested: asyncio.Event, lease_seconds: float
+        self,
+        db: DatabaseRunner,
+        stop_requested: asyncio.Event,
+        lease_seconds: float,
+        progress: ProgressBuffer | None = None,
     ) -> None:
         self.db = db
+        self.progress = progress or ProgressBuffer()
         self.stop_requested = stop_requested
         self.lease_seconds = lease_seconds
         self.wake = asyncio.Event()
@@ -199,13 +208,25 @@ class RemoteDevices:
         self.wake.set()
 
     async def _simulate(self, device: Device, claim: ClaimedJob) -> JobOutcome:
+        key = (claim.public_id, claim.fencing_token, device.name)
+        reporter = ProgressReporter()
+        self.progress.watch(key, reporter)
+        try:
+            return await self._simulate_reporting(device, claim, reporter)
+        finally:
+            self.progress.unwatch(key)
+
+    async def _simulate_reporting(
+        self, device: Device, claim: ClaimedJob, reporter: ProgressReporter
+    ) -> JobOutcome:
         order = JobOrder(claim.id, claim.fencing_token, claim.kind, claim.input)
         if not (claim.kind == "qpu" or device.device_type == "qpu"):
-            return await asyncio.to_thread(run_order, order)
+            return await asyncio.to_thread(run_order, order, reporter)
         started = time.monotonic()
-        await asyncio.sleep(settings.ZYPHER_QPU_SECONDS)
         try:
-            result, succeeded, error = measure(claim.input, device.size), True, ""
+            with reporting(reporter):
+                result = await run_mock_qpu(claim.input, device.size, settings.ZYPHER_QPU_SECONDS)
+            succeeded, error = True, ""
         except (QpuInputError, Exception) as exc:
             result, succeeded, error = None, False, f"{type(exc).__name__}: {exc}"
         duration = time.monotonic() - started
@@ -263,8 +284,22 @@ class RemoteDevices:
         freed = await self.db(
             pool.after_health_check, device.name, answer["state"], answer["result"]
         )
+        self.record_progress(device.name, answer["result"])
         if freed:
             self.wake.set()
+
+    def record_progress(self, device_name: str, status: dict[str, Any]) -> None:
+        """The progress of the job an agent says it runs (written only if it still holds it)."""
+        job = status.get("job")
+        if not isinstance(job, dict) or "progress" not in job:
+            return
+        job_id, fencing_token = job.get("job_id"), job.get("fencing_token")
+        if not isinstance(job_id, str) or isinstance(fencing_token, bool):
+            return
+        if not isinstance(fencing_token, int):
+            return
+        progress = normalised(job["progress"], job.get("progress_message", ""))
+        self.progress.record((job_id, fencing_token, device_name), progress)
 
     async def shut_down(self, db_before_exit: DatabaseRunner) -> None:
         """Stop: give back what simulated devices run here (remote agents keep running; their

@@ -137,6 +137,8 @@ class JobSerializer(serializers.ModelSerializer):
             "duration",
             "device",
             "attempts",
+            "progress",
+            "progress_message",
         ]
         read_only_fields = fields
 
@@ -165,6 +167,8 @@ class JobSerializer(serializers.ModelSerializer):
             "duration": job.duration,
             "device": job.device,
             "attempts": job.attempts,
+            "progress": job.progress,
+            "progress_message": job.progress_message,
         }
 
 

@@ -107,6 +107,8 @@ class RunningJob(TypedDict):
     kind: str
     since: str
     running_seconds: float
+    progress: float | None  # what its handler last reported, 0..1
+    progress_message: str
 
 
 class DeviceState(TypedDict):
@@ -293,9 +295,16 @@ def running_jobs(now: datetime | None = None, limit: int = MAX_RUNNING_LISTED) -
     rows = (
         Job.objects.filter(status=JobStatus.RUNNING)
         .order_by("started_at", "id")
-        .values_list("device", "device_type", "owner__username", "public_id", "kind", "started_at")[
-            :limit
-        ]
+        .values_list(
+            "device",
+            "device_type",
+            "owner__username",
+            "public_id",
+            "kind",
+            "started_at",
+            "progress",
+            "progress_message",
+        )[:limit]
     )
     return [
         {
@@ -306,8 +315,10 @@ def running_jobs(now: datetime | None = None, limit: int = MAX_RUNNING_LISTED) -
             "kind": kind,
             "since": started_at.isoformat() if started_at else "",
             "running_seconds": _age(now, started_at) or 0.0,
+            "progress": progress,
+            "progress_message": progress_message,
         }
-        for device, pool, user, public_id, kind, started_at in rows
+        for device, pool, user, public_id, kind, started_at, progress, progress_message in rows
     ]
 
 
