@@ -5,9 +5,14 @@ dispatcher (`devices.pool`): they are read-only here, changed by commands (start
 or by removing the device, never by editing the row. Only the URL may be edited, and
 saving writes that column alone: a full-row save would write back the job and token
 as they were read, over a dispatch that happened meanwhile.
+
+Re-pointing, removing and commanding a device need `devices.manage_devices` (the device
+registrar role, issue 17), as on the API; `devices.view_device` shows the pool.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
@@ -17,6 +22,7 @@ from django.http import HttpRequest
 from devices import pool
 from devices.models import Device
 from devices.views import run_device_command
+from jobs.api.access import MANAGE_DEVICES, holds
 
 
 @admin.register(Device)
@@ -54,6 +60,18 @@ class DeviceAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # devices register themselves (POST /api/devices/)
 
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_view_permission(request, obj) or holds(request.user, MANAGE_DEVICES)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return holds(request.user, MANAGE_DEVICES)  # the URL: re-pointing the device
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return holds(request.user, MANAGE_DEVICES)
+
+    def has_manage_permission(self, request: HttpRequest) -> bool:
+        return holds(request.user, MANAGE_DEVICES)
+
     def save_model(self, request: HttpRequest, obj: Device, form: ModelForm, change: bool) -> None:
         changed = {name: getattr(obj, name) for name in form.changed_data}
         if change and changed:
@@ -82,18 +100,18 @@ class DeviceAdmin(admin.ModelAdmin):
                     messages.WARNING,
                 )
 
-    @admin.action(description="Start the selected devices (ready)")
+    @admin.action(description="Start the selected devices (ready)", permissions=["manage"])
     def send_start(self, request: HttpRequest, queryset: QuerySet[Device]) -> None:
         self._send(request, queryset, "start")
 
-    @admin.action(description="Stop the selected devices (unready)")
+    @admin.action(description="Stop the selected devices (unready)", permissions=["manage"])
     def send_stop(self, request: HttpRequest, queryset: QuerySet[Device]) -> None:
         self._send(request, queryset, "stop")
 
-    @admin.action(description="Ping the selected devices")
+    @admin.action(description="Ping the selected devices", permissions=["manage"])
     def send_ping(self, request: HttpRequest, queryset: QuerySet[Device]) -> None:
         self._send(request, queryset, "ping")
 
-    @admin.action(description="Terminate the selected devices' agents")
+    @admin.action(description="Terminate the selected devices' agents", permissions=["manage"])
     def send_terminate(self, request: HttpRequest, queryset: QuerySet[Device]) -> None:
         self._send(request, queryset, "terminate")

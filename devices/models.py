@@ -54,6 +54,9 @@ class Device(models.Model):
                 name="device_idle",
             )
         ]
+        # Register, re-point, remove and command devices (issue 17): the `device
+        # registrar` group holds it (devices/migrations/*_operator_permissions).
+        permissions = [("manage_devices", "Can register, re-point, remove and command devices")]
 
     def __str__(self) -> str:
         return self.name

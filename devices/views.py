@@ -1,9 +1,10 @@
 """The devices API: register, list and remove devices, send them commands, take reports.
 
 Who may do what: registering and removing take the registration token
-(`X-Zypher-Device-Token: <ZYPHER_DEVICE_TOKEN>`) or a staff user; listing also open
-mode, without job ids or users; commands are staff only; reports are signed with the
-device's own secret. Registering a known id again also passes when the request is signed
+(`X-Zypher-Device-Token: <ZYPHER_DEVICE_TOKEN>`) or a user holding
+`devices.manage_devices` (the device registrar role, superusers); listing also open
+mode, without job ids or users; commands take that permission (the token is not
+enough); reports are signed with the device's own secret. Registering a known id again also passes when the request is signed
 with that device's secret; a local device's id is never registered (issue 17).
 """
 
@@ -20,7 +21,6 @@ from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, status
-from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -34,6 +34,7 @@ from devices.serializers import (
     DeviceRegisterSerializer,
     DeviceSerializer,
 )
+from jobs.api.access import MANAGE_DEVICES, ManagesDevices, holds
 from jobs.api.parsers import JSONParser
 from jobs.models import Job, JobStatus
 
@@ -47,21 +48,25 @@ def has_registration_token(request: HttpRequest | Request) -> bool:
 
 
 def is_registrar(request: Request) -> bool:
-    """The registration token or a staff user: may register, re-point and remove devices
-    and see who runs what."""
-    if has_registration_token(request):
-        return True
-    return bool(request.user.is_authenticated and request.user.is_staff)
+    """The registration token or a device registrar (`devices.manage_devices`, not
+    `is_staff`): may register, re-point and remove devices and see who runs what."""
+    return has_registration_token(request) or holds(request.user, MANAGE_DEVICES)
 
 
 def require_registrar(request: Request) -> None:
-    """The registration token or a staff user."""
+    """The registration token or a device registrar."""
     if is_registrar(request):
         return
     if request.headers.get(REGISTRATION_TOKEN_HEADER):
         raise exceptions.PermissionDenied("Wrong device registration token.")
+    if request.user.is_authenticated:  # known, but not a registrar: 403, not 401
+        raise exceptions.PermissionDenied(
+            f"This needs the registration token or the {MANAGE_DEVICES} permission "
+            "(the device registrar role)."
+        )
     raise exceptions.NotAuthenticated(
-        f"Send '{REGISTRATION_TOKEN_HEADER}: <ZYPHER_DEVICE_TOKEN>' or a staff token."
+        f"Send '{REGISTRATION_TOKEN_HEADER}: <ZYPHER_DEVICE_TOKEN>' or the token of a user "
+        f"with the {MANAGE_DEVICES} permission (the device registrar role)."
     )
 
 
@@ -87,7 +92,7 @@ def signed_by_device(request: Request, device: Device) -> bool:
 
 
 def require_may_register(request: Request, name: Any, *, open_to_new: bool) -> None:
-    """Registering `name`: the registration token or staff; a known device's own
+    """Registering `name`: the registration token or a registrar; a known device's own
     secret (a signed request); a new name too when `open_to_new` (the exercise's routes
     in open mode without a token). A local device's id is refused later, for everyone
     (pool.register_device)."""
@@ -101,7 +106,7 @@ def require_may_register(request: Request, name: Any, *, open_to_new: bool) -> N
     if device is not None and open_to_new and not request.headers.get(REGISTRATION_TOKEN_HEADER):
         raise exceptions.PermissionDenied(
             f"Device {name!r} is registered: registering it again needs the registration "
-            "token, a staff token or a request signed with its secret."
+            "token, a registrar's token or a request signed with its secret."
         )
     require_registrar(request)
 
@@ -241,10 +246,10 @@ def run_device_command(
 
 
 class DeviceCommandView(APIView):
-    """Send a command to a device (staff): 200 with its answer, 409 refused in its state,
-    400 malformed, 502/504 when the device does not answer."""
+    """Send a command to a device (`devices.manage_devices`): 200 with its answer, 409
+    refused in its state, 400 malformed, 502/504 when the device does not answer."""
 
-    permission_classes = [IsAdminUser]
+    permission_classes = [ManagesDevices]
     parser_classes = [JSONParser]
 
     @extend_schema(request=DeviceCommandSerializer, responses={200: dict})

@@ -9,6 +9,13 @@ pools): operators cancel queued jobs (`cancel_job`) and requeue running ones
 (`release_job`) with the actions, which take the queue's locks. Weights stay editable;
 a queued job's priority too, written with a compare-and-set on its status.
 
+Operators' rights are permissions (issue 17; `jobs.api.access` names them): a weight is
+edited with `jobs.change_weight` (which alone makes every other field read-only), the
+queue actions need `jobs.remove_from_queue`. Only a superuser edits a staff or superuser
+account (its flags, groups, permissions, password, its deletion) or hands out staff,
+superuser, groups and permissions: an operator cannot promote themselves or lock out
+those above them.
+
 The operators' dashboard is a page of the same admin site (`jobs.monitoring.admin_site`,
 `jobs.monitoring.dashboard`). The list filters here never ask the jobs table for its distinct
 values (a full scan with millions of jobs): pools, kinds, users and devices are listed
@@ -21,12 +28,16 @@ import uuid
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.utils import flatten_fieldsets, unquote
+from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth.admin import UserAdmin
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q, QuerySet, Sum
 from django.forms import ModelForm
-from django.http import HttpRequest, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 
+from jobs.api.access import CHANGE_WEIGHT, REMOVE_FROM_QUEUE, holds
 from jobs.handlers import known_kinds
 from jobs.models import FINAL_STATUSES, FairPool, FairShareAccount, Job, JobStatus, User
 from jobs.monitoring.stats import device_states
@@ -34,6 +45,16 @@ from jobs.queue import cancel_job, release_job
 
 LISTED_CHOICES = 50
 LIVE_STATUSES = [JobStatus.QUEUED, JobStatus.RUNNING]
+# What only a superuser changes on an account.
+PRIVILEGE_FIELDS = ["is_staff", "is_superuser", "groups", "user_permissions"]
+
+
+def above(request: HttpRequest, account: User | None) -> bool:
+    """Whether `account` is beyond what the request's (non-superuser) user may edit: a
+    staff or superuser account, whose password or flags would be a way up."""
+    if account is None or getattr(request.user, "is_superuser", False):
+        return False
+    return account.is_staff or account.is_superuser
 
 
 @admin.register(User)
@@ -52,6 +73,46 @@ class ZypherUserAdmin(UserAdmin):
     # django-stubs types UserAdmin.fieldsets as ModelAdmin's Optional; Django's UserAdmin sets it.
     fieldsets = [*UserAdmin.fieldsets, ("Fair share", {"fields": ["weight"]})]  # type: ignore[misc]
     actions = ["remove_from_queue"]
+
+    def may_edit_account(self, request: HttpRequest, obj: User | None = None) -> bool:
+        """Every field (Django's `jobs.change_user`), not only the weight."""
+        return super().has_change_permission(request, obj) and not above(request, obj)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.may_edit_account(request, obj) or holds(request.user, CHANGE_WEIGHT)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_delete_permission(request, obj) and not above(request, obj)
+
+    def has_remove_from_queue_permission(self, request: HttpRequest) -> bool:
+        return holds(request.user, REMOVE_FROM_QUEUE)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        fields = list(super().get_readonly_fields(request, obj))
+        if obj is not None and not self.may_edit_account(request, obj):
+            # The weight alone (an operator): the password's own widget links to a view
+            # that checks for itself (user_change_password).
+            shown = flatten_fieldsets(self.get_fieldsets(request, obj))
+            fields += [name for name in shown if name not in ("weight", "password")]
+        elif not getattr(request.user, "is_superuser", False):
+            fields += PRIVILEGE_FIELDS
+        if not holds(request.user, CHANGE_WEIGHT):
+            fields.append("weight")
+        return list(dict.fromkeys(fields))
+
+    def get_changelist_instance(self, request: HttpRequest) -> ChangeList:
+        changelist = super().get_changelist_instance(request)
+        if not holds(request.user, CHANGE_WEIGHT):
+            changelist.list_editable = ()  # the weight column is the only editable one
+        return changelist
+
+    def user_change_password(
+        self, request: HttpRequest, id: str, form_url: str = ""
+    ) -> HttpResponse:
+        account = self.get_object(request, unquote(id))
+        if account is not None and not self.may_edit_account(request, account):
+            raise PermissionDenied
+        return super().user_change_password(request, id, form_url)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[User]:
         return (
@@ -99,9 +160,14 @@ class ZypherUserAdmin(UserAdmin):
                 f"{row['owner__username']}: {row['live']} queued or running job(s); "
                 "remove the user from the queue first"
             )
+        for account in objs:
+            if above(request, account):
+                protected.append(f"{account}: a staff account (a superuser's to delete)")
         return deleted, counts, perms_needed, protected
 
-    @admin.action(description="Remove selected users from the queue…")
+    @admin.action(
+        description="Remove selected users from the queue…", permissions=["remove_from_queue"]
+    )
     def remove_from_queue(
         self, request: HttpRequest, queryset: QuerySet[User]
     ) -> HttpResponseRedirect:
@@ -202,6 +268,9 @@ class JobAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # jobs are submitted through the API (`submit_jobs` counts them)
 
+    def has_remove_from_queue_permission(self, request: HttpRequest) -> bool:
+        return holds(request.user, REMOVE_FROM_QUEUE)
+
     def has_delete_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
         # Ended jobs may go (retention); queued and running ones are cancelled or requeued.
         allowed = super().has_delete_permission(request, obj)
@@ -245,7 +314,7 @@ class JobAdmin(admin.ModelAdmin):
         except ValueError:
             return queryset.filter(Q(owner__username=term)), False
 
-    @admin.action(description="Cancel selected queued jobs")
+    @admin.action(description="Cancel selected queued jobs", permissions=["remove_from_queue"])
     def cancel_selected(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         cancelled = sum(
             cancel_job(job, cancelled_by=request.user.get_username())
@@ -253,7 +322,7 @@ class JobAdmin(admin.ModelAdmin):
         )
         self.message_user(request, f"Cancelled {cancelled} queued job(s).", messages.SUCCESS)
 
-    @admin.action(description="Requeue selected running jobs")
+    @admin.action(description="Requeue selected running jobs", permissions=["remove_from_queue"])
     def requeue_selected(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         """Give running jobs back to the queue (their dispatcher sees the lease gone and
         stops the device); a job out of attempts fails instead, as after any release."""

@@ -41,6 +41,14 @@ class User(AbstractUser):
                 name="user_weight_range",
             )
         ]
+        # Operators' rights (issue 17), checked by jobs.api.access and the admin instead
+        # of `is_staff`; the `operator` group holds them (jobs/migrations/*_operator_permissions).
+        permissions = [
+            ("remove_from_queue", "Can remove users from the queue"),
+            ("change_weight", "Can change users' weights"),
+            ("view_dashboard", "Can read the operators' dashboard"),
+            ("act_for_users", "Can submit jobs for any user (an application backend)"),
+        ]
 
     def __str__(self) -> str:
         return self.username

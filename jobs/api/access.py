@@ -8,18 +8,26 @@
   `ReadsAccount` (listed by views as `JOB_READERS`, `ACCOUNT_READERS`).
 * `read_idempotency_key`: the `Idempotency-Key` header, the same limit everywhere.
 
+Operators' rights are Django permissions, not `is_staff` (issue 17): `is_staff` only lets
+an account log into the admin. The roles are groups created by the migrations
+(`OPERATOR_GROUP`, `REGISTRAR_GROUP`); superusers hold every permission. Only a
+superuser may grant staff or superuser status or deactivate a superuser (`may_deactivate`,
+`GrantsNoStaff`; the admin enforces the same in `jobs.admin`).
+
 The error texts are the API's contract (tests/api checks them): keep them as they are.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 from django.conf import settings
+from django.contrib.auth.models import Group, Permission
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from rest_framework import exceptions
+from rest_framework.fields import BooleanField
 from rest_framework.permissions import SAFE_METHODS, AllowAny, BasePermission
 from rest_framework.request import Request
 
@@ -29,19 +37,74 @@ from jobs.models import Job, User
 SEND_TOKEN = "Send 'Authorization: Token <key>' (POST /api/token/ issues one)."
 MAX_IDEMPOTENCY_KEY = 200
 
+# The roles (auth groups, created by jobs' and devices' `*_operator_permissions` migrations).
+OPERATOR_GROUP = "operator"
+REGISTRAR_GROUP = "device registrar"
+
+# The permissions the API checks (app_label.codename).
+REMOVE_FROM_QUEUE = "jobs.remove_from_queue"
+CHANGE_WEIGHT = "jobs.change_weight"
+VIEW_DASHBOARD = "jobs.view_dashboard"
+ACT_FOR_USERS = "jobs.act_for_users"
+VIEW_ALL_JOBS = "jobs.view_job"
+VIEW_ACCOUNTS = "jobs.view_user"
+ADD_USERS = "jobs.add_user"
+MANAGE_DEVICES = "devices.manage_devices"
+
+
+# What each role holds (the migrations create the same; `ensure_roles` restores them).
+ROLES: dict[str, list[str]] = {
+    OPERATOR_GROUP: [
+        "jobs.remove_from_queue",
+        "jobs.change_weight",
+        "jobs.view_dashboard",
+        "jobs.view_user",
+        "jobs.view_job",
+        "jobs.change_job",
+        "jobs.view_fairpool",
+        "jobs.view_fairshareaccount",
+        "devices.view_device",
+    ],
+    REGISTRAR_GROUP: ["devices.manage_devices", "devices.view_device"],
+}
+
+
+def ensure_roles() -> None:
+    """Create the role groups with at least their permissions (`ensure_admin` runs it;
+    what an administrator added to a group stays)."""
+    for name, permissions in ROLES.items():
+        group, _ = Group.objects.get_or_create(name=name)
+        for permission in permissions:
+            app_label, codename = permission.split(".")
+            group.permissions.add(
+                *Permission.objects.filter(content_type__app_label=app_label, codename=codename)
+            )
+
+
+def holds(user: object, permission: str) -> bool:
+    """Whether a request's `user` (maybe anonymous) holds `permission`: through a group,
+    directly, or as an active superuser (Django's ModelBackend)."""
+    return isinstance(user, User) and user.has_perm(permission)
+
+
+def may_deactivate(actor: object, target: User) -> bool:
+    """Only a superuser deactivates a superuser: an operator cannot lock out those who
+    can take the operator role away."""
+    return not target.is_superuser or bool(getattr(actor, "is_superuser", False))
+
 
 def acting_user(request: Request, named_user_id: str | None) -> User:
     """The account a request acts for.
 
-    A token's own user; a staff token may act for any `user_id` (created on first use,
-    for an application backend submitting for its own end users). In open mode a request
+    A token's own user; a token holding `jobs.act_for_users` may act for any `user_id`
+    (created on first use, for an application backend submitting for its own end users). In open mode a request
     without a token names its user (`user_id` or `X-User-Id`), or is `anonymous`.
     """
     user: User
     if request.user.is_authenticated:
         if not named_user_id or named_user_id == request.user.username:
             return _user(request)
-        if not request.user.is_staff:
+        if not holds(request.user, ACT_FOR_USERS):
             raise exceptions.PermissionDenied(
                 f"This token belongs to {request.user.username!r} and cannot act for {named_user_id!r}."
             )
@@ -61,11 +124,11 @@ def acting_user(request: Request, named_user_id: str | None) -> User:
 
 
 def reader_of(request: Request) -> User | None:
-    """Whose jobs and programs `request` may see: None for every owner's (staff; anyone
-    in open mode, where an unguessable id is the secret), else the token's own user.
-    Outside open mode a request without a token is refused (401)."""
+    """Whose jobs and programs `request` may see: None for every owner's (`jobs.view_job`:
+    operators, backends; anyone in open mode, where an unguessable id is the secret), else
+    the token's own user. Outside open mode a request without a token is refused (401)."""
     if request.user.is_authenticated:
-        return None if request.user.is_staff else _user(request)
+        return None if holds(request.user, VIEW_ALL_JOBS) else _user(request)
     if settings.ZYPHER_OPEN_MODE:
         return None
     raise exceptions.NotAuthenticated(SEND_TOKEN)
@@ -94,20 +157,93 @@ class ReadsJobs(BasePermission):
 
 
 class ReadsAccount(BasePermission):
-    """`/api/users/<user_id>/`: a user reads their own account; staff read any account and
-    change weights."""
+    """`/api/users/<user_id>/`: a user reads their own account; `jobs.view_user` reads
+    any; `jobs.change_weight` changes weights (operators)."""
 
     def has_permission(self, request: Request, view: Any) -> bool:
         if request.method == "OPTIONS":  # the endpoint's description names no user
             return True
         if not request.user.is_authenticated:
             raise exceptions.NotAuthenticated("Send 'Authorization: Token <key>'.")
-        if request.user.is_staff:
-            return True
         if request.method not in SAFE_METHODS:
-            raise exceptions.PermissionDenied("Only staff may change a weight.")
-        if request.user.username != view.kwargs.get("user_id"):
-            raise exceptions.PermissionDenied("You may only read your own account.")
+            if holds(request.user, CHANGE_WEIGHT):
+                return True
+            raise exceptions.PermissionDenied(
+                f"Changing a weight needs the {CHANGE_WEIGHT} permission (the operator role)."
+            )
+        if request.user.username == view.kwargs.get("user_id") or holds(
+            request.user, VIEW_ACCOUNTS
+        ):
+            return True
+        raise exceptions.PermissionDenied("You may only read your own account.")
+
+
+def _is_true(value: Any) -> bool:
+    # As the serializers will read it (DRF's BooleanField); anything else they refuse.
+    return isinstance(value, (bool, int, str)) and value in BooleanField.TRUE_VALUES
+
+
+class NeedsPermission(BasePermission):
+    """A view whose every method needs `permission` (OPTIONS aside): 401 without a token
+    (DRF's NotAuthenticated), 403 naming the permission otherwise."""
+
+    permission: ClassVar[str]
+    role: ClassVar[str]
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        if request.method == "OPTIONS":
+            return True
+        if not request.user.is_authenticated:
+            raise exceptions.NotAuthenticated(SEND_TOKEN)
+        if not holds(request.user, self.permission):
+            raise exceptions.PermissionDenied(
+                f"This needs the {self.permission} permission ({self.role})."
+            )
+        return True
+
+
+class ReadsDashboard(NeedsPermission):
+    permission = VIEW_DASHBOARD
+    role = "the operator role"
+
+
+class ManagesDevices(NeedsPermission):
+    permission = MANAGE_DEVICES
+    role = "the device registrar role"
+
+
+class RemovesFromQueue(NeedsPermission):
+    """`jobs.remove_from_queue`; deactivating a superuser also needs a superuser."""
+
+    permission = REMOVE_FROM_QUEUE
+    role = "the operator role"
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        super().has_permission(request, view)
+        data = request.data if request.method == "POST" else None
+        if isinstance(data, dict) and _is_true(data.get("deactivate")):
+            target = User.objects.filter(username=view.kwargs.get("user_id")).first()
+            if target is not None and not may_deactivate(request.user, target):
+                raise exceptions.PermissionDenied("Only a superuser may deactivate a superuser.")
+        return True
+
+
+class CreatesUsers(NeedsPermission):
+    """`jobs.add_user`; creating a staff account also needs a superuser (a staff flag
+    is the admin's door: only superusers hand it out)."""
+
+    permission = ADD_USERS
+    role = "a superuser's grant"
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        super().has_permission(request, view)
+        data = request.data
+        if (
+            isinstance(data, dict)
+            and _is_true(data.get("is_staff"))
+            and not getattr(request.user, "is_superuser", False)
+        ):
+            raise exceptions.PermissionDenied("Only a superuser may create a staff account.")
         return True
 
 

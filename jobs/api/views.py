@@ -11,7 +11,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, generics, status
 from rest_framework.authtoken.models import Token
 from rest_framework.pagination import LimitOffsetPagination
-from rest_framework.permissions import AllowAny, IsAdminUser
+from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -19,6 +19,7 @@ from rest_framework.views import APIView
 from jobs.api.access import (
     ACCOUNT_READERS,
     JOB_READERS,
+    CreatesUsers,
     acting_user,
     read_idempotency_key,
     visible_jobs,
@@ -201,9 +202,10 @@ class JobCancelView(generics.GenericAPIView):
 
 
 class UserCreateView(APIView):
-    """Create a user with a weight (staff only). Answers with the user and an API token."""
+    """Create a user with a weight (`jobs.add_user`; a staff account: superusers only).
+    Answers with the user and an API token."""
 
-    permission_classes = [IsAdminUser]
+    permission_classes = [CreatesUsers]
     parser_classes = [JSONParser]
 
     @extend_schema(request=UserCreateSerializer, responses={201: UserSerializer})
@@ -224,7 +226,7 @@ class UserCreateView(APIView):
 
 class UserDetailView(APIView):
     """A user's weight, queued and running counts and device time (the user or staff);
-    PATCH changes the weight (staff), effective at the next dispatch."""
+    PATCH changes the weight (operators), effective at the next dispatch."""
 
     parser_classes = [JSONParser]
     permission_classes = ACCOUNT_READERS

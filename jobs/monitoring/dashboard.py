@@ -22,6 +22,7 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import mark_safe
 
+from jobs.api.access import may_deactivate
 from jobs.models import User
 from jobs.monitoring import charts, stats
 from jobs.queue import remove_user_from_queue
@@ -108,6 +109,12 @@ def remove_from_queue_page(site: admin.AdminSite) -> Callable[[HttpRequest], Htt
     def remove_from_queue(request: HttpRequest) -> HttpResponse:
         if request.method == "POST":
             form = RemoveFromQueueForm(request.POST)
+            if form.is_valid() and form.cleaned_data["deactivate"]:
+                for user in form.cleaned_data["users"]:
+                    if not may_deactivate(request.user, user):
+                        form.add_error(
+                            None, f"Only a superuser may deactivate {user} (a superuser)."
+                        )
             if form.is_valid():
                 options = {
                     "deactivate": form.cleaned_data["deactivate"],

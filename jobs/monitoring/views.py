@@ -9,11 +9,11 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import exceptions, serializers
-from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from jobs.api.access import ReadsDashboard, RemovesFromQueue
 from jobs.api.parsers import JSONParser
 from jobs.models import User
 from jobs.monitoring import metrics, stats
@@ -21,10 +21,10 @@ from jobs.queue import remove_user_from_queue
 
 
 class StatsView(APIView):
-    """The dashboard's figures as JSON (staff): queue depth, who holds each device,
+    """The dashboard's figures as JSON (`jobs.view_dashboard`): queue depth, who holds each device,
     throughput, service time, fair shares over the last hour."""
 
-    permission_classes = [IsAdminUser]
+    permission_classes = [ReadsDashboard]
 
     @extend_schema(responses={200: dict})
     def get(self, request: Request) -> Response:
@@ -41,10 +41,11 @@ class RemoveFromQueueSerializer(serializers.Serializer):
 
 
 class RemoveFromQueueView(APIView):
-    """Cancel every queued job of a user (staff), optionally deactivating the user and
-    stopping their running jobs. Answers `{"cancelled": n}`."""
+    """Cancel every queued job of a user (`jobs.remove_from_queue`), optionally
+    deactivating the user (a superuser: a superuser only) and stopping their running jobs.
+    Answers `{"cancelled": n}`."""
 
-    permission_classes = [IsAdminUser]
+    permission_classes = [RemovesFromQueue]
     parser_classes = [JSONParser]
 
     @extend_schema(

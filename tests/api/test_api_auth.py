@@ -131,7 +131,7 @@ def test_an_x_user_id_header_does_not_change_who_a_token_acts_for(make_user: Mak
 
 @token_mode
 def test_a_staff_token_submits_for_any_user_id_creating_the_user(make_user: MakeUser) -> None:
-    backend = client_with_token(make_user("backend", is_staff=True))
+    backend = client_with_token(make_user("backend", is_staff=True, is_superuser=True))
 
     response = submit(backend, {"user_id": "end-user-7", "input": 1})
 
@@ -144,7 +144,9 @@ def test_a_staff_token_submits_for_any_user_id_creating_the_user(make_user: Make
 
 @token_mode
 def test_a_staff_token_submits_for_itself_when_it_names_nobody(make_user: MakeUser) -> None:
-    response = submit(client_with_token(make_user("backend", is_staff=True)), {"input": 1})
+    response = submit(
+        client_with_token(make_user("backend", is_staff=True, is_superuser=True)), {"input": 1}
+    )
 
     assert response.status_code == 201
     assert response.json()["user_id"] == "backend"
@@ -193,7 +195,7 @@ def test_a_user_reads_and_cancels_its_own_job(make_user: MakeUser) -> None:
 
 @token_mode
 def test_staff_sees_and_cancels_every_users_jobs(make_user: MakeUser) -> None:
-    staff = client_with_token(make_user("operator", is_staff=True))
+    staff = client_with_token(make_user("operator", is_staff=True, is_superuser=True))
     alices, bobs = job_of("alice"), job_of("bob")
 
     listed = staff.get(JOBS_URL).json()
@@ -233,7 +235,7 @@ def test_creating_a_user_is_staff_only_in_open_mode_too(api_client: APIClient) -
 
 @token_mode
 def test_staff_creates_a_user_whose_token_works(make_user: MakeUser) -> None:
-    staff = client_with_token(make_user("operator", is_staff=True))
+    staff = client_with_token(make_user("operator", is_staff=True, is_superuser=True))
 
     created = staff.post(USERS_URL, {"user_id": "carol", "weight": 2.5}, format="json")
 
@@ -287,7 +289,7 @@ def test_the_account_counts_come_from_submits(make_user: MakeUser) -> None:
 def test_a_user_may_not_read_another_users_account_but_staff_may(make_user: MakeUser) -> None:
     make_user("bob")
     alice = client_with_token(make_user("alice"))
-    staff = client_with_token(make_user("operator", is_staff=True))
+    staff = client_with_token(make_user("operator", is_staff=True, is_superuser=True))
 
     as_alice = alice.get(f"{USERS_URL}bob/")
     as_staff = staff.get(f"{USERS_URL}bob/")
@@ -301,7 +303,7 @@ def test_a_user_may_not_read_another_users_account_but_staff_may(make_user: Make
 @token_mode
 def test_only_staff_may_change_a_weight_and_it_takes_effect(make_user: MakeUser) -> None:
     alice = make_user("alice")
-    staff = client_with_token(make_user("operator", is_staff=True))
+    staff = client_with_token(make_user("operator", is_staff=True, is_superuser=True))
 
     refused = client_with_token(alice).patch(f"{USERS_URL}alice/", {"weight": 50}, format="json")
     alice.refresh_from_db()
@@ -320,7 +322,7 @@ def test_a_new_weight_is_charged_at_the_next_dispatch(make_user: MakeUser) -> No
     from jobs.queue import claim_next
 
     alice = make_user("alice")
-    staff = client_with_token(make_user("operator", is_staff=True))
+    staff = client_with_token(make_user("operator", is_staff=True, is_superuser=True))
     submit(client_with_token(alice), [{"input": n} for n in range(2)])
 
     staff.patch(f"{USERS_URL}alice/", {"weight": 4}, format="json")
@@ -366,7 +368,7 @@ def test_a_deactivated_users_own_token_is_refused(make_user: MakeUser) -> None:
 @token_mode
 def test_staff_submitting_for_a_deactivated_user_is_refused_with_403(make_user: MakeUser) -> None:
     make_user("alice", is_active=False)
-    staff = client_with_token(make_user("operator", is_staff=True))
+    staff = client_with_token(make_user("operator", is_staff=True, is_superuser=True))
 
     response = submit(staff, {"user_id": "alice", "input": 1})
 

@@ -117,7 +117,7 @@ def test_the_browsable_api_renders_a_job(api_client: APIClient) -> None:
 def test_the_browsable_api_renders_the_user_endpoints_for_staff(
     make_user: Callable[..., User],
 ) -> None:
-    staff = client_with_token(make_user("operator", is_staff=True))
+    staff = client_with_token(make_user("operator", is_staff=True, is_superuser=True))
 
     account = staff.get("/api/users/operator/", HTTP_ACCEPT=HTML)
     create_form = staff.get("/api/users/", HTTP_ACCEPT=HTML)

@@ -52,7 +52,7 @@ def keep_the_test_connection() -> Iterator[None]:
 
 @pytest.fixture
 def staff_token(db: None) -> str:
-    staff = User.objects.create(username="fuzz-staff", is_staff=True)
+    staff = User.objects.create(username="fuzz-staff", is_staff=True, is_superuser=True)
     User.objects.get_or_create(username="fuzz-user")
     return Token.objects.create(user=staff).key
 

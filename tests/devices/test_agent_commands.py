@@ -189,7 +189,7 @@ def test_tampered_streamed_oversize_and_replayed_run_messages_are_refused_and_it
 
 def test_the_commands_api_sends_commands_for_staff(start_agent, device_gateway):
     agent = start_agent("qpu-api", size=4)
-    staff = User.objects.create(username="operator", is_staff=True)
+    staff = User.objects.create(username="operator", is_staff=True, is_superuser=True)
     headers = {"Authorization": f"Token {Token.objects.create(user=staff).key}"}
     url = "/api/devices/qpu-api/commands/"
 

@@ -36,7 +36,7 @@ def client() -> APIClient:
 
 @pytest.fixture
 def staff_client() -> APIClient:
-    staff = User.objects.create(username="operator", is_staff=True)
+    staff = User.objects.create(username="operator", is_staff=True, is_superuser=True)
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=staff).key}")
     return client

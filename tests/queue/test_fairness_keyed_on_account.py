@@ -26,7 +26,7 @@ def test_a_user_submitting_through_several_tokens_and_priorities_gets_only_its_w
     settings.ZYPHER_OPEN_MODE = False
     greedy = User.objects.create(username="greedy", weight=1)
     modest = User.objects.create(username="modest", weight=1)
-    backend = User.objects.create(username="backend", is_staff=True)
+    backend = User.objects.create(username="backend", is_staff=True, is_superuser=True)
     own, on_behalf = client_for(greedy), client_for(backend)
     for priority in (100, -100, 50):
         body = [{"kind": "noop", "input": i, "priority": priority} for i in range(40)]

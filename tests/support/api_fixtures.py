@@ -52,10 +52,17 @@ def make_user(db: None) -> Callable[..., User]:
         *,
         weight: float = 1.0,
         is_staff: bool = False,
+        is_superuser: bool = False,
         is_active: bool = True,
         password: str | None = None,
     ) -> User:
-        user = User(username=username, weight=weight, is_staff=is_staff, is_active=is_active)
+        user = User(
+            username=username,
+            weight=weight,
+            is_staff=is_staff,
+            is_superuser=is_superuser,
+            is_active=is_active,
+        )
         if password:
             user.set_password(password)
         else:

@@ -8,13 +8,15 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
+from jobs.api.access import ensure_roles
 from jobs.models import User
 
 
 class Command(BaseCommand):
-    help = "Create an 'admin' superuser when no superuser exists (password: ZYPHER_ADMIN_PASSWORD or generated)."
+    help = "Create the role groups, and an 'admin' superuser when no superuser exists (password: ZYPHER_ADMIN_PASSWORD or generated)."
 
     def handle(self, *args: Any, **options: Any) -> None:
+        ensure_roles()  # the operator and device registrar groups (docs/reliability.md)
         host = os.environ.get("HOST", "127.0.0.1")
         port = os.environ.get("PORT", "8080")
         if User.objects.filter(is_superuser=True).exists():
