@@ -267,6 +267,9 @@ ZYPHER_DASHBOARD_LAG_SLACK_SECONDS = float(
     os.environ.get("ZYPHER_DASHBOARD_LAG_SLACK_SECONDS", "1.0")
 )
 
+# /metrics: when set, a scrape must send `Authorization: Bearer <token>` (401 without it).
+ZYPHER_METRICS_TOKEN = os.environ.get("ZYPHER_METRICS_TOKEN", "")
+
 # --- production safety (issue 8) ---
 # ZYPHER_ENV=production turns on the secure settings below and refuses to start (any
 # manage.py command, the web server) with an unsafe configuration. The default,
