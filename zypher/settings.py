@@ -267,6 +267,13 @@ ZYPHER_DASHBOARD_LAG_SLACK_SECONDS = float(
     os.environ.get("ZYPHER_DASHBOARD_LAG_SLACK_SECONDS", "1.0")
 )
 
+# Retention (jobs.retention): with ZYPHER_PRUNE_AFTER_SECONDS > 0 every dispatcher deletes
+# jobs that ended longer ago than that (at least an hour, the dashboard's window), every
+# ZYPHER_PRUNE_INTERVAL_SECONDS, ZYPHER_PRUNE_BATCH_SIZE jobs per transaction. Off by default.
+ZYPHER_PRUNE_AFTER_SECONDS = float(os.environ.get("ZYPHER_PRUNE_AFTER_SECONDS", "0"))
+ZYPHER_PRUNE_INTERVAL_SECONDS = float(os.environ.get("ZYPHER_PRUNE_INTERVAL_SECONDS", "600"))
+ZYPHER_PRUNE_BATCH_SIZE = max(1, int(os.environ.get("ZYPHER_PRUNE_BATCH_SIZE", "500")))
+
 # /metrics: when set, a scrape must send `Authorization: Bearer <token>` (401 without it).
 ZYPHER_METRICS_TOKEN = os.environ.get("ZYPHER_METRICS_TOKEN", "")
 

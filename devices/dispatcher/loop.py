@@ -12,7 +12,9 @@ worker processes; each holds at most one job. The loop:
 * sleeps when there is nothing to do until a NOTIFY (PostgreSQL) or a short poll;
 * hands jobs to remote agents and simulated devices, checks their health and requeues
   the job of a device that vanished (`devices.dispatcher.remote`);
-* posts each finished program's results to its callback URL (`jobs.programs`).
+* posts each finished program's results to its callback URL (`jobs.programs`);
+* with ZYPHER_PRUNE_AFTER_SECONDS set, deletes old ended jobs in small batches
+  (`jobs.retention`).
 
 Local devices are registered in the pool (`devices.models.Device`) while it runs.
 
@@ -46,7 +48,7 @@ from devices import pool
 from devices.dispatcher.remote import RemoteDevices
 from devices.dispatcher.supervisor import supervise
 from devices.dispatcher.worker import JobOrder, JobOutcome, log_job_start, worker_main
-from jobs import invariants
+from jobs import invariants, retention
 from jobs.api.errors import database_unavailable
 from jobs.notifications import notifications
 from jobs.programs import CallbackCourier
@@ -237,6 +239,8 @@ class Dispatcher:
             }
             if connection.vendor == "postgresql":
                 tasks["listen"] = self.listen_for_work
+            if retention.periodic_age() is not None:
+                tasks["prune"] = self.prune_ended_jobs
             background = [
                 asyncio.create_task(supervise(name, task, self.give_up), name=name)
                 for name, task in tasks.items()
@@ -450,6 +454,20 @@ class Dispatcher:
             if repaired:
                 log.warning("queue check repaired %d drift(s)", len(repaired))
                 self.events.put_nowait(("wake", None))
+
+    async def prune_ended_jobs(self) -> None:
+        """Delete old ended jobs now and then (`jobs.retention.prune_due`), a batch per
+        database call so dispatching goes on between batches."""
+        while True:
+            await asyncio.sleep(settings.ZYPHER_PRUNE_INTERVAL_SECONDS)
+            older_than = retention.periodic_age()
+            if older_than is None:
+                continue
+            deleted = await retention.prune_due(
+                self.db, older_than, settings.ZYPHER_PRUNE_BATCH_SIZE
+            )
+            if deleted:
+                log.info("pruned %d jobs that ended more than %s ago", deleted, older_than)
 
     async def deliver_callbacks(self) -> None:
         """Post the results of finished programs to their callback URLs, with backoff."""
