@@ -456,18 +456,34 @@ class Dispatcher:
                 self.events.put_nowait(("wake", None))
 
     async def prune_ended_jobs(self) -> None:
-        """Delete old ended jobs now and then (`jobs.retention.prune_due`), a batch per
-        database call so dispatching goes on between batches."""
-        while True:
-            await asyncio.sleep(settings.ZYPHER_PRUNE_INTERVAL_SECONDS)
-            older_than = retention.periodic_age()
-            if older_than is None:
-                continue
-            deleted = await retention.prune_due(
-                self.db, older_than, settings.ZYPHER_PRUNE_BATCH_SIZE
-            )
-            if deleted:
-                log.info("pruned %d jobs that ended more than %s ago", deleted, older_than)
+        """Delete old ended jobs now and then (`jobs.retention.prune_due`), in a thread and
+        connection of its own so that claims and settles never wait behind a batch. A
+        database outage skips a round (the next interval tries again), never the dispatcher."""
+        pruner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zypher-prune")
+        loop = asyncio.get_running_loop()
+
+        async def run(function: Callable[..., R], *args: Any) -> R:
+            return await loop.run_in_executor(pruner, self._in_db_thread, function, args)
+
+        try:
+            while True:
+                await asyncio.sleep(settings.ZYPHER_PRUNE_INTERVAL_SECONDS)
+                older_than = retention.periodic_age()
+                if older_than is None:
+                    continue
+                try:
+                    deleted = await retention.prune_due(
+                        run, older_than, settings.ZYPHER_PRUNE_BATCH_SIZE
+                    )
+                except DatabaseError as exc:
+                    log.warning("prune stopped (%s); next round later", str(exc).strip()[:120])
+                    continue
+                if deleted:
+                    log.info("pruned %d jobs that ended more than %s ago", deleted, older_than)
+        finally:
+            # The connection belongs to the thread; a batch in flight ends with its transaction.
+            pruner.submit(connection.close)
+            pruner.shutdown(wait=False)
 
     async def deliver_callbacks(self) -> None:
         """Post the results of finished programs to their callback URLs, with backoff."""
