@@ -170,8 +170,8 @@ def main() -> int:
     idle, during = result["idle_gap"], result["prune_gap"]
     print_table(
         f"Device idle gap while a dispatcher prunes {result['ended_jobs']:,} ended jobs "
-        f"({result['batch_size']} per transaction, between its own claims); no-op handler, "
-        "1 device; the ceiling: a SELECT 1 round trip sampled in the same phase.",
+        f"({result['batch_size']} per transaction, in its own thread and connection); "
+        "no-op handler, 1 device; the ceiling: a SELECT 1 round trip sampled in the same phase.",
         ["phase", "gaps", "median ms", "p99 ms", "SELECT 1 ms", "median / SELECT 1"],
         [
             [
