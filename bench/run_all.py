@@ -4,9 +4,11 @@ throwaway PostgreSQL.
 
     python -m bench.run_all [performance|reliability]
 
-`performance` (the default, `make bench`, under 15 minutes here): the core figures, the
-HTTP path against its floors, the peers (pgqueuer, procrastinate), scale-out over several
-dispatchers of one pool, /predict, the dashboard and splines.
+`performance` (the default, `make bench`, under 15 minutes here, plus up to a quarter of an
+hour for bench_prune's million jobs on a loaded machine): the core figures, the HTTP path
+against its floors, the peers (pgqueuer, procrastinate), scale-out over several dispatchers
+of one pool, /predict, the dashboard, splines and pruning a million ended jobs while a
+dispatcher serves.
 `reliability` (`make reliability`): the soak, the fault drill, the long fuzz run of
 docs/reliability.md and the long queue torture (ZYPHER_TORTURE_SECONDS, default 300).
 """
@@ -28,6 +30,7 @@ GROUPS = {
         "bench_predict",
         "bench_dashboard",
         "bench_splines",
+        "bench_prune",
     ],
     "reliability": ["soak", "faults", "fuzz", "torture"],
 }

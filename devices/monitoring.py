@@ -10,14 +10,15 @@ from devices.models import Device
 from jobs.monitoring.stats import MAX_RUNNING_LISTED, DeviceState
 
 
-def device_states() -> list[DeviceState]:
-    """Registered devices by pool and name, each with its state and current job."""
+def device_states(limit: int | None = MAX_RUNNING_LISTED) -> list[DeviceState]:
+    """Registered devices by pool and name (at most `limit`, None: all), each with its
+    state and current job."""
     try:
         with transaction.atomic():  # a savepoint: a missing table must not end the transaction
             rows = list(
                 Device.objects.order_by("device_type", "name").values_list(
                     "name", "device_type", "kind", "state", "current_job__public_id", "last_seen"
-                )[:MAX_RUNNING_LISTED]
+                )[:limit]
             )
     except DatabaseError:  # the devices migration has not run yet
         return []

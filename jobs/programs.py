@@ -9,19 +9,26 @@ every job of a program has ended, a dispatcher POSTs the program's results to it
 `callback_url`, retried with exponential backoff up to ZYPHER_CALLBACK_MAX_ATTEMPTS and
 recorded on the program (`delivered`, or `failed` with the reason).
 
-SSRF guard: a callback URL must be http(s) with a host in ZYPHER_CALLBACK_ALLOWED_HOSTS
-(default loopback only; `*` allows any), checked when the program is created and again
-before each delivery; redirects are not followed.
+SSRF guard: a callback URL must be http(s) with a host in ZYPHER_CALLBACK_ALLOWED_HOSTS,
+checked when the program is created and again before each delivery; redirects are not
+followed. An entry is `host` (any port), `host:port` or `host:*` (any port the URL names
+explicitly). The default is empty in production (no callbacks until an operator names the
+receivers) and loopback with explicit ports in development; `*` allows any host. Whatever
+the list says, link-local addresses (169.254.0.0/16, fe80::/10) and the cloud metadata
+endpoints (169.254.169.254, fd00:ec2::254, metadata.google.internal) are refused, also when
+a name resolves to them; at delivery the connection goes to the address that was checked,
+so a name cannot resolve to one address for the check and another for the POST.
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.client
+import ipaddress
 import json
 import logging
+import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlparse
@@ -43,17 +50,97 @@ class CallbackNotAllowed(ValueError):
     pass
 
 
-def check_callback_url(url: str) -> None:
-    """Raise CallbackNotAllowed unless `url` is http(s) to an allowed host."""
-    parsed = urlparse(url)
+# Names of cloud metadata services; their addresses are refused below by value.
+METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata.goog", "metadata"})
+METADATA_ADDRESSES = frozenset(
+    {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
+)
+
+
+def _refused_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Link-local and metadata addresses are never a callback's receiver."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:169.254.169.254 is the same endpoint
+    return address.is_link_local or address in METADATA_ADDRESSES
+
+
+def _literal_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0])  # fe80::1%eth0 has a zone
+    except ValueError:
+        return None
+
+
+def _host_allowed(host: str, port: int | None, allowed: list[str]) -> bool:
+    """Whether (host, port as written in the URL) matches an allow-list entry."""
+    for entry in allowed:
+        if entry == "*":
+            return True
+        entry_host, entry_port = entry, ""
+        if entry.startswith("["):  # [::1]:8000
+            entry_host, _, rest = entry[1:].partition("]")
+            entry_port = rest.removeprefix(":")
+        elif entry.count(":") == 1:  # host:port (a bare IPv6 address has several colons)
+            entry_host, entry_port = entry.split(":")
+        if entry_host != host:
+            continue
+        if entry_port == "" or (entry_port == "*" and port is not None):
+            return True
+        if entry_port.isdigit() and port == int(entry_port):
+            return True
+    return False
+
+
+def resolve_callback_host(host: str, port: int) -> list[str]:
+    """The addresses `host` resolves to, each refused if link-local or metadata."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as error:
+        raise CallbackNotAllowed(f"callback host {host!r} does not resolve ({error})") from None
+    addresses = []
+    for info in infos:
+        address = str(info[4][0])
+        literal = _literal_address(address)
+        if literal is not None and _refused_address(literal):
+            raise CallbackNotAllowed(
+                f"callback host {host!r} resolves to {address}, a link-local or "
+                "cloud metadata address"
+            )
+        addresses.append(address)
+    return addresses
+
+
+def check_callback_url(url: str, resolve: bool = True) -> list[str]:
+    """Raise CallbackNotAllowed unless `url` is http(s) to an allowed, harmless host.
+
+    Returns the addresses the host resolves to (empty when `resolve` is off); a name
+    that does not resolve is refused."""
+    try:
+        parsed = urlparse(url)
+        port = parsed.port
+    except ValueError:
+        raise CallbackNotAllowed("callback_url must be an http(s) URL with a host") from None
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise CallbackNotAllowed("callback_url must be an http(s) URL with a host")
-    allowed = settings.ZYPHER_CALLBACK_ALLOWED_HOSTS
-    if "*" not in allowed and parsed.hostname.lower() not in allowed:
+    host = parsed.hostname.lower().rstrip(".")
+    literal = _literal_address(host)
+    if host in METADATA_HOSTS or (literal is not None and _refused_address(literal)):
         raise CallbackNotAllowed(
-            f"callback host {parsed.hostname!r} is not allowed "
-            f"(ZYPHER_CALLBACK_ALLOWED_HOSTS: {', '.join(allowed)})"
+            f"callback host {host!r} is a link-local or cloud metadata address"
         )
+    allowed = settings.ZYPHER_CALLBACK_ALLOWED_HOSTS
+    if not _host_allowed(host, port, allowed):
+        raise CallbackNotAllowed(
+            f"callback host {host!r}"
+            + (f" port {port}" if port is not None else "")
+            + " is not allowed (ZYPHER_CALLBACK_ALLOWED_HOSTS: "
+            + (", ".join(allowed) or "empty, so no callbacks")
+            + ")"
+        )
+    if not resolve:
+        return []
+    default_port = 443 if parsed.scheme == "https" else 80
+    return resolve_callback_host(host, port or default_port)
 
 
 def create_program(
@@ -176,31 +263,62 @@ def record_callback(program_id: int, delivered: bool, error: str, final: bool) -
         )
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # a redirect could lead past the allow-list
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to the address that was checked, whatever the name resolves to now."""
+
+    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.pinned_address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self.pinned_address, self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.pinned_address = address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.pinned_address, self.port), self.timeout)
+        # The certificate is checked against the URL's name, as without pinning.
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
 
 
 def post_callback(url: str, payload: dict[str, Any], timeout: float = 10.0) -> str:
-    """POST the results; "" on a 2xx answer, else the reason it failed."""
+    """POST the results; "" on a 2xx answer, else the reason it failed.
+
+    Redirects are not followed (a redirect could lead past the allow-list)."""
     try:
-        check_callback_url(url)
+        addresses = check_callback_url(url)
     except CallbackNotAllowed as error:
         return str(error)
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(payload).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": "zypher-callback"},
-    )
-    opener = urllib.request.build_opener(_NoRedirect)
-    try:
-        with opener.open(request, timeout=timeout) as response:
-            return "" if 200 <= response.status < 300 else f"HTTP {response.status}"
-    except urllib.error.HTTPError as error:
-        return f"HTTP {error.code}"
-    except (urllib.error.URLError, OSError) as error:
-        return f"{type(error).__name__}: {getattr(error, 'reason', error)}"
+    parsed = urlparse(url)
+    host = parsed.hostname or ""
+    https = parsed.scheme == "https"
+    port = parsed.port or (443 if https else 80)
+    target = (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
+    body = json.dumps(payload).encode()
+    headers = {"Content-Type": "application/json", "User-Agent": "zypher-callback"}
+    connection_class = _PinnedHTTPSConnection if https else _PinnedHTTPConnection
+    failure = "no address to connect to"
+    for address in addresses:  # as create_connection does: the first that accepts
+        connection = connection_class(host, port, address, timeout)
+        try:
+            try:
+                connection.connect()
+            except OSError as exc:
+                failure = f"{type(exc).__name__}: {exc}"
+                continue
+            try:  # once connected, never resent elsewhere: one POST per attempt
+                connection.request("POST", target, body=body, headers=headers)
+                status = connection.getresponse().status
+            except (OSError, http.client.HTTPException) as exc:
+                return f"{type(exc).__name__}: {exc}"
+            return "" if 200 <= status < 300 else f"HTTP {status}"
+        finally:
+            connection.close()
+    return failure
 
 
 class CallbackCourier:

@@ -10,25 +10,39 @@ count only queued and running jobs. A job's `JobRun` rows go with it.
 
 Only ended jobs' rows are locked, which no other queue function locks (claims lock queued
 jobs, settling running ones): pruning takes no pool or account lock and cannot deadlock
-with a dispatcher.
+with a dispatcher. Several pruners (dispatchers) split the work: on PostgreSQL a batch
+skips rows another pruner holds.
+
+Periodic pruning (`ZYPHER_PRUNE_AFTER_SECONDS`, off by default): every dispatcher runs
+`prune_due` every `ZYPHER_PRUNE_INTERVAL_SECONDS`, a batch of `ZYPHER_PRUNE_BATCH_SIZE`
+per transaction, in a thread and database connection of its own: its claims and settles
+never queue behind a batch. Its
+age is at least the dashboard's window (`PERIODIC_FLOOR`, an hour): the dashboard's
+figures read the jobs and runs of the last hour, and a run ends before its job does.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from jobs.models import FINAL_STATUSES, Job, Program
+from jobs.monitoring.stats import WINDOW
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet
 
+log = logging.getLogger("zypher.retention")
+
 DEFAULT_BATCH_SIZE = 1000
+PERIODIC_FLOOR = WINDOW
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
 
@@ -47,6 +61,40 @@ def prunable_jobs(cutoff: datetime) -> QuerySet[Job]:
     )
 
 
+class PruneBatch(NamedTuple):
+    deleted: int
+    # Where the next batch starts: the batch's newest `finished_at`. Scanning the index from
+    # there skips the entries of the rows already deleted, which stay in the index until
+    # vacuum and would make each batch slower than the last.
+    resume_at: datetime | None
+
+
+def prune_batch(
+    cutoff: datetime, batch_size: int = DEFAULT_BATCH_SIZE, resume_at: datetime | None = None
+) -> PruneBatch:
+    """Delete at most `batch_size` jobs that ended before `cutoff` (and not before
+    `resume_at`), in one transaction; deleted 0: nothing left, or all found changed."""
+    with transaction.atomic():
+        candidates = prunable_jobs(cutoff)
+        if resume_at is not None:
+            candidates = candidates.filter(finished_at__gte=resume_at)
+        rows = list(
+            candidates.order_by("finished_at")
+            # Another pruner's batch is skipped, not waited for (PostgreSQL; SQLite has
+            # one writer anyway). `of`: the program's side of the join is not locked.
+            .select_for_update(skip_locked=True, of=("self",))
+            .values_list("id", "finished_at")[:batch_size]
+        )
+        if not rows:
+            return PruneBatch(0, resume_at)
+        # The filter again: a job that left its final status since (none should) stays.
+        # Only ids are read back: the collector needs no job's input or result.
+        _, per_model = (
+            prunable_jobs(cutoff).filter(id__in=[job_id for job_id, _ in rows]).only("id").delete()
+        )
+    return PruneBatch(per_model.get(Job._meta.label, 0), rows[-1][1])
+
+
 def prune_ended_jobs(
     older_than: timedelta,
     *,
@@ -61,22 +109,44 @@ def prune_ended_jobs(
     cutoff = (now or timezone.now()) - older_than
     total = 0
     batch = 0
+    resume_at = None
     while True:
-        with transaction.atomic():
-            ids = list(
-                prunable_jobs(cutoff)
-                .order_by("finished_at")
-                .values_list("id", flat=True)[:batch_size]
-            )
-            if not ids:
-                break
-            # The filter again: a job that left its final status since (none should) stays.
-            _, per_model = prunable_jobs(cutoff).filter(id__in=ids).delete()
-        deleted = per_model.get(Job._meta.label, 0)
+        deleted, resume_at = prune_batch(cutoff, batch_size, resume_at)
+        if deleted == 0:  # nothing left, or every id found changed under us: stop, not spin
+            break
         batch += 1
         total += deleted
         if on_batch is not None:
             on_batch(batch, deleted)
-        if deleted == 0:  # every id found changed under us: stop rather than spin
-            break
     return total
+
+
+def periodic_age() -> timedelta | None:
+    """How old an ended job must be for the dispatchers' periodic prune (None: off)."""
+    seconds = settings.ZYPHER_PRUNE_AFTER_SECONDS
+    if seconds <= 0:
+        return None
+    age = timedelta(seconds=seconds)
+    if age < PERIODIC_FLOOR:
+        log.warning(
+            "ZYPHER_PRUNE_AFTER_SECONDS=%s is under the dashboard's window; pruning after %s",
+            seconds,
+            PERIODIC_FLOOR,
+        )
+        return PERIODIC_FLOOR
+    return age
+
+
+async def prune_due(
+    run: Callable[..., Awaitable[Any]], older_than: timedelta, batch_size: int
+) -> int:
+    """One periodic prune: a batch per `run` call (a dispatcher runs them in a thread and
+    connection of their own, so its claims never wait behind a batch); the jobs deleted."""
+    cutoff = timezone.now() - older_than
+    total = 0
+    resume_at = None
+    while True:
+        deleted, resume_at = await run(prune_batch, cutoff, batch_size, resume_at)
+        total += deleted
+        if deleted < batch_size:
+            return total

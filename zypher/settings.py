@@ -267,8 +267,16 @@ ZYPHER_DEVICE_UNREPORTED_SECONDS = float(os.environ.get("ZYPHER_DEVICE_UNREPORTE
 ZYPHER_SIGNATURE_MAX_AGE_SECONDS = float(os.environ.get("ZYPHER_SIGNATURE_MAX_AGE_SECONDS", "30"))
 # The mock QPU's duration (agents of type qpu and simulated devices).
 ZYPHER_QPU_SECONDS = float(os.environ.get("ZYPHER_QPU_SECONDS", "1"))
-# Program callbacks: hosts a callback_url may name (SSRF guard), attempts, first backoff.
-_callback_hosts = os.environ.get("ZYPHER_CALLBACK_ALLOWED_HOSTS", "127.0.0.1,localhost,::1")
+# Program callbacks: hosts a callback_url may name (SSRF guard, jobs.programs), attempts,
+# first backoff. Entries are host, host:port or host:* (an explicit port); the default is
+# nothing in production and loopback with explicit ports in development. Link-local and
+# cloud metadata addresses are refused whatever the list says.
+_callback_default = (
+    ""
+    if os.environ.get("ZYPHER_ENV", "development").strip().lower() == "production"
+    else "127.0.0.1:*,localhost:*,[::1]:*"
+)
+_callback_hosts = os.environ.get("ZYPHER_CALLBACK_ALLOWED_HOSTS", _callback_default)
 ZYPHER_CALLBACK_ALLOWED_HOSTS = [
     host.strip().lower() for host in _callback_hosts.split(",") if host.strip()
 ]
@@ -283,6 +291,16 @@ ZYPHER_DASHBOARD_REFRESH_SECONDS = float(os.environ.get("ZYPHER_DASHBOARD_REFRES
 ZYPHER_DASHBOARD_LAG_SLACK_SECONDS = float(
     os.environ.get("ZYPHER_DASHBOARD_LAG_SLACK_SECONDS", "1.0")
 )
+
+# Retention (jobs.retention): with ZYPHER_PRUNE_AFTER_SECONDS > 0 every dispatcher deletes
+# jobs that ended longer ago than that (at least an hour, the dashboard's window), every
+# ZYPHER_PRUNE_INTERVAL_SECONDS, ZYPHER_PRUNE_BATCH_SIZE jobs per transaction. Off by default.
+ZYPHER_PRUNE_AFTER_SECONDS = float(os.environ.get("ZYPHER_PRUNE_AFTER_SECONDS", "0"))
+ZYPHER_PRUNE_INTERVAL_SECONDS = float(os.environ.get("ZYPHER_PRUNE_INTERVAL_SECONDS", "600"))
+ZYPHER_PRUNE_BATCH_SIZE = max(1, int(os.environ.get("ZYPHER_PRUNE_BATCH_SIZE", "500")))
+
+# /metrics: when set, a scrape must send `Authorization: Bearer <token>` (401 without it).
+ZYPHER_METRICS_TOKEN = os.environ.get("ZYPHER_METRICS_TOKEN", "")
 
 # --- production safety (issue 8) ---
 # ZYPHER_ENV=production turns on the secure settings below and refuses to start (any

@@ -14,6 +14,8 @@ worker processes; each holds at most one job. The loop:
   the job of a device that vanished (`devices.dispatcher.remote`);
 * posts each finished program's results to its callback URL (`jobs.programs`);
 * writes the latest progress its devices reported, coalesced (`jobs.progress`).
+* with ZYPHER_PRUNE_AFTER_SECONDS set, deletes old ended jobs in small batches
+  (`jobs.retention`).
 
 Local devices are registered in the pool (`devices.models.Device`) while it runs.
 
@@ -53,7 +55,7 @@ from devices.dispatcher.worker import (
     log_job_start,
     worker_main,
 )
-from jobs import invariants
+from jobs import invariants, retention
 from jobs.api.errors import database_unavailable
 from jobs.notifications import notifications
 from jobs.programs import CallbackCourier
@@ -262,6 +264,8 @@ class Dispatcher:
             }
             if connection.vendor == "postgresql":
                 tasks["listen"] = self.listen_for_work
+            if retention.periodic_age() is not None:
+                tasks["prune"] = self.prune_ended_jobs
             background = [
                 asyncio.create_task(supervise(name, task, self.give_up), name=name)
                 for name, task in tasks.items()
@@ -475,6 +479,36 @@ class Dispatcher:
             if repaired:
                 log.warning("queue check repaired %d drift(s)", len(repaired))
                 self.events.put_nowait(("wake", None))
+
+    async def prune_ended_jobs(self) -> None:
+        """Delete old ended jobs now and then (`jobs.retention.prune_due`), in a thread and
+        connection of its own so that claims and settles never wait behind a batch. A
+        database outage skips a round (the next interval tries again), never the dispatcher."""
+        pruner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zypher-prune")
+        loop = asyncio.get_running_loop()
+
+        async def run(function: Callable[..., R], *args: Any) -> R:
+            return await loop.run_in_executor(pruner, self._in_db_thread, function, args)
+
+        try:
+            while True:
+                await asyncio.sleep(settings.ZYPHER_PRUNE_INTERVAL_SECONDS)
+                older_than = retention.periodic_age()
+                if older_than is None:
+                    continue
+                try:
+                    deleted = await retention.prune_due(
+                        run, older_than, settings.ZYPHER_PRUNE_BATCH_SIZE
+                    )
+                except DatabaseError as exc:
+                    log.warning("prune stopped (%s); next round later", str(exc).strip()[:120])
+                    continue
+                if deleted:
+                    log.info("pruned %d jobs that ended more than %s ago", deleted, older_than)
+        finally:
+            # The connection belongs to the thread; a batch in flight ends with its transaction.
+            pruner.submit(connection.close)
+            pruner.shutdown(wait=False)
 
     async def deliver_callbacks(self) -> None:
         """Post the results of finished programs to their callback URLs, with backoff."""

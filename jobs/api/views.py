@@ -10,7 +10,6 @@ from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, generics, status
 from rest_framework.authtoken.models import Token
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -25,6 +24,7 @@ from jobs.api.access import (
     visible_jobs,
 )
 from jobs.api.errors import SUBMIT_REFUSALS
+from jobs.api.pagination import JobListPagination
 from jobs.api.parsers import JSONParser
 from jobs.api.serializers import (
     USER_ID_PATTERN,
@@ -41,36 +41,6 @@ from jobs.api.serializers import (
 from jobs.api.throttles import SUBMIT_THROTTLES
 from jobs.models import Job, JobStatus, User
 from jobs.queue import cancel_job, submit_jobs
-
-MAX_LIST_LIMIT = 1000
-
-
-class BoundedLimitOffsetPagination(LimitOffsetPagination):
-    """`?limit=&offset=` with `limit` at most MAX_LIST_LIMIT (stated in the schema): one
-    page never reads an unbounded number of rows. A `limit` that is not a whole number
-    from 1 to MAX_LIST_LIMIT is a 400 (DRF would quietly use the default or the cap)."""
-
-    max_limit = MAX_LIST_LIMIT
-
-    def get_limit(self, request: Request) -> int | None:
-        value = request.query_params.get(self.limit_query_param)
-        if value is None:
-            return super().get_limit(request)
-        if not re.fullmatch(r"[0-9]{1,7}", value) or not 1 <= int(value) <= MAX_LIST_LIMIT:
-            raise exceptions.ValidationError(
-                {self.limit_query_param: [f"A whole number from 1 to {MAX_LIST_LIMIT}."]}
-            )
-        return int(value)
-
-    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
-        parameters = super().get_schema_operation_parameters(view)
-        for parameter in parameters:
-            if parameter["name"] == self.limit_query_param:
-                parameter["schema"] = {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT}
-                parameter["description"] = (
-                    f"Results per page: at most {MAX_LIST_LIMIT} (default {self.default_limit})."
-                )
-        return parameters
 
 
 def submit_error(errors: Any) -> dict[str, Any]:
@@ -89,7 +59,7 @@ class JobListCreateView(generics.ListAPIView):
     serializer_class = JobSerializer
     parser_classes = [JSONParser]
     permission_classes = JOB_READERS
-    pagination_class = BoundedLimitOffsetPagination
+    pagination_class = JobListPagination  # by cursor; `offset` for existing clients
     throttle_classes = SUBMIT_THROTTLES  # POST only
 
     def get_permissions(self) -> Sequence[Any]:
@@ -117,7 +87,7 @@ class JobListCreateView(generics.ListAPIView):
                     }
                 )
             jobs = jobs.filter(status=job_status)
-        return jobs.order_by("-id")
+        return jobs.order_by("-id")  # the cursor is a keyset on id
 
     @extend_schema(
         parameters=[

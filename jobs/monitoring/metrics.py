@@ -12,16 +12,25 @@ history, so each process keeps a settled tally of the jobs that ended before a h
 slice since the previous horizon and counts the last `SETTLE_SECONDS` afresh: one index
 range scan on `job_finished_at`. The first scrape of a process counts the history once.
 Deleting old jobs would make the counters drop, which Prometheus reads as a reset.
+
+The per-pool figures (queued, running, backlogged users, device seconds served) are sums
+of the fair-share counters (`FairShareAccount`), one row per user and pool: a scrape costs
+the same with ten queued jobs or ten million. Every registered device is listed, however
+many. With `ZYPHER_METRICS_TOKEN` set, a scrape must send it as a bearer token.
 """
 
 from __future__ import annotations
 
+import hmac
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypedDict
 
+from django.conf import settings
 from django.db.models import Count, Q, Sum
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -33,7 +42,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from jobs.models import FINAL_STATUSES, Job, JobStatus
+from jobs.models import FINAL_STATUSES, FairPool, Job, JobStatus
 from jobs.monitoring import stats
 
 SETTLE_SECONDS = 60.0
@@ -122,18 +131,7 @@ class JobsCollector(Collector):
         return totals
 
     def collect(self) -> Iterator[Metric]:
-        depth = stats.queue_depth()
-        queued = GaugeMetricFamily(
-            "zypher_queue_depth", "Jobs waiting in the queue, by device pool.", labels=["pool"]
-        )
-        running = GaugeMetricFamily(
-            "zypher_jobs_running", "Jobs running on a device now, by pool.", labels=["pool"]
-        )
-        for pool in depth["by_pool"]:
-            queued.add_metric([pool["pool"]], pool["queued"])
-            running.add_metric([pool["pool"]], pool["running"])
-        yield queued
-        yield running
+        yield from self._pool_metrics()
 
         oldest = GaugeMetricFamily(
             "zypher_oldest_queued_age_seconds", "Age of the oldest queued job (0 when none)."
@@ -177,6 +175,29 @@ class JobsCollector(Collector):
             repairs.add_metric([kind], count)
         yield repairs
 
+    def _pool_metrics(self) -> Iterator[Metric]:
+        """Per pool, from the counters the queue keeps (never a scan of the queued jobs)."""
+        queued = GaugeMetricFamily(
+            "zypher_queue_depth", "Jobs waiting in the queue, by device pool.", labels=["pool"]
+        )
+        running = GaugeMetricFamily(
+            "zypher_jobs_running", "Jobs running on a device now, by pool.", labels=["pool"]
+        )
+        backlogged = GaugeMetricFamily(
+            "zypher_pool_backlogged_users", "Users with queued jobs, by pool.", labels=["pool"]
+        )
+        served = CounterMetricFamily(
+            "zypher_pool_served_seconds",
+            "Device seconds charged to users (their fair-share accounts), by pool.",
+            labels=["pool"],
+        )
+        for pool in pool_figures():
+            queued.add_metric([pool["pool"]], pool["queued"])
+            running.add_metric([pool["pool"]], pool["running"])
+            backlogged.add_metric([pool["pool"]], pool["backlogged_users"])
+            served.add_metric([pool["pool"]], pool["served_seconds"])
+        yield from (queued, running, backlogged, served)
+
     def _device_metrics(self) -> Iterator[Metric]:
         """Device states: the registered devices when an app provides them
         (`stats.provide_device_states`); the devices of the running jobs as `busy` otherwise
@@ -187,14 +208,46 @@ class JobsCollector(Collector):
             labels=["device", "pool", "state"],
         )
         seen: set[str] = set()
-        for device in stats.device_states():
+        for device in stats.device_states(limit=None):  # every one: no silent cap
             states.add_metric([device["device"], device["pool"], device["state"]], 1)
             seen.add(device["device"])
-        for job in stats.running_jobs():
+        for job in stats.running_jobs(limit=None):
             if job["device"] and job["device"] not in seen:
                 states.add_metric([job["device"], job["pool"], "busy"], 1)
                 seen.add(job["device"])
         yield states
+
+
+class PoolFigures(TypedDict):
+    pool: str
+    queued: int
+    running: int
+    backlogged_users: int
+    served_seconds: float
+
+
+def pool_figures() -> list[PoolFigures]:
+    """Each pool's sums of its accounts' counters: one GROUP BY over pools and accounts."""
+    rows = (
+        FairPool.objects.order_by("device_type")
+        .annotate(
+            queued=Coalesce(Sum("accounts__queued_count"), 0),
+            running=Coalesce(Sum("accounts__running_count"), 0),
+            backlogged=Count("accounts", filter=Q(accounts__queued_count__gt=0)),
+            served=Coalesce(Sum("accounts__served_seconds"), 0.0),
+        )
+        .values_list("device_type", "queued", "running", "backlogged", "served")
+    )
+    return [
+        {
+            "pool": pool,
+            "queued": queued,
+            "running": running,
+            "backlogged_users": backlogged,
+            "served_seconds": served,
+        }
+        for pool, queued, running, backlogged, served in rows
+    ]
 
 
 def _copy(tally: Tally) -> Tally:
@@ -210,6 +263,18 @@ collector = JobsCollector()
 # gunicorn worker answered the scrape, not the service.
 registry = CollectorRegistry(auto_describe=False)
 registry.register(collector)
+
+
+def scrape_allowed(authorization: str) -> bool:
+    """Whether a scrape may read the metrics: always without ZYPHER_METRICS_TOKEN, else
+    with `Authorization: Bearer <token>` (compared in constant time)."""
+    token = settings.ZYPHER_METRICS_TOKEN
+    if not token:
+        return True
+    scheme, _, given = authorization.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    )
 
 
 def exposition(accept: str = "") -> tuple[bytes, str]:

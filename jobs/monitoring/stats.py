@@ -289,8 +289,10 @@ def oldest_queued_age(now: datetime | None = None) -> float | None:
 # --- the devices ---------------------------------------------------------------------------
 
 
-def running_jobs(now: datetime | None = None, limit: int = MAX_RUNNING_LISTED) -> list[RunningJob]:
-    """Who holds each device: the running jobs, longest-running first."""
+def running_jobs(
+    now: datetime | None = None, limit: int | None = MAX_RUNNING_LISTED
+) -> list[RunningJob]:
+    """Who holds each device: the running jobs, longest-running first (None: all)."""
     now = now or timezone.now()
     rows = (
         Job.objects.filter(status=JobStatus.RUNNING)
@@ -324,21 +326,22 @@ def running_jobs(now: datetime | None = None, limit: int = MAX_RUNNING_LISTED) -
 
 # The app that keeps a table of devices supplies its rows (`devices.apps` registers one at
 # start-up): `jobs` knows devices only by the names its jobs ran on.
-_device_states_provider: Callable[[], list[DeviceState]] | None = None
+_device_states_provider: Callable[[int | None], list[DeviceState]] | None = None
 
 
-def provide_device_states(provider: Callable[[], list[DeviceState]]) -> None:
-    """Register where the dashboard and `/metrics` read registered devices from."""
+def provide_device_states(provider: Callable[[int | None], list[DeviceState]]) -> None:
+    """Register where the dashboard and `/metrics` read registered devices from; the
+    provider takes how many to list at most (None: all)."""
     global _device_states_provider
     _device_states_provider = provider
 
 
-def device_states() -> list[DeviceState]:
-    """Every registered device and its state (at most MAX_RUNNING_LISTED), or none when no
-    app provides them."""
+def device_states(limit: int | None = MAX_RUNNING_LISTED) -> list[DeviceState]:
+    """Registered devices and their states (at most `limit`; None lists every one, as
+    `/metrics` does), or none when no app provides them."""
     if _device_states_provider is None:
         return []
-    return _device_states_provider()[:MAX_RUNNING_LISTED]
+    return _device_states_provider(limit)
 
 
 # --- throughput and service time --------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import exceptions, serializers
@@ -66,5 +66,12 @@ class RemoveFromQueueView(APIView):
 @require_GET
 def prometheus_metrics(request: HttpRequest) -> HttpResponse:
     """Prometheus text format, read from the database at scrape time (`jobs.monitoring.metrics`)."""
+    if not metrics.scrape_allowed(request.headers.get("Authorization", "")):
+        response = JsonResponse(
+            {"error": "Send the metrics token (ZYPHER_METRICS_TOKEN) as Authorization: Bearer."},
+            status=401,
+        )
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
     body, content_type = metrics.exposition(request.headers.get("Accept", ""))
     return HttpResponse(body, content_type=content_type)

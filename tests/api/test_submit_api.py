@@ -118,7 +118,7 @@ def test_the_list_filters_by_user_and_status_and_is_paginated(api_client: APICli
     api_client.post(f"{JOBS_URL}{alice_ids[0]}/cancel/")
 
     queued = api_client.get(JOBS_URL, {"user_id": "alice", "status": "queued"}).json()
-    assert queued["count"] == 2
+    assert len(queued["results"]) == 2
     assert {job["id"] for job in queued["results"]} == set(alice_ids[1:])
     assert {job["user_id"] for job in queued["results"]} == {"alice"}
 
@@ -126,7 +126,6 @@ def test_the_list_filters_by_user_and_status_and_is_paginated(api_client: APICli
     assert [job["id"] for job in cancelled["results"]] == [alice_ids[0]]
 
     first_page = api_client.get(JOBS_URL, {"user_id": "alice", "limit": "2"}).json()
-    assert first_page["count"] == 3
     assert len(first_page["results"]) == 2
     assert first_page["next"] is not None
     second_page = api_client.get(first_page["next"]).json()
