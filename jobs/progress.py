@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import uuid
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ PROGRESS_MESSAGE_LENGTH = 200  # a status line, not a log: longer messages are c
 SEND_SECONDS = 0.25  # a worker sends a changed value at most this often
 FLUSH_SECONDS = 0.5  # the dispatcher writes the latest values at most this often
 PROGRESS_CHANNEL = "zypher_progress"  # NOTIFY payload: the job's public id
+MAX_FENCING_TOKEN = 2**31 - 1  # `Job.attempts` is an integer column
 
 
 @dataclass(frozen=True)
@@ -42,16 +44,25 @@ class Progress:
 
 def normalised(fraction: Any, message: Any) -> Progress | None:
     """A handler's report made safe to store: the fraction clamped to 0..1, the message a
-    short string without NUL (PostgreSQL refuses it); None for a fraction that is no number."""
+    short string without NUL (PostgreSQL refuses it) and encodable as UTF-8 (a lone
+    surrogate fails the whole flush); None for a fraction that is no number. Never raises:
+    whatever the handler passed, its `__float__` or `__str__` included."""
     try:
         value = float(fraction)
-    except (TypeError, ValueError, OverflowError):
+    except Exception:  # noqa: BLE001 - anything a handler passed: not a number we store
         return None
     if math.isnan(value):
         return None
-    text = message if isinstance(message, str) else str(message)
-    text = text.replace("\x00", "")[:PROGRESS_MESSAGE_LENGTH]
-    return Progress(min(max(value, 0.0), 1.0), text)
+    return Progress(min(max(value, 0.0), 1.0), _message_text(message))
+
+
+def _message_text(message: Any) -> str:
+    try:
+        text = str.__str__(message) if isinstance(message, str) else str(message)
+    except Exception:  # noqa: BLE001 - a message that cannot say itself says nothing
+        return ""
+    text = text[:PROGRESS_MESSAGE_LENGTH].replace("\x00", "")
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 class ProgressReporter:
@@ -139,8 +150,19 @@ def save_progress(updates: dict[ProgressKey, Progress]) -> int:
 
     from jobs.models import Job, JobStatus
 
-    if not updates:
+    # Keys from agents' answers are checked here, the one place that turns them into SQL:
+    # a malformed id or token is no job of ours, and must not fail the other jobs' writes.
+    checked: dict[ProgressKey, Progress] = {}
+    for (public_id, fencing_token, device), progress in updates.items():
+        try:
+            canonical = str(uuid.UUID(public_id))
+        except (TypeError, ValueError, AttributeError):
+            continue
+        if isinstance(fencing_token, int) and 0 < fencing_token <= MAX_FENCING_TOKEN:
+            checked[(canonical, fencing_token, device)] = progress
+    if not checked:
         return 0
+    updates = checked
     held = Q()
     for public_id, fencing_token, device in updates:
         held |= Q(public_id=public_id, attempts=fencing_token, device=device)
