@@ -159,6 +159,10 @@ class JobWatchHub:
             self._task = asyncio.create_task(self._poll_forever(), name="job-events-poll")
         watch = self._watches.setdefault(public_id, _Watch(fingerprint))
         changed = asyncio.Event()
+        if watch.fingerprint != fingerprint:
+            # Another stream's poll already saw a state this caller has not: wake it now,
+            # or it waits for a change that has happened (the poll only wakes on news).
+            changed.set()
         watch.changed.add(changed)
         return changed
 
@@ -227,12 +231,14 @@ async def job_event_stream(first: JobSnapshot) -> AsyncIterator[bytes]:
                 wait_until = min(wait_until, next_position)
             changed_wait: asyncio.Future[Any] = asyncio.ensure_future(changed.wait())
             waits: set[asyncio.Future[Any]] = {changed_wait, ended}
-            done, _ = await asyncio.wait(
-                waits,
-                timeout=max(0.0, wait_until - time.monotonic()),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            changed_wait.cancel()
+            try:
+                done, _ = await asyncio.wait(
+                    waits,
+                    timeout=max(0.0, wait_until - time.monotonic()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:  # also when the client went away (cancelled): no wait left pending
+                changed_wait.cancel()
             position_due = last.event_type == "queued" and time.monotonic() >= next_position
             if not done and not position_due:
                 yield b": keep-alive\n\n"
