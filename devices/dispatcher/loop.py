@@ -532,6 +532,8 @@ class Dispatcher:
                 await self.db(save_progress, updates, retry=False)
             except DatabaseError as exc:  # progress is a hint: the next report replaces it
                 log.warning("progress not written (%s)", str(exc).strip()[:120])
+            except Exception:  # noqa: BLE001 - a bad report must not stop the dispatcher
+                log.exception("progress not written")
 
     async def listen_for_work(self) -> None:
         """Wake on NOTIFY (PostgreSQL); reconnects by itself if the database restarts, and
