@@ -171,8 +171,19 @@ class RenderRequestSerializer(serializers.Serializer):
         )
 
 
+@extend_schema_field(
+    {
+        "type": "array",
+        "items": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
+        "minItems": 2,
+    }
+)
+class PointsField(JsonValueField):
+    """[[x, y], ...] (JSON text in a form): the schema says so, null is not a list of points."""
+
+
 class FitRequestSerializer(serializers.Serializer):
-    points = JsonValueField(help_text="The points to fit through, [[x, y], ...] in pixels.")
+    points = PointsField(help_text="The points to fit through, [[x, y], ...] in pixels.")
     k = serializers.IntegerField(required=False, default=3, min_value=1, max_value=5)
     smoothing = serializers.FloatField(required=False, default=0.0, min_value=0.0)
     closed = serializers.BooleanField(required=False, default=False)

@@ -1,6 +1,8 @@
 """Schemathesis over the OpenAPI schema (/api/schema/): every operation gets generated
-requests, valid and invalid; none may answer 500, and every answer must match the schema
-(status codes, content types, bodies). Bounded here; bench/fuzz.py runs many more.
+requests, valid and invalid; none may answer 500, every answer must match the schema
+(status codes, content types, bodies), and the schema must say what the server accepts
+(a valid request accepted, an invalid one refused). Bounded and derandomised here (the
+same cases on every run); bench/fuzz.py runs many more.
 
 Two identities: open mode without a token (a request may name its user), and a staff
 token (which reaches the staff-only endpoints). The app is called in-process through WSGI
@@ -20,7 +22,7 @@ from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
 from rest_framework.authtoken.models import Token
-from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from jobs.models import User
 
@@ -28,15 +30,23 @@ pytest_plugins = ["tests.support.api_fixtures"]
 
 schema = schemathesis.openapi.from_wsgi("/api/schema/", get_wsgi_application())
 EXAMPLES = int(os.environ.get("ZYPHER_FUZZ_EXAMPLES", "8"))  # bench/fuzz.py raises it
-# What is checked: no 500, and every answer as documented (status code, content type,
-# body, headers). Not checked: whether the schema is as strict as the validation (a
-# schema-valid body refused for a reason the schema cannot express, such as an unknown
-# handler `kind`, or the reverse); bench/fuzz.py reports those separately.
-LENIENT = (
-    []
-    if os.environ.get("ZYPHER_FUZZ_STRICT")
-    else [positive_data_acceptance, negative_data_rejection]
-)
+# Every check (`--checks all`, issue 17): no 500, every answer as documented, and the
+# schema exactly as strict as the validation: a schema-valid request is accepted (or
+# refused for credentials, a conflict, a missing object), a schema-violating one refused.
+#
+# Two narrow exceptions to "schema-valid is accepted", where the validity is beyond what a
+# JSON schema can state: the splines operations need a decodable image and points a
+# spline can pass through, and an open-mode listing without a token must name its user
+# (the schema cannot make a parameter required for one identity only).
+BEYOND_THE_SCHEMA = {"POST /api/splines/fit/", "POST /api/splines/render/"}
+
+
+def excluded_checks(case: Any, *, open_mode: bool) -> list[Any]:
+    if case.operation.label in BEYOND_THE_SCHEMA or (
+        open_mode and case.operation.label == "GET /api/jobs/"
+    ):
+        return [positive_data_acceptance]
+    return []
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +75,7 @@ def staff_token(db: None) -> str:
     derandomize=True,
 )
 def test_open_mode_requests_never_break_the_api(case: Any, open_mode: None, db: None) -> None:
-    case.call_and_validate(excluded_checks=LENIENT)
+    case.call_and_validate(excluded_checks=excluded_checks(case, open_mode=True))
 
 
 @schema.parametrize()
@@ -77,7 +87,8 @@ def test_open_mode_requests_never_break_the_api(case: Any, open_mode: None, db: 
 )
 def test_staff_requests_never_break_the_api(case: Any, token_mode: None, staff_token: str) -> None:
     case.call_and_validate(
-        headers={"Authorization": f"Token {staff_token}"}, excluded_checks=LENIENT
+        headers={"Authorization": f"Token {staff_token}"},
+        excluded_checks=excluded_checks(case, open_mode=False),
     )
 
 
