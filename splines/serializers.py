@@ -21,7 +21,13 @@ from rest_framework.exceptions import APIException
 
 from .drawing import DEFAULT_COLOR, MAX_WIDTH, DrawOptions, parse_color
 from .images import OUTPUT_FORMATS
-from .tck import CurveSet, SplineInputError, parse_curves
+from .tck import (
+    MAX_FIT_COORDINATE,
+    MAX_FIT_POINTS,
+    CurveSet,
+    SplineInputError,
+    parse_curves,
+)
 
 
 class PayloadTooLarge(APIException):
@@ -174,8 +180,18 @@ class RenderRequestSerializer(serializers.Serializer):
 @extend_schema_field(
     {
         "type": "array",
-        "items": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
+        "items": {
+            "type": "array",
+            "items": {
+                "type": "number",
+                "minimum": -MAX_FIT_COORDINATE,
+                "maximum": MAX_FIT_COORDINATE,
+            },
+            "minItems": 2,
+            "maxItems": 2,
+        },
         "minItems": 2,
+        "maxItems": MAX_FIT_POINTS,
     }
 )
 class PointsField(JsonValueField):
