@@ -217,7 +217,7 @@ ROWS = [
         "token for a wrong password",
         "POST",
         "/api/token/",
-        every(400),
+        every(401),  # well formed, declined: not a 400 (issue 17)
         body={"username": "alice", "password": "wrong"},
     ),
     # --- the admin (a browser session; anonymous and non-staff go to the login page) ---
