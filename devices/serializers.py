@@ -7,22 +7,25 @@ from typing import Any
 from rest_framework import serializers
 
 from devices import protocol
+from jobs.api.fields import StrictCharField, StrictRegexField
 
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
 DEVICE_TYPE_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 
 
 class DeviceRegisterSerializer(serializers.Serializer):
-    id = serializers.RegexField(
+    """Strict strings: `"url": 0` was read as the address "0" (a simulated device)."""
+
+    id = StrictRegexField(
         DEVICE_ID_PATTERN,
         error_messages={"invalid": "id may hold 1 to 128 letters, digits and . - _"},
     )
-    type = serializers.RegexField(
+    type = StrictRegexField(
         DEVICE_TYPE_PATTERN,
         error_messages={"invalid": "type may hold 1 to 64 letters, digits and . - _"},
     )
     size = serializers.IntegerField(min_value=0, max_value=1_000_000, default=0)
-    url = serializers.CharField(
+    url = StrictCharField(
         max_length=2000,
         help_text="The agent's http(s) URL; any other address is a simulated device.",
     )
@@ -53,3 +56,23 @@ class DeviceCommandSerializer(serializers.Serializer):
         except protocol.ProtocolError as error:
             raise serializers.ValidationError({"args": [error.message]}) from None
         return {"command": command.name, "args": command.args}
+
+
+# The request as the schema states it: one shape per command, each with the `args` that
+# `protocol.parse_command` accepts (no extra properties), so a schema-valid command is
+# never refused as malformed.
+DEVICE_COMMAND_REQUEST_SCHEMA: dict[str, Any] = {
+    "oneOf": [
+        {
+            "type": "object",
+            "properties": {
+                "command": {"type": "string", "enum": [name]},
+                "args": protocol.COMMAND_ARG_SCHEMAS[name],
+            },
+            "required": ["command", "args"]
+            if protocol.COMMAND_ARG_SCHEMAS[name].get("required")
+            else ["command"],
+        }
+        for name in protocol.COMMANDS
+    ]
+}

@@ -19,7 +19,7 @@ from django.http import HttpRequest, JsonResponse
 from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -30,6 +30,7 @@ from devices.agent import REGISTRATION_TOKEN_HEADER
 from devices.commands import DeviceUnreachable, send_command
 from devices.models import Device
 from devices.serializers import (
+    DEVICE_COMMAND_REQUEST_SCHEMA,
     DeviceCommandSerializer,
     DeviceRegisterSerializer,
     DeviceSerializer,
@@ -175,7 +176,11 @@ class DeviceListCreateView(APIView):
 
     @extend_schema(
         request=DeviceRegisterSerializer,
-        responses={201: DeviceSerializer, 200: DeviceSerializer},
+        responses={
+            201: DeviceSerializer,
+            200: DeviceSerializer,
+            409: OpenApiResponse(description="The id is one of this gateway's local devices."),
+        },
         parameters=[OpenApiParameter(REGISTRATION_TOKEN_HEADER, str, OpenApiParameter.HEADER)],
     )
     def post(self, request: Request) -> Response:
@@ -252,7 +257,15 @@ class DeviceCommandView(APIView):
     permission_classes = [ManagesDevices]
     parser_classes = [JSONParser]
 
-    @extend_schema(request=DeviceCommandSerializer, responses={200: dict})
+    @extend_schema(
+        request={"application/json": DEVICE_COMMAND_REQUEST_SCHEMA},
+        responses={
+            200: dict,
+            409: OpenApiResponse(description="The device refuses the command in its state."),
+            502: OpenApiResponse(description="The device's answer was an error or not believed."),
+            504: OpenApiResponse(description="The device did not answer in time."),
+        },
+    )
     def post(self, request: Request, device_id: str) -> Response:
         device = Device.objects.filter(name=device_id).first()
         if device is None:

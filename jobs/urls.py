@@ -1,5 +1,4 @@
 from django.urls import path, re_path
-from rest_framework.authtoken.views import obtain_auth_token
 
 from jobs.api import events, views
 from jobs.monitoring import views as stats_views
@@ -13,7 +12,7 @@ urlpatterns = [
     path("api/jobs/<uuid:job_id>/cancel/", views.JobCancelView.as_view(), name="job-cancel"),
     path("api/users/", views.UserCreateView.as_view(), name="user-create"),
     path("api/users/<str:user_id>/", views.UserDetailView.as_view(), name="user-detail"),
-    path("api/token/", obtain_auth_token, name="api-token"),
+    path("api/token/", views.TokenView.as_view(), name="api-token"),
     path("api/stats/", stats_views.StatsView.as_view(), name="stats"),
     path(
         "api/users/<str:user_id>/remove-from-queue/",

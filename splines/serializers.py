@@ -21,7 +21,13 @@ from rest_framework.exceptions import APIException
 
 from .drawing import DEFAULT_COLOR, MAX_WIDTH, DrawOptions, parse_color
 from .images import OUTPUT_FORMATS
-from .tck import CurveSet, SplineInputError, parse_curves
+from .tck import (
+    MAX_FIT_COORDINATE,
+    MAX_FIT_POINTS,
+    CurveSet,
+    SplineInputError,
+    parse_curves,
+)
 
 
 class PayloadTooLarge(APIException):
@@ -171,8 +177,29 @@ class RenderRequestSerializer(serializers.Serializer):
         )
 
 
+@extend_schema_field(
+    {
+        "type": "array",
+        "items": {
+            "type": "array",
+            "items": {
+                "type": "number",
+                "minimum": -MAX_FIT_COORDINATE,
+                "maximum": MAX_FIT_COORDINATE,
+            },
+            "minItems": 2,
+            "maxItems": 2,
+        },
+        "minItems": 2,
+        "maxItems": MAX_FIT_POINTS,
+    }
+)
+class PointsField(JsonValueField):
+    """[[x, y], ...] (JSON text in a form): the schema says so, null is not a list of points."""
+
+
 class FitRequestSerializer(serializers.Serializer):
-    points = JsonValueField(help_text="The points to fit through, [[x, y], ...] in pixels.")
+    points = PointsField(help_text="The points to fit through, [[x, y], ...] in pixels.")
     k = serializers.IntegerField(required=False, default=3, min_value=1, max_value=5)
     smoothing = serializers.FloatField(required=False, default=0.0, min_value=0.0)
     closed = serializers.BooleanField(required=False, default=False)

@@ -32,6 +32,10 @@ MAX_DEGREE = 5
 # Far more than any annotation needs; bounds the work one request can ask for.
 MAX_COEFFICIENTS = 100_000
 MAX_FIT_POINTS = 100_000
+# Points are pixels: a bound far beyond any image, and small enough that the squared
+# distances splprep computes stay finite (from about 1e154 they overflow to inf, and the
+# fitted tck, NaN, could not be sent as JSON).
+MAX_FIT_COORDINATE = 1e9
 
 
 class SplineInputError(ValueError):
@@ -313,6 +317,14 @@ def fit_tck(points: Any, k: int = 3, smoothing: float = 0.0, closed: bool = Fals
     if bad.size:
         index = tuple(int(i) for i in bad[0])
         raise SplineInputError("points", _non_finite_message("points", index, array[index]))
+    far = np.argwhere(np.abs(array) > MAX_FIT_COORDINATE)
+    if far.size:
+        index = tuple(int(i) for i in far[0])
+        raise SplineInputError(
+            "points",
+            f"points{''.join(f'[{i}]' for i in index)} is {array[index]:g}; coordinates are "
+            f"pixels, from {-MAX_FIT_COORDINATE:g} to {MAX_FIT_COORDINATE:g}.",
+        )
     if not _is_number(smoothing) or not math.isfinite(smoothing) or smoothing < 0:
         raise SplineInputError("smoothing", "smoothing must be a number, 0 or more.")
     if closed and len(array) > 1 and np.array_equal(array[0], array[-1]):
@@ -336,6 +348,10 @@ def fit_tck(points: Any, k: int = 3, smoothing: float = 0.0, closed: bool = Fals
         (t, c, fitted_k), u = splprep(fit_input.T, k=degree, s=smoothing, per=int(closed))
     except (ValueError, TypeError) as exc:  # FITPACK's own refusals
         raise SplineInputError("points", f"scipy could not fit these points: {exc}") from exc
+    if not all(np.all(np.isfinite(part)) for part in (t, c[0], c[1], u)):
+        # A fit FITPACK could not carry out in floating point (a huge smoothing, say): a
+        # refusal naming the input, never NaN in the answer.
+        raise SplineInputError("points", "scipy could not fit these points in finite numbers.")
     return FittedCurve(
         t=[float(v) for v in t],
         c=[[float(v) for v in c[0]], [float(v) for v in c[1]]],

@@ -121,7 +121,8 @@ class FitView(APIView):
     parser_classes = [JSONParser, FormParser, MultiPartParser]
 
     @extend_schema(
-        request=FitRequestSerializer,
+        # Documented as JSON: in a form, points is JSON text, which a schema cannot say.
+        request={"application/json": FitRequestSerializer},
         responses={200: FitResponseSerializer},
         summary="Fit a B-spline through points",
     )

@@ -22,6 +22,7 @@ from rest_framework.views import APIView
 from devices.qpu.mock import MAX_SHOTS
 from jobs.api.access import acting_user, read_idempotency_key
 from jobs.api.errors import SUBMIT_REFUSALS
+from jobs.api.fields import NonNullJSONField, StrictRegexField
 from jobs.api.parsers import JSONParser
 from jobs.api.serializers import DEVICE_TYPE_PATTERN, USER_ID_PATTERN, check_storable_json
 from jobs.api.throttles import SUBMIT_THROTTLES
@@ -106,7 +107,7 @@ def check_instructions(value: list[Any]) -> list[Any]:
 
 class ProgramJobSerializer(serializers.Serializer):
     instructions = serializers.ListField(
-        child=serializers.JSONField(), max_length=MAX_INSTRUCTIONS, allow_empty=True
+        child=NonNullJSONField(), max_length=MAX_INSTRUCTIONS, allow_empty=True
     )
     shots = serializers.IntegerField(min_value=1, max_value=MAX_SHOTS)
     size = serializers.IntegerField(min_value=0, max_value=1_000_000, default=0)
@@ -115,13 +116,25 @@ class ProgramJobSerializer(serializers.Serializer):
         return check_instructions(value)
 
 
+# What `check_callback_url` reads as an http(s) URL with a host; the host's allow-list is
+# checked after (403).
+CALLBACK_URL_PATTERN = r"^https?://[A-Za-z0-9][A-Za-z0-9.-]{0,252}(:[0-9]{1,5})?(/[!-~]*)?$"
+
+
 class ProgramSubmitSerializer(serializers.Serializer):
-    user_id = serializers.RegexField(USER_ID_PATTERN, required=False)
+    user_id = StrictRegexField(USER_ID_PATTERN, required=False)
     priority = serializers.IntegerField(default=0, min_value=-100, max_value=100)
-    device_type = serializers.RegexField(DEVICE_TYPE_PATTERN, default="qpu")
+    device_type = StrictRegexField(DEVICE_TYPE_PATTERN, default="qpu")
     # jobs: a list of ProgramJobSerializer, see get_fields
-    callback_url = serializers.CharField(
-        max_length=2000, required=False, allow_blank=True, default=""
+    callback_url = StrictRegexField(
+        CALLBACK_URL_PATTERN,
+        max_length=2000,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="An http(s) URL with a host, or empty for none; a host outside "
+        "ZYPHER_CALLBACK_ALLOWED_HOSTS is a 403.",
+        error_messages={"invalid": "callback_url must be an http(s) URL with a host."},
     )
 
     def get_fields(self) -> dict[str, serializers.Field]:
@@ -133,13 +146,15 @@ class ProgramSubmitSerializer(serializers.Serializer):
         )
         return {**super().get_fields(), "jobs": jobs}
 
-    def validate_callback_url(self, value: str) -> str:
-        if value:
-            try:
-                check_callback_url(value)
-            except CallbackNotAllowed as error:
-                raise serializers.ValidationError(str(error)) from None
-        return value
+
+# The schema's view of ProgramSubmitSerializer: `jobs` is a non-empty list (get_fields
+# builds it per request, which drf-spectacular does not see).
+class ProgramSubmitSchema(ProgramSubmitSerializer):
+    def get_fields(self) -> dict[str, serializers.Field]:
+        jobs = serializers.ListField(
+            child=ProgramJobSerializer(), min_length=1, max_length=settings.ZYPHER_MAX_BULK_JOBS
+        )
+        return {**super().get_fields(), "jobs": jobs}
 
 
 class ProgramCreateView(APIView):
@@ -149,7 +164,7 @@ class ProgramCreateView(APIView):
     throttle_classes = SUBMIT_THROTTLES
 
     @extend_schema(
-        request=ProgramSubmitSerializer,
+        request=ProgramSubmitSchema,
         responses={201: dict, 200: dict, **SUBMIT_REFUSALS},
         parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],
     )
@@ -159,6 +174,12 @@ class ProgramCreateView(APIView):
         serializer = ProgramSubmitSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
+        if data["callback_url"]:
+            try:
+                check_callback_url(data["callback_url"])
+            except CallbackNotAllowed as error:
+                # Well formed, but a destination this gateway may not call: 403, not 400.
+                return Response({"callback_url": [str(error)]}, status=status.HTTP_403_FORBIDDEN)
         key = read_idempotency_key(request)
         owner = acting_user(request, data.get("user_id"))
         program, jobs, created = create_qpu_program(

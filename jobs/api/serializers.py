@@ -10,6 +10,12 @@ from rest_framework import serializers
 from rest_framework.reverse import reverse
 from rest_framework.settings import api_settings
 
+from jobs.api.fields import (
+    NonNullJSONField,
+    StrictBooleanField,
+    StrictCharField,
+    StrictRegexField,
+)
 from jobs.handlers import known_kinds
 from jobs.models import MAX_WEIGHT, MIN_WEIGHT, Job, User
 from jobs.queue import JobSpec
@@ -29,25 +35,40 @@ class JobSubmitListSerializer(serializers.ListSerializer):
 
 
 class JobSubmitSerializer(serializers.Serializer):
-    user_id = serializers.RegexField(
+    user_id = StrictRegexField(
         USER_ID_PATTERN,
         required=False,
         help_text="Who the job is for (open mode, or a staff token acting for a user).",
         error_messages={"invalid": USER_ID_RULE},
     )
-    input = serializers.JSONField(help_text="The job's input, any JSON value.")
-    kind = serializers.CharField(
+    input = NonNullJSONField(help_text="The job's input, any JSON value but null.")
+    kind = StrictCharField(
         default="limited_f", max_length=64, help_text="Which handler runs it."
-    )
+    )  # replaced by the known kinds at run time, see get_fields
     priority = serializers.IntegerField(
         default=0, min_value=-100, max_value=100, help_text="Orders the user's own jobs."
     )
-    device_type = serializers.RegexField(
+    device_type = StrictRegexField(
         DEVICE_TYPE_PATTERN,
         required=False,
         help_text="The device pool to run on (default: the local devices' type).",
         error_messages={"invalid": "device_type may hold 1 to 64 letters, digits and . - _"},
     )
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        # The kinds are settings (ZYPHER_HANDLERS), read when the schema or a request asks:
+        # the schema lists exactly the kinds a submit accepts.
+        fields = super().get_fields()
+        kinds = known_kinds()
+        fields["kind"] = serializers.ChoiceField(
+            choices=kinds,
+            default="limited_f",
+            help_text="Which handler runs it.",
+            error_messages={
+                "invalid_choice": f"Unknown kind {{input!r}}; valid kinds: {', '.join(kinds)}."
+            },
+        )
+        return fields
 
     @classmethod
     def bulk(cls, data: Any) -> JobSubmitListSerializer:
@@ -58,14 +79,6 @@ class JobSubmitSerializer(serializers.Serializer):
 
     def validate_input(self, value: Any) -> Any:
         check_storable_json(value)
-        return value
-
-    def validate_kind(self, value: str) -> str:
-        kinds = known_kinds()
-        if value not in kinds:
-            raise serializers.ValidationError(
-                f"Unknown kind {value!r}; valid kinds: {', '.join(kinds)}."
-            )
         return value
 
     @staticmethod
@@ -212,23 +225,33 @@ class JobDetailSerializer(JobSerializer):
         }
 
 
+def weight_field(**kwargs: Any) -> serializers.FloatField:
+    # min/max state the range in the schema; validate_weight also refuses NaN.
+    message = f"weight must be between {MIN_WEIGHT:g} and {MAX_WEIGHT:g}."
+    return serializers.FloatField(
+        min_value=MIN_WEIGHT,
+        max_value=MAX_WEIGHT,
+        error_messages={"min_value": message, "max_value": message},
+        **kwargs,
+    )
+
+
 class UserCreateSerializer(serializers.Serializer):
-    user_id = serializers.RegexField(USER_ID_PATTERN)
-    weight = serializers.FloatField(default=1.0)
-    password = serializers.CharField(required=False, write_only=True, min_length=8)
-    is_staff = serializers.BooleanField(default=False)
+    """A new user; a name that is taken is the view's 409, not a malformed request."""
+
+    user_id = StrictRegexField(USER_ID_PATTERN, error_messages={"invalid": USER_ID_RULE})
+    weight = weight_field(default=1.0)
+    password = StrictCharField(required=False, write_only=True, min_length=8)
+    is_staff = StrictBooleanField(default=False)
 
     def validate_weight(self, value: float) -> float:
         return validate_weight(value)
 
-    def validate_user_id(self, value: str) -> str:
-        if User.objects.filter(username=value).exists():
-            raise serializers.ValidationError(f"User {value!r} already exists.")
-        return value
-
 
 class UserWeightSerializer(serializers.Serializer):
-    weight = serializers.FloatField()
+    """PATCH: the weight is the one field; an empty body changes nothing."""
+
+    weight = weight_field(required=False)
 
     def validate_weight(self, value: float) -> float:
         return validate_weight(value)

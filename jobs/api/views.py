@@ -7,12 +7,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.db.models import QuerySet
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions, generics, status
 from rest_framework.authtoken.models import Token
+from rest_framework.authtoken.serializers import AuthTokenSerializer
+from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from jobs.api.access import (
@@ -178,11 +182,23 @@ class UserCreateView(APIView):
     permission_classes = [CreatesUsers]
     parser_classes = [JSONParser]
 
-    @extend_schema(request=UserCreateSerializer, responses={201: UserSerializer})
+    @extend_schema(
+        request=UserCreateSerializer,
+        responses={
+            201: UserSerializer,
+            409: OpenApiResponse(description="A user of that name exists already."),
+        },
+    )
     def post(self, request: Request) -> Response:
         serializer = UserCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
+        if User.objects.filter(username=data["user_id"]).exists():
+            # A well-formed request that conflicts with the state: 409, not 400.
+            return Response(
+                {"error": f"User {data['user_id']!r} already exists."},
+                status=status.HTTP_409_CONFLICT,
+            )
         user = User(username=data["user_id"], weight=data["weight"], is_staff=data["is_staff"])
         if data.get("password"):
             user.set_password(data["password"])
@@ -218,8 +234,9 @@ class UserDetailView(APIView):
         user = self.get_user(user_id)
         serializer = UserWeightSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        User.objects.filter(pk=user.pk).update(weight=serializer.validated_data["weight"])
-        user.refresh_from_db()
+        if "weight" in serializer.validated_data:  # PATCH {} changes nothing
+            User.objects.filter(pk=user.pk).update(weight=serializer.validated_data["weight"])
+            user.refresh_from_db()
         return Response(UserSerializer(user_summary(user)).data)
 
 
@@ -231,3 +248,29 @@ class HealthView(APIView):
     @extend_schema(responses={200: dict})
     def get(self, request: Request) -> Response:
         return Response({"status": "ok"})
+
+
+class TokenView(ObtainAuthToken):
+    """`POST /api/token/`: username and password for an API token. Credentials that do not
+    match are a 401 (a well-formed request the server declines), a malformed body a 400."""
+
+    parser_classes = [JSONParser, FormParser, MultiPartParser]
+
+    @extend_schema(
+        request=AuthTokenSerializer,
+        responses={
+            200: AuthTokenSerializer,
+            401: OpenApiResponse(description="No user with that username and password."),
+        },
+    )
+    def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        serializer = self.get_serializer(data=request.data)
+        if not serializer.is_valid() and serializer.errors.keys() == {
+            api_settings.NON_FIELD_ERRORS_KEY
+        }:
+            raise exceptions.AuthenticationFailed(
+                "Unable to log in with the given username and password."
+            )
+        serializer.is_valid(raise_exception=True)
+        token, _ = Token.objects.get_or_create(user=serializer.validated_data["user"])
+        return Response({"token": token.key})

@@ -14,6 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from jobs.api.access import ReadsDashboard, RemovesFromQueue
+from jobs.api.fields import StrictBooleanField
 from jobs.api.parsers import JSONParser
 from jobs.models import User
 from jobs.monitoring import metrics, stats
@@ -32,10 +33,10 @@ class StatsView(APIView):
 
 
 class RemoveFromQueueSerializer(serializers.Serializer):
-    deactivate = serializers.BooleanField(
+    deactivate = StrictBooleanField(
         default=False, help_text="Also deactivate the user: new submissions get 403."
     )
-    stop_running = serializers.BooleanField(
+    stop_running = StrictBooleanField(
         default=False, help_text="Also stop the user's jobs running now."
     )
 

@@ -307,7 +307,7 @@ ROWS = [
         "token for a wrong password",
         "POST",
         "/api/token/",
-        by(400),
+        by(401),  # well formed, declined: not a 400 (issue 17)
         body={"username": "alice", "password": "wrong"},
     ),
 ]

@@ -349,7 +349,7 @@ def test_a_token_is_exchanged_for_username_and_password(
     assert submitted.json()["user_id"] == "alice"
 
     wrong = api_client.post(TOKEN_URL, {"username": "alice", "password": "wrong"}, format="json")
-    assert wrong.status_code == 400
+    assert wrong.status_code == 401  # well formed, declined (issue 17)
     assert "token" not in wrong.json()
 
 

@@ -135,3 +135,43 @@ def test_api_errors_are_json_even_when_html_is_asked_for(api_client: APIClient) 
 
     assert response.status_code == 404
     assert response["Content-Type"].startswith("application/json")
+
+
+# Issue 17: the server accepted what the schema forbids; Schemathesis found each.
+@pytest.mark.usefixtures("token_mode")
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("post", "/api/devices/", {"id": "d1", "type": "cpu", "url": 0}, "url"),
+        ("get", "/api/jobs/?offset=null", None, "offset"),
+        ("post", "/api/users/x/remove-from-queue/", {"stop_running": 0}, "stop_running"),
+        ("post", "/api/users/", {"user_id": "y", "is_staff": 0}, "is_staff"),
+        ("post", "/api/jobs/", {"input": 1, "user_id": 5}, "user_id"),
+    ],
+)
+def test_a_value_the_schema_forbids_is_a_400_naming_the_field(
+    make_user: Callable[..., User], method: str, path: str, body: Any, field: str
+) -> None:
+    make_user("x")
+    staff = client_with_token(make_user("operator", is_staff=True))
+
+    response = getattr(staff, method)(path, body, format="json")
+
+    assert response.status_code == 400, response.content[:200]
+    assert field in response.json()
+
+
+def test_the_schema_states_what_the_server_refuses(schema: dict[str, Any]) -> None:
+    components = schema["components"]["schemas"]
+    submit = components["JobSubmitRequest"]["properties"]
+    program = components["ProgramSubmitSchemaRequest"]["properties"]
+    weight = components["UserCreateRequest"]["properties"]["weight"]
+    command = schema["paths"]["/api/devices/{device_id}/commands/"]["post"]["requestBody"]
+
+    assert {"type": "null"} not in submit["input"]["anyOf"] and "anyOf" in submit["input"]
+    assert weight["minimum"] > 0
+    assert program["jobs"]["minItems"] == 1
+    assert all(
+        shape["properties"]["args"].get("additionalProperties") is False
+        for shape in command["content"]["application/json"]["schema"]["oneOf"]
+    )

@@ -1,6 +1,8 @@
 """Schemathesis over the OpenAPI schema (/api/schema/): every operation gets generated
-requests, valid and invalid; none may answer 500, and every answer must match the schema
-(status codes, content types, bodies). Bounded here; bench/fuzz.py runs many more.
+requests, valid and invalid; none may answer 500, every answer must match the schema
+(status codes, content types, bodies), and the schema must say what the server accepts
+(a valid request accepted, an invalid one refused). Bounded and derandomised here (the
+same cases on every run); bench/fuzz.py runs many more.
 
 Two identities: open mode without a token (a request may name its user), and a staff
 token (which reaches the staff-only endpoints). The app is called in-process through WSGI
@@ -20,23 +22,36 @@ from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
 from rest_framework.authtoken.models import Token
-from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from jobs.models import User
 
 pytest_plugins = ["tests.support.api_fixtures"]
 
 schema = schemathesis.openapi.from_wsgi("/api/schema/", get_wsgi_application())
+# The server refuses U+0000 in every text it takes (DRF's CharField, the storable-JSON check
+# of `input` and `instructions`, PostgreSQL's jsonb), a rule OpenAPI 3.0 cannot state for the
+# keys of a free JSON value. Not generated here; tests name the refusal route by route
+# (test_a_nul_byte_in_a_user_id_is_refused_not_a_500 below, tests/api/test_qpu_routes_input.py).
+schema.config.generation.update(allow_x00=False)
 EXAMPLES = int(os.environ.get("ZYPHER_FUZZ_EXAMPLES", "8"))  # bench/fuzz.py raises it
-# What is checked: no 500, and every answer as documented (status code, content type,
-# body, headers). Not checked: whether the schema is as strict as the validation (a
-# schema-valid body refused for a reason the schema cannot express, such as an unknown
-# handler `kind`, or the reverse); bench/fuzz.py reports those separately.
-LENIENT = (
-    []
-    if os.environ.get("ZYPHER_FUZZ_STRICT")
-    else [positive_data_acceptance, negative_data_rejection]
-)
+# Every check (`--checks all`, issue 17): no 500, every answer as documented, and the
+# schema exactly as strict as the validation: a schema-valid request is accepted (or
+# refused for credentials, a conflict, a missing object), a schema-violating one refused.
+#
+# Two narrow exceptions to "schema-valid is accepted", where the validity is beyond what a
+# JSON schema can state: the splines operations need a decodable image and points a
+# spline can pass through, and an open-mode listing without a token must name its user
+# (the schema cannot make a parameter required for one identity only).
+BEYOND_THE_SCHEMA = {"POST /api/splines/fit/", "POST /api/splines/render/"}
+
+
+def excluded_checks(case: Any, *, open_mode: bool) -> list[Any]:
+    if case.operation.label in BEYOND_THE_SCHEMA or (
+        open_mode and case.operation.label == "GET /api/jobs/"
+    ):
+        return [positive_data_acceptance]
+    return []
 
 
 @pytest.fixture(autouse=True)
@@ -48,6 +63,14 @@ def keep_the_test_connection() -> Iterator[None]:
     yield
     signals.request_started.connect(close_old_connections)
     signals.request_finished.connect(close_old_connections)
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings: Any) -> None:
+    """Every generated `POST /api/token/` and `POST /api/users/` with a password hashes it
+    (PBKDF2, a third of a second each: half the fuzz's time); what is checked here is the
+    API's answers, not the hasher, so the fast one Django recommends for tests."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture
@@ -65,7 +88,7 @@ def staff_token(db: None) -> str:
     derandomize=True,
 )
 def test_open_mode_requests_never_break_the_api(case: Any, open_mode: None, db: None) -> None:
-    case.call_and_validate(excluded_checks=LENIENT)
+    case.call_and_validate(excluded_checks=excluded_checks(case, open_mode=True))
 
 
 @schema.parametrize()
@@ -77,7 +100,8 @@ def test_open_mode_requests_never_break_the_api(case: Any, open_mode: None, db: 
 )
 def test_staff_requests_never_break_the_api(case: Any, token_mode: None, staff_token: str) -> None:
     case.call_and_validate(
-        headers={"Authorization": f"Token {staff_token}"}, excluded_checks=LENIENT
+        headers={"Authorization": f"Token {staff_token}"},
+        excluded_checks=excluded_checks(case, open_mode=False),
     )
 
 
