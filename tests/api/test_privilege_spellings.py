@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group, Permission
+from django.test import Client
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from jobs.api.access import OPERATOR_GROUP, ensure_roles
+from jobs.api.access import OPERATOR_GROUP, REGISTRAR_GROUP, ensure_roles
 from jobs.models import User
 
 pytest_plugins = ["tests.support.api_fixtures"]
@@ -61,3 +62,24 @@ def test_a_non_superuser_who_adds_users_cannot_create_staff_by_spelling_true_dif
     )
     assert response.status_code == 403, response.content
     assert not User.objects.filter(username="mallory", is_staff=True).exists()
+
+
+def test_a_non_superuser_who_edits_accounts_cannot_take_over_a_role_holder_without_staff(
+    token_mode: None, make_user: Callable[..., User]
+) -> None:
+    """A registrar's or operator's account need not be staff (an API-only role holder);
+    setting its password would hand its rights to whoever edits accounts."""
+    ensure_roles()
+    editor = make_user("editor", is_staff=True)
+    editor.user_permissions.add(
+        *Permission.objects.filter(codename__in=["change_user", "view_user"])
+    )
+    holder = make_user("fleet-registrar")
+    holder.groups.add(Group.objects.get(name=REGISTRAR_GROUP))
+    browser = Client()
+    browser.force_login(editor)
+    page = f"/admin/jobs/user/{holder.pk}/password/"
+    assert browser.get(page).status_code == 403
+    browser.post(page, {"password1": "taken-over-42x", "password2": "taken-over-42x"})
+    holder.refresh_from_db()
+    assert not holder.check_password("taken-over-42x")
