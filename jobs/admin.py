@@ -51,10 +51,16 @@ PRIVILEGE_FIELDS = ["is_staff", "is_superuser", "groups", "user_permissions"]
 
 def above(request: HttpRequest, account: User | None) -> bool:
     """Whether `account` is beyond what the request's (non-superuser) user may edit: a
-    staff or superuser account, whose password or flags would be a way up."""
+    staff or superuser account, or one holding a role or permission (an API-only
+    operator or registrar need not be staff), whose password or flags would be a way up."""
     if account is None or getattr(request.user, "is_superuser", False):
         return False
-    return account.is_staff or account.is_superuser
+    return (
+        account.is_staff
+        or account.is_superuser
+        or account.groups.exists()
+        or account.user_permissions.exists()
+    )
 
 
 @admin.register(User)
@@ -162,7 +168,9 @@ class ZypherUserAdmin(UserAdmin):
             )
         for account in objs:
             if above(request, account):
-                protected.append(f"{account}: a staff account (a superuser's to delete)")
+                protected.append(
+                    f"{account}: a staff or role-holding account (a superuser's to delete)"
+                )
         return deleted, counts, perms_needed, protected
 
     @admin.action(

@@ -57,10 +57,20 @@ METADATA_ADDRESSES = frozenset(
 )
 
 
+# IPv6 prefixes whose last 32 bits are an IPv4 address a gateway may forward to: the
+# NAT64 well-known prefix (RFC 6052) and the deprecated IPv4-compatible form (::a.b.c.d).
+_EMBEDDING_PREFIXES = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("::/96"))
+
+
 def _refused_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Link-local and metadata addresses are never a callback's receiver."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # ::ffff:169.254.169.254 is the same endpoint
+    """Link-local and metadata addresses are never a callback's receiver, nor an IPv6
+    address that carries one (::ffff:169.254.169.254 is the same endpoint)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is None and any(address in prefix for prefix in _EMBEDDING_PREFIXES):
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None and _refused_address(embedded):
+            return True
     return address.is_link_local or address in METADATA_ADDRESSES
 
 

@@ -125,6 +125,15 @@ class CompatDeviceDetailView(CompatView):
 
     def delete(self, request: Request, device_id: str) -> Response:
         _require_device_manager(request)
+        if not is_registrar(request) and (
+            Device.objects.filter(name=device_id, kind=Device.Kind.LOCAL).exists()
+        ):
+            # The scripts remove what they registered; a local worker's row is its
+            # dispatcher's, and freeing its id would let anyone register that name.
+            raise exceptions.PermissionDenied(
+                f"Device {device_id!r} is a local worker of a dispatcher: only the "
+                "registration token or a registrar removes it."
+            )
         if not pool.remove_device(device_id):
             raise exceptions.NotFound(f"Device {device_id!r} not found.")
         return Response({"id": device_id, "deleted": True})

@@ -179,8 +179,13 @@ class ReadsAccount(BasePermission):
 
 
 def _is_true(value: Any) -> bool:
-    # As the serializers will read it (DRF's BooleanField); anything else they refuse.
-    return isinstance(value, (bool, int, str)) and value in BooleanField.TRUE_VALUES
+    # Read by the very field the serializers use ("True", "ON", 1.0 are true to it): a
+    # spelling this check missed would pass it and then be acted on. What the field
+    # refuses, the serializer refuses too (a 400).
+    try:
+        return BooleanField().to_internal_value(value) is True
+    except exceptions.ValidationError:
+        return False
 
 
 class NeedsPermission(BasePermission):

@@ -110,6 +110,13 @@ ROWS = [
         open_mode=ALICES_OPEN,
     ),
     Row("cancel bob's job", "POST", "/api/jobs/{bob_job}/cancel/", BOBS),
+    Row(  # the event stream: the job's own rules (an async view, run like /predict's)
+        "alice's job events",
+        "GET",
+        "/api/jobs/{alice_job}/events",
+        ALICES,
+        open_mode=ALICES_OPEN,
+    ),
     # --- users, weights, the queue ---
     Row(
         "create a user",
@@ -300,6 +307,7 @@ ROWS = [
     Row("a missing spline image", "GET", f"/media/splines/{'0' * 32}.png", by(404)),
     Row("a missing media file", "GET", "/media/nothing.txt", by(404)),
     # --- open to all ---
+    Row("front page", "GET", "/", by(200)),
     Row("health", "GET", "/api/health/", by(200)),
     Row("OpenAPI schema", "GET", "/api/schema/", by(200)),
     Row("Swagger UI", "GET", "/api/docs/", by(200)),
@@ -527,8 +535,11 @@ def _check(row: Row, users: dict[str, User], expected: dict[str, int], **options
 
 
 ALL_ROWS = ROWS + ADMIN_ROWS
-SYNC_ROWS = [row for row in ALL_ROWS if not row.path.startswith("/predict")]
-PREDICT_ROWS = [row for row in ALL_ROWS if row.path.startswith("/predict")]
+# /predict and the event stream read in their own threads: their rows are committed.
+PREDICT_ROWS = [
+    row for row in ALL_ROWS if row.path.startswith("/predict") or row.path.endswith("/events")
+]
+SYNC_ROWS = [row for row in ALL_ROWS if row not in PREDICT_ROWS]
 OPEN_ROWS = [row for row in SYNC_ROWS if row.open_mode is not None]
 
 

@@ -129,3 +129,19 @@ def test_the_api_refuses_a_metadata_callback_with_a_json_error(settings, url):
     assert response.status_code == 400
     assert "metadata" in str(response.json()["callback_url"])
     assert not Program.objects.exists()
+
+
+# IPv6 addresses that carry 169.254.169.254 inside them: the IPv4-compatible form, the
+# NAT64 well-known prefix (where a NAT64 gateway forwards to the IPv4 address), 6to4.
+EMBEDDED_METADATA = [
+    "http://[::169.254.169.254]/latest",
+    "http://[64:ff9b::a9fe:a9fe]/latest",
+    "http://[2002:a9fe:a9fe::1]/latest",
+]
+
+
+@pytest.mark.parametrize("url", EMBEDDED_METADATA)
+def test_metadata_embedded_in_an_ipv6_address_is_refused(settings, url):
+    settings.ZYPHER_CALLBACK_ALLOWED_HOSTS = ["*"]
+    with pytest.raises(CallbackNotAllowed, match="link-local or cloud metadata"):
+        check_callback_url(url, resolve=False)
