@@ -20,9 +20,10 @@ from django.forms import ModelForm
 from django.http import HttpRequest
 
 from devices import pool
+from devices.access import MANAGE_DEVICES
 from devices.models import Device
 from devices.views import run_device_command
-from jobs.api.access import MANAGE_DEVICES, holds
+from jobs.api.access import holds
 
 
 @admin.register(Device)

@@ -10,7 +10,7 @@ class DevicesConfig(AppConfig):
 
     def ready(self) -> None:
         # `jobs` names no other app: devices hand it their handler and dashboard rows.
-        from devices import monitoring
+        from devices import access, monitoring
         from jobs.handlers import register_handlers
         from jobs.monitoring.stats import provide_device_states
         from jobs.queue import provide_pool_capacity
@@ -18,3 +18,4 @@ class DevicesConfig(AppConfig):
         register_handlers({"qpu": "devices.qpu.mock:qpu_handler"})
         provide_device_states(monitoring.device_states)
         provide_pool_capacity(monitoring.pool_capacity)
+        access.grant_device_permissions()

@@ -26,6 +26,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from devices import pool, protocol
+from devices.access import MANAGE_DEVICES, ManagesDevices
 from devices.agent import REGISTRATION_TOKEN_HEADER
 from devices.commands import DeviceUnreachable, send_command
 from devices.models import Device
@@ -35,7 +36,7 @@ from devices.serializers import (
     DeviceRegisterSerializer,
     DeviceSerializer,
 )
-from jobs.api.access import MANAGE_DEVICES, ManagesDevices, holds
+from jobs.api.access import holds
 from jobs.api.parsers import JSONParser
 from jobs.models import Job, JobStatus
 

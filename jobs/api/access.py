@@ -49,10 +49,10 @@ ACT_FOR_USERS = "jobs.act_for_users"
 VIEW_ALL_JOBS = "jobs.view_job"
 VIEW_ACCOUNTS = "jobs.view_user"
 ADD_USERS = "jobs.add_user"
-MANAGE_DEVICES = "devices.manage_devices"
 
 
 # What each role holds (the migrations create the same; `ensure_roles` restores them).
+# Other apps add their own permissions to a role from their `ready()` (`grant_to_role`).
 ROLES: dict[str, list[str]] = {
     OPERATOR_GROUP: [
         "jobs.remove_from_queue",
@@ -63,10 +63,15 @@ ROLES: dict[str, list[str]] = {
         "jobs.change_job",
         "jobs.view_fairpool",
         "jobs.view_fairshareaccount",
-        "devices.view_device",
     ],
-    REGISTRAR_GROUP: ["devices.manage_devices", "devices.view_device"],
+    REGISTRAR_GROUP: [],
 }
+
+
+def grant_to_role(role: str, permissions: list[str]) -> None:
+    """Add permissions (app_label.codename) to what `role` holds."""
+    held = ROLES.setdefault(role, [])
+    held.extend(p for p in permissions if p not in held)
 
 
 def ensure_roles() -> None:
@@ -210,11 +215,6 @@ class NeedsPermission(BasePermission):
 class ReadsDashboard(NeedsPermission):
     permission = VIEW_DASHBOARD
     role = "the operator role"
-
-
-class ManagesDevices(NeedsPermission):
-    permission = MANAGE_DEVICES
-    role = "the device registrar role"
 
 
 class RemovesFromQueue(NeedsPermission):
