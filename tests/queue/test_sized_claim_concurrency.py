@@ -83,3 +83,21 @@ def test_sized_devices_claiming_beside_submits_and_cancels_hand_each_job_out_onc
         reached += 1
     assert reached == fitting
     assert Job.objects.filter(status=JobStatus.QUEUED).exclude(size=9).count() == 0
+
+
+def test_a_user_parked_with_a_job_too_big_wakes_the_dispatchers_when_it_queues_one_that_fits():
+    """Its counter was not zero, so "became backlogged" missed it: the small devices,
+    idle, would have waited for their fallback poll."""
+    import psycopg
+
+    from jobs.notifications import listener_conninfo
+
+    parked = User.objects.create(username="parked")
+    submit_jobs(parked, [JobSpec("noop", "too big", "qpu", size=10)])
+    with psycopg.connect(autocommit=True, **listener_conninfo()) as listener:
+        listener.execute("LISTEN zypher_work")
+        submit_jobs(parked, [JobSpec("noop", "fits", "qpu", size=1)])
+        # Delivered at the submit's commit, which has happened: the timeout only stops
+        # a failing run from hanging.
+        woken = [note.payload for note in listener.notifies(timeout=10, stop_after=1)]
+    assert woken == ["qpu"]
