@@ -6,6 +6,7 @@ to the jobs, and every queued job still reachable by a device big enough."""
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable
 
@@ -101,3 +102,45 @@ def test_a_user_parked_with_a_job_too_big_wakes_the_dispatchers_when_it_queues_o
         # a failing run from hanging.
         woken = [note.payload for note in listener.notifies(timeout=10, stop_after=1)]
     assert woken == ["qpu"]
+
+
+def test_a_claim_that_found_a_users_only_fitting_job_serves_the_next_user_once_it_is_cancelled():
+    """The claim probes `first` without a lock and sees a job that fits; a cancel holds
+    `first`'s account and cancels that job before the claim gets the lock. The claim
+    must look again under the lock: `first` still has a job queued (too big), so only
+    the re-check stops it handing out the cancelled job or skipping `second`."""
+    from django.db import transaction
+
+    from jobs.models import FairShareAccount
+    from jobs.queue import _lock_accounts
+    from tests.support.sessions import sessions_waiting_on_locks
+
+    first = User.objects.create(username="first")
+    second = User.objects.create(username="second")
+    (fitting, too_big), _ = submit_jobs(
+        first, [JobSpec("noop", "fits", "qpu", size=2), JobSpec("noop", "big", "qpu", size=9)]
+    )
+    (others,), _ = submit_jobs(second, [JobSpec("noop", "second's", "qpu", size=2)])
+    claims: list[ClaimedJob | None] = []
+    account_held = threading.Event()
+
+    def canceller() -> None:
+        with transaction.atomic():
+            _lock_accounts(FairShareAccount.objects.filter(user=first))
+            account_held.set()
+            while sessions_waiting_on_locks() < 1:  # the claim waits for this account
+                time.sleep(0.01)
+            assert cancel_job(fitting)
+
+    def dispatcher() -> None:
+        assert Job.objects.filter(pk=others.pk).exists()  # its session is open before
+        assert account_held.wait(timeout=60)
+        claims.append(claim_next("qpu", "d5", 5))
+
+    assert run_at_once([canceller, dispatcher]) == []
+
+    (claim,) = claims
+    assert claim is not None and claim.id == others.pk
+    assert Job.objects.get(pk=fitting.pk).status == JobStatus.CANCELLED
+    assert Job.objects.get(pk=too_big.pk).status == JobStatus.QUEUED
+    assert find_violations() == []
