@@ -26,6 +26,9 @@ The policy, per device pool:
   among those items); the users it passes over are not charged and keep their place.
   However many users wait for bigger devices, they never block one that has work that
   fits (issue 13): the bound below holds among the users with work the device can run.
+  A user none of whose queued items is as small as a new one had no work for the devices
+  that new item fits, so it is lifted as one that had nothing queued: waiting for a
+  bigger device banks no credit to spend on a small one.
 
 The guarantee (SFQ, one device, costs settled before the next dispatch): for any two
 users i and j that are backlogged throughout an interval, the device seconds W they
@@ -126,7 +129,8 @@ class FairQueue(Generic[T]):
             )
         elif weight is not None:
             queue.weight = weight
-        if not queue.heap:
+        # Nothing queued that a device of `size` could run: lifted as if idle (issue 13).
+        if all(queued > size for queued in queue.sizes.values()):
             queue.virtual_time = max(queue.virtual_time, self.virtual_time)
         sequence = next(self._sequence)
         queue.sizes[sequence] = size

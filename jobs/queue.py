@@ -96,14 +96,20 @@ def pool_id_for(device_type: str) -> int:
 
 
 # Add queued work to an account. A user that had nothing queued is lifted to the pool's
-# virtual time (idle time banks no credit). Plain SQL that PostgreSQL and SQLite share.
+# virtual time (idle time banks no credit), and so is one whose queued jobs are all bigger
+# than the smallest new one: it had no work for the devices that one fits, and waiting for
+# a bigger device banks no credit to spend on them (issue 13; one probe of job_queued_fit).
+# Plain SQL that PostgreSQL and SQLite share.
 _ENQUEUE_SQL = """
 INSERT INTO jobs_fairshareaccount
     (pool_id, user_id, virtual_time, queued_count, running_count, served_seconds)
 VALUES (%s, %s, (SELECT virtual_time FROM jobs_fairpool WHERE id = %s), %s, 0, 0)
 ON CONFLICT (pool_id, user_id) DO UPDATE SET
     virtual_time = CASE
-        WHEN jobs_fairshareaccount.queued_count = 0
+        WHEN (jobs_fairshareaccount.queued_count = 0 OR NOT EXISTS (
+                SELECT 1 FROM jobs_job j
+                WHERE j.device_type = %s AND j.owner_id = jobs_fairshareaccount.user_id
+                  AND j.status = 'queued' AND j.size <= %s))
          AND jobs_fairshareaccount.virtual_time < excluded.virtual_time
         THEN excluded.virtual_time ELSE jobs_fairshareaccount.virtual_time END,
     queued_count = jobs_fairshareaccount.queued_count + excluded.queued_count
@@ -145,12 +151,14 @@ def check_admission(owner: User, requested: int) -> None:
         raise QueueLimitReached(owner.username, queued, requested, limit)
 
 
-def _enqueue(pool_id: int, user_id: int, count: int) -> None:
+def _enqueue(pool_id: int, user_id: int, device_type: str, sizes: list[int]) -> None:
     """The ORM path's enqueue (SQLite, which polls instead of NOTIFY). On PostgreSQL
     zypher_submit does the same and NOTIFYs only when a user becomes backlogged: one
     NOTIFY per job would serialise commits under a burst (a database-wide lock)."""
     with connection.cursor() as cursor:
-        cursor.execute(_ENQUEUE_SQL, [pool_id, user_id, pool_id, count])
+        cursor.execute(
+            _ENQUEUE_SQL, [pool_id, user_id, pool_id, len(sizes), device_type, min(sizes)]
+        )
 
 
 def submit_jobs(
@@ -212,7 +220,12 @@ def submit_jobs(
                 if connection.vendor == "postgresql":
                     _insert_on_postgres(owner, device_type, pool_jobs, program)
                 else:
-                    _enqueue(pool_id_for(device_type), owner.pk, len(pool_jobs))
+                    _enqueue(
+                        pool_id_for(device_type),
+                        owner.pk,
+                        device_type,
+                        [job.size for job in pool_jobs],
+                    )
                     Job.objects.bulk_create(pool_jobs)
     except IntegrityError:
         # A concurrent retry with the same key won the race: answer with its jobs.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from django.conf import settings
 
 from jobs.fairshare import Dispatch, FairQueue
 from jobs.models import FairShareAccount, Job, User
@@ -53,7 +54,8 @@ def run_trace(seed: int, steps: int = 300, capacities: tuple[int | None, ...] = 
         elif action < 0.95 and running:
             job_id = rng.choice(sorted(running))
             claim, dispatch = running.pop(job_id)
-            if rng.random() < 0.1:
+            # A requeue only while attempts are left: the model has no failing for good.
+            if rng.random() < 0.1 and claim.fencing_token < settings.ZYPHER_MAX_ATTEMPTS:
                 assert release_job(claim.id, claim.fencing_token, "test") == "queued"
                 model.requeue(dispatch)
             elif rng.random() < 0.5:

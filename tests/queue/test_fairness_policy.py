@@ -628,3 +628,23 @@ def test_the_same_trace_twice_gives_the_same_dispatch_order(trace: Trace) -> Non
     first = simulate(trace, FairScheduler())
     second = simulate(trace, FairScheduler())
     assert [job.index for job in first.dispatched] == [job.index for job in second.dispatched]
+
+
+def test_a_user_whose_queued_work_fit_no_device_banks_no_credit_while_it_waited() -> None:
+    """`parked` waits with a job too big for the device while `busy` is served: it had
+    no work the device could run, so when it queues some it joins like a user that was
+    idle, not with ten dispatches of credit (the SFQ bound among users with work that
+    fits, from the moment both have some)."""
+    queue: FairQueue[str] = FairQueue()
+    queue.push("parked", "too big", size=10)
+    for index in range(20):
+        queue.push("busy", f"busy {index}", size=1)
+    assert {queue.pop(cost=1.0, capacity=5).user for _ in range(10)} == {"busy"}
+
+    for index in range(10):
+        queue.push("parked", f"parked {index}", size=1)
+    served = [queue.pop(cost=1.0, capacity=5).user for _ in range(10)]
+
+    for prefix in range(1, len(served) + 1):
+        received = served[:prefix].count("parked")
+        assert abs(received - prefix / 2) <= 1, served

@@ -115,3 +115,28 @@ def test_the_dashboard_lists_the_jobs_no_registered_device_can_run():
     page = client.get(reverse("admin:dashboard")).content.decode()
     assert "Waiting for a device that can run them" in page
     assert "3 queued jobs of 3 users up to size 9" in page
+
+
+def test_a_user_whose_queued_work_fit_no_device_gets_no_catch_up_run_when_it_queues_some():
+    parked = User.objects.create(username="parked")
+    busy = User.objects.create(username="busy")
+    submit_jobs(parked, [JobSpec("noop", "too big", "qpu", size=10)])
+    submit_jobs(busy, [JobSpec("noop", index, "qpu", size=1) for index in range(20)])
+    for _ in range(10):
+        claim = claim_next("qpu", "d5", 5)
+        assert claim is not None and claim.owner == "busy"
+        assert finish_job(claim, succeeded=True, duration=1.0)
+
+    submit_jobs(parked, [JobSpec("noop", index, "qpu", size=1) for index in range(10)])
+    served = []
+    for _ in range(10):
+        claim = claim_next("qpu", "d5", 5)
+        assert claim is not None
+        served.append(claim.owner)
+        assert finish_job(claim, succeeded=True, duration=1.0)
+
+    # From the submit on, both have work the device runs: they take turns.
+    for prefix in range(1, len(served) + 1):
+        assert abs(served[:prefix].count("parked") - prefix / 2) <= 1, served
+    # The job too big still waits, for a device that fits.
+    assert Job.objects.get(owner=parked, size=10).status == "queued"
