@@ -91,7 +91,12 @@ def test_the_cli_shows_progress_from_the_event_stream(
     lines: queue.Queue[str] = queue.Queue()
     stderr = process.stderr
     assert stderr is not None
-    threading.Thread(target=lambda: [lines.put(line) for line in stderr], daemon=True).start()
+
+    def read_stderr() -> None:
+        for line in stderr:
+            lines.put(line)
+
+    threading.Thread(target=read_stderr, daemon=True).start()
     seen: list[str] = []
 
     def saw(text: str) -> bool:
