@@ -74,15 +74,20 @@ class OwnedQuerySet(models.QuerySet):
         return self if reader is None else self.filter(owner=reader)
 
 
+class CallbackDelivery(models.TextChoices):
+    """Where a program's or a job's callback stands (delivered by `jobs.programs`)."""
+
+    NONE = "none"  # no callback_url
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
 class Program(models.Model):
     """A group of jobs submitted together (e.g. a QPU exercise's circuits), whose results go back to
     the user at `callback_url` when every job has ended."""
 
-    class Delivery(models.TextChoices):
-        NONE = "none"  # no callback_url
-        PENDING = "pending"
-        DELIVERED = "delivered"
-        FAILED = "failed"
+    Delivery = CallbackDelivery
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     owner = models.ForeignKey("User", on_delete=models.CASCADE, related_name="programs")
@@ -151,6 +156,18 @@ class Job(models.Model):
     progress_message = models.CharField(
         max_length=PROGRESS_MESSAGE_LENGTH, blank=True, default="", db_default=""
     )
+    # A job's own callback (issue 14): POSTed its representation once when it ends, by a
+    # dispatcher (`jobs.programs.CallbackCourier`), as a program's is. db_default too.
+    callback_url = models.URLField(max_length=2000, blank=True, default="", db_default="")
+    callback_status = models.CharField(
+        max_length=16,
+        choices=CallbackDelivery.choices,
+        default=CallbackDelivery.NONE,
+        db_default=CallbackDelivery.NONE,
+    )
+    callback_attempts = models.PositiveIntegerField(default=0, db_default=0)
+    callback_error = models.TextField(blank=True, default="", db_default="")
+    callback_delivered_at = models.DateTimeField(null=True, blank=True)
 
     objects = OwnedQuerySet.as_manager()
 
@@ -184,6 +201,10 @@ class Job(models.Model):
             models.Index(fields=["owner", "-id"], name="job_owner_newest"),
             models.Index(fields=["status", "-id"], name="job_status_newest"),
             models.Index(fields=["finished_at"], name="job_finished_at"),
+            # The callbacks still to deliver: a handful among millions of jobs.
+            models.Index(
+                fields=["id"], condition=Q(callback_status="pending"), name="job_callback_pending"
+            ),
             # Each user's oldest queued job in one probe (the dashboard's oldest-queued age).
             models.Index(
                 fields=["owner", "id"], condition=Q(status="queued"), name="job_queued_oldest"

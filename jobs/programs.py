@@ -1,4 +1,5 @@
-"""Programs: jobs submitted together whose results go back to the user at a callback URL.
+"""Programs: jobs submitted together whose results go back to the user at a callback URL;
+and the callbacks themselves, a program's or a single job's.
 
 A program groups jobs of any kind; what its jobs are (the QPU exercise's circuits) is the
 business of the app that submits them (`devices.qpu.programs`).
@@ -7,7 +8,11 @@ A program's priority is its jobs' priority: it orders them among the user's own 
 (the core scheduler's semantics); between users the weighted fair share decides. When
 every job of a program has ended, a dispatcher POSTs the program's results to its
 `callback_url`, retried with exponential backoff up to ZYPHER_CALLBACK_MAX_ATTEMPTS and
-recorded on the program (`delivered`, or `failed` with the reason).
+recorded on the program (`delivered`, or `failed` with the reason). A job may name a
+`callback_url` of its own (`submit_with_callbacks`): when it ends, the same dispatchers
+POST it its representation (`GET /api/jobs/<id>/`) the same way, recorded on the job.
+Delivery is at least once: an attempt is counted before its POST, and a dispatcher that
+dies between the POST and recording it leaves the callback pending, to be sent again.
 
 SSRF guard: a callback URL must be http(s) with a host in ZYPHER_CALLBACK_ALLOWED_HOSTS,
 checked when the program is created and again before each delivery; redirects are not
@@ -30,6 +35,7 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
@@ -38,7 +44,7 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from jobs.models import Job, JobStatus, Program, User
+from jobs.models import FINAL_STATUSES, CallbackDelivery, Job, JobStatus, Program, User
 from jobs.queue import JobSpec, submit_jobs
 
 log = logging.getLogger("zypher.programs")
@@ -190,6 +196,35 @@ def create_program(
     return program, created_jobs, created
 
 
+def submit_with_callbacks(
+    owner: User,
+    specs: list[JobSpec],
+    callback_urls: list[str],
+    *,
+    idempotency_key: str | None = None,
+) -> tuple[list[Job], bool]:
+    """`submit_jobs`, each job with its `callback_url` ("" for none), in one transaction:
+    a job is never seen by a device without its callback. Each URL must have passed
+    `check_callback_url` (the submit serializer checks it)."""
+    if not any(callback_urls):
+        return submit_jobs(owner, specs, idempotency_key=idempotency_key)
+    with transaction.atomic():
+        jobs, created = submit_jobs(owner, specs, idempotency_key=idempotency_key)
+        if created:  # a repeated key's jobs keep the callbacks they were created with
+            by_url: dict[str, list[Job]] = {}
+            for job, url in zip(jobs, callback_urls, strict=True):
+                if url:
+                    by_url.setdefault(url, []).append(job)
+            # Job rows in id order, after the accounts submit_jobs locked (the lock order).
+            for url, named in sorted(by_url.items(), key=lambda item: item[1][0].pk):
+                Job.objects.filter(pk__in=[job.pk for job in named]).update(
+                    callback_url=url, callback_status=CallbackDelivery.PENDING
+                )
+                for job in named:
+                    job.callback_url, job.callback_status = url, CallbackDelivery.PENDING
+    return jobs, created
+
+
 def program_state(counts: dict[str, int]) -> str:
     """`queued` (nothing started), `running`, or `finished` (every job ended)."""
     if counts.get(JobStatus.RUNNING, 0):
@@ -273,6 +308,59 @@ def record_callback(program_id: int, delivered: bool, error: str, final: bool) -
         )
 
 
+def jobs_due_for_callback(exclude: set[int]) -> list[tuple[int, int, str]]:
+    """(id, attempts so far, url) of ended jobs whose own callback is pending."""
+    return list(
+        Job.objects.filter(callback_status=CallbackDelivery.PENDING, status__in=FINAL_STATUSES)
+        .exclude(pk__in=exclude)
+        .order_by("id")
+        .values_list("id", "callback_attempts", "callback_url")[:50]
+    )
+
+
+def claim_job_callback_attempt(job_id: int, attempts: int) -> dict[str, Any] | None:
+    """As `claim_callback_attempt`, for a job: the payload is the job as GET shows it."""
+    from jobs.api.serializers import JobDetailSerializer  # the API's shape, not the API's import
+
+    taken = Job.objects.filter(
+        pk=job_id, callback_status=CallbackDelivery.PENDING, callback_attempts=attempts
+    ).update(callback_attempts=attempts + 1)
+    if not taken:
+        return None
+    job = Job.objects.select_related("owner").get(pk=job_id)
+    return dict(JobDetailSerializer(job).data)
+
+
+def record_job_callback(job_id: int, delivered: bool, error: str, final: bool) -> None:
+    if delivered:
+        Job.objects.filter(pk=job_id).update(
+            callback_status=CallbackDelivery.DELIVERED,
+            callback_delivered_at=timezone.now(),
+            callback_error="",
+        )
+    else:
+        Job.objects.filter(pk=job_id).update(
+            callback_status=CallbackDelivery.FAILED if final else CallbackDelivery.PENDING,
+            callback_error=error[:2000],
+        )
+
+
+@dataclass(frozen=True)
+class CallbackSource:
+    """What has callbacks (programs, jobs): the three steps of delivering one."""
+
+    name: str
+    due: Callable[[set[int]], list[tuple[int, int, str]]]
+    claim: Callable[[int, int], dict[str, Any] | None]
+    record: Callable[[int, bool, str, bool], None]
+
+
+CALLBACK_SOURCES = (
+    CallbackSource("program", programs_due_for_callback, claim_callback_attempt, record_callback),
+    CallbackSource("job", jobs_due_for_callback, claim_job_callback_attempt, record_job_callback),
+)
+
+
 class _PinnedHTTPConnection(http.client.HTTPConnection):
     """Connects to the address that was checked, whatever the name resolves to now."""
 
@@ -332,31 +420,39 @@ def post_callback(url: str, payload: dict[str, Any], timeout: float = 10.0) -> s
 
 
 class CallbackCourier:
-    """A dispatcher's delivery of callbacks; it remembers when each program's next retry is."""
+    """A dispatcher's delivery of callbacks (programs' and jobs'); it remembers when each
+    one's next retry is."""
 
     def __init__(self) -> None:
-        self.next_attempt: dict[int, float] = {}
+        self.next_attempt: dict[tuple[str, int], float] = {}
 
     async def deliver_due(self, db: Callable[..., Awaitable[Any]]) -> None:
+        for source in CALLBACK_SOURCES:
+            await self._deliver(source, db)
+
+    async def _deliver(self, source: CallbackSource, db: Callable[..., Awaitable[Any]]) -> None:
         now = time.monotonic()
-        waiting = {pk for pk, at in self.next_attempt.items() if at > now}
-        for program_id, attempts, url in await db(programs_due_for_callback, waiting):
-            payload = await db(claim_callback_attempt, program_id, attempts)
+        waiting = {
+            pk for (name, pk), at in self.next_attempt.items() if name == source.name and at > now
+        }
+        for pk, attempts, url in await db(source.due, waiting):
+            payload = await db(source.claim, pk, attempts)
             if payload is None:
                 continue
             error = await asyncio.to_thread(post_callback, url, payload)
             final = bool(error) and attempts + 1 >= settings.ZYPHER_CALLBACK_MAX_ATTEMPTS
-            await db(record_callback, program_id, not error, error, final)
+            await db(source.record, pk, not error, error, final)
             if error and not final:
                 delay = settings.ZYPHER_CALLBACK_BACKOFF_SECONDS * 2**attempts
-                self.next_attempt[program_id] = time.monotonic() + delay
+                self.next_attempt[source.name, pk] = time.monotonic() + delay
                 log.warning(
-                    "callback of program %s failed (%s); retry in %.1fs", program_id, error, delay
+                    "callback of %s %s failed (%s); retry in %.1fs", source.name, pk, error, delay
                 )
             else:
-                self.next_attempt.pop(program_id, None)
+                self.next_attempt.pop((source.name, pk), None)
                 log.info(
-                    "callback of program %s %s",
-                    program_id,
+                    "callback of %s %s %s",
+                    source.name,
+                    pk,
                     "delivered" if not error else f"failed for good: {error}",
                 )

@@ -3,8 +3,8 @@
 `prune_ended_jobs` deletes succeeded, failed and cancelled jobs whose `finished_at` is
 older than a cutoff, a small batch per transaction (ids found by the `job_finished_at`
 index), so no lock is held long and the queue keeps serving. It never touches queued or
-running jobs (the delete re-checks the status), nor the jobs of a program whose callback
-is still pending (the callback reports every job). What outlives the job rows: each
+running jobs (the delete re-checks the status), nor a job whose own callback or whose
+program's callback is still pending (the callback reports the job). What outlives the job rows: each
 user's device seconds (`FairShareAccount.served_seconds`) and the queue's counters, which
 count only queued and running jobs. A job's `JobRun` rows go with it.
 
@@ -55,9 +55,12 @@ def parse_age(text: str) -> timedelta:
 
 
 def prunable_jobs(cutoff: datetime) -> QuerySet[Job]:
-    """Ended jobs finished before `cutoff`, but those of programs still to be called back."""
-    return Job.objects.filter(status__in=FINAL_STATUSES, finished_at__lt=cutoff).exclude(
-        program__callback_status=Program.Delivery.PENDING
+    """Ended jobs finished before `cutoff`, but those still to be called back (their own
+    callback or their program's)."""
+    return (
+        Job.objects.filter(status__in=FINAL_STATUSES, finished_at__lt=cutoff)
+        .exclude(program__callback_status=Program.Delivery.PENDING)
+        .exclude(callback_status=Program.Delivery.PENDING)
     )
 
 

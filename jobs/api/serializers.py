@@ -18,11 +18,13 @@ from jobs.api.fields import (
 )
 from jobs.handlers import known_kinds
 from jobs.models import MAX_WEIGHT, MIN_WEIGHT, Job, User
+from jobs.programs import CallbackNotAllowed, check_callback_url
 from jobs.queue import JobSpec
 
 USER_ID_PATTERN = r"^[\w.@+-]{1,150}$"
 USER_ID_RULE = "user_id may hold 1 to 150 letters, digits and . @ + - _"
 DEVICE_TYPE_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+CALLBACK_URL_LENGTH = 2000  # Job.callback_url's max_length
 
 
 class JobSubmitListSerializer(serializers.ListSerializer):
@@ -54,6 +56,13 @@ class JobSubmitSerializer(serializers.Serializer):
         help_text="The device pool to run on (default: the local devices' type).",
         error_messages={"invalid": "device_type may hold 1 to 64 letters, digits and . - _"},
     )
+    callback_url = serializers.URLField(
+        max_length=CALLBACK_URL_LENGTH,
+        required=False,
+        help_text="Called once when the job ends: a POST of the job as GET shows it, retried "
+        "with backoff. http(s), a host of ZYPHER_CALLBACK_ALLOWED_HOSTS; never link-local or "
+        "cloud metadata addresses.",
+    )
 
     def get_fields(self) -> dict[str, serializers.Field]:
         # The kinds are settings (ZYPHER_HANDLERS), read when the schema or a request asks:
@@ -79,6 +88,13 @@ class JobSubmitSerializer(serializers.Serializer):
 
     def validate_input(self, value: Any) -> Any:
         check_storable_json(value)
+        return value
+
+    def validate_callback_url(self, value: str) -> str:
+        try:
+            check_callback_url(value)  # the programs' SSRF guard, resolving the name now
+        except CallbackNotAllowed as error:
+            raise serializers.ValidationError(str(error)) from None
         return value
 
     @staticmethod
@@ -130,6 +146,9 @@ class JobSerializer(serializers.ModelSerializer):
     id = serializers.UUIDField(source="public_id", read_only=True)
     url = serializers.SerializerMethodField()
     user_id = serializers.CharField(source="owner.username", read_only=True)
+    callback_url = serializers.URLField(
+        read_only=True, allow_null=True, help_text="Called when the job ends; null: no callback."
+    )
 
     class Meta:
         model = Job
@@ -152,6 +171,8 @@ class JobSerializer(serializers.ModelSerializer):
             "attempts",
             "progress",
             "progress_message",
+            "callback_url",
+            "callback_status",
         ]
         read_only_fields = fields
 
@@ -182,6 +203,8 @@ class JobSerializer(serializers.ModelSerializer):
             "attempts": job.attempts,
             "progress": job.progress,
             "progress_message": job.progress_message,
+            "callback_url": job.callback_url or None,
+            "callback_status": job.callback_status,
         }
 
 

@@ -44,7 +44,8 @@ from jobs.api.serializers import (
 )
 from jobs.api.throttles import SUBMIT_THROTTLES
 from jobs.models import Job, JobStatus, User
-from jobs.queue import cancel_job, submit_jobs
+from jobs.programs import submit_with_callbacks
+from jobs.queue import cancel_job
 
 
 def submit_error(errors: Any) -> dict[str, Any]:
@@ -132,7 +133,8 @@ class JobListCreateView(generics.ListAPIView):
         # Last check before writing: in open mode or for staff it creates the named user.
         owner = acting_user(request, named.pop())
         specs = [JobSubmitSerializer.spec_from(item) for item in items]
-        jobs, created = submit_jobs(owner, specs, idempotency_key=key)
+        callback_urls = [item.get("callback_url", "") for item in items]
+        jobs, created = submit_with_callbacks(owner, specs, callback_urls, idempotency_key=key)
         data = JobSerializer(jobs, many=True, context={"request": request}).data
         code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
         return Response(data if many else data[0], status=code)

@@ -29,6 +29,16 @@ HANDLERS = {
 }
 ROOT = Path(__file__).resolve().parents[2]
 
+# The client of this checkout, not whichever copy `pip install ./client` last put in the
+# environment: here (the tests import it after this conftest) and in the `zypher` console
+# script the CLI tests start (it inherits PYTHONPATH).
+CLIENT_SOURCE = str(ROOT / "client" / "src")
+if CLIENT_SOURCE not in sys.path:
+    sys.path.insert(0, CLIENT_SOURCE)
+_pythonpath = os.environ.get("PYTHONPATH", "")
+if CLIENT_SOURCE not in _pythonpath.split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [CLIENT_SOURCE, _pythonpath]))
+
 
 @pytest.fixture(scope="package")
 def server_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:

@@ -1,6 +1,6 @@
 """The client's reading of `GET /api/jobs/<id>/events` (text/event-stream), on the bytes
-of a stream as the WHATWG rules define them. (The end-to-end waits in
-test_client_library.py run against whichever the server offers: the stream or polling.)"""
+of a stream as the server writes them (README "Job events") and as the WHATWG rules
+allow them. (test_wait_follows_the_stream.py follows the server's real stream.)"""
 
 from __future__ import annotations
 
@@ -9,26 +9,28 @@ from zypher_client.jobs import ServerSentEvent, apply_event, parse_events
 
 STREAM = """: keep-alive
 
+id: 1
 event: queued
-data: {"status": "queued", "queue_position": 2}
+data: {"id":"j1","status":"queued","queue_position":2,"progress":null,"progress_message":"","attempts":0,"result":null,"error":""}
 
 event: running
-data: {"status": "running", "queue_position": null,
-data:  "progress": 0.5, "progress_message": "half"}
+data: {"id": "j1", "status": "running", "queue_position": null, "attempts": 1,
+data:  "progress": 0.5, "progress_message": "half", "result": null, "error": ""}
 id: 7
 
-event: succeeded
-data: {"result": {"x": 5, "y": 25}}
+id: 8
+event: ended
+data: {"id":"j1","status":"succeeded","queue_position":null,"progress":0.5,"progress_message":"half","attempts":1,"result":{"x":5,"y":25},"error":""}
 """
 
 
 def test_events_are_dispatched_at_blank_lines_and_comments_skipped() -> None:
     events = list(parse_events(STREAM.splitlines()))
 
-    assert [event.event for event in events] == ["queued", "running", "succeeded"]
+    assert [event.event for event in events] == ["queued", "running", "ended"]
     assert events[1].id == "7"
     assert events[1].json()["progress"] == 0.5  # two data lines joined by a newline
-    assert events[2].json() == {"result": {"x": 5, "y": 25}}  # the last, cut before its blank
+    assert events[2].json()["result"] == {"x": 5, "y": 25}  # the last, cut before its blank
 
 
 def test_each_event_updates_the_job_and_a_status_named_event_sets_the_status() -> None:

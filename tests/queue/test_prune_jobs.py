@@ -102,6 +102,22 @@ def test_jobs_of_a_program_whose_callback_is_pending_are_kept() -> None:
     assert list(Job.objects.values_list("program", flat=True)) == [pending.pk]
 
 
+def test_a_job_whose_own_callback_is_pending_is_kept() -> None:
+    alice = User.objects.create(username="alice")
+    waiting, called = finished_jobs(alice, 2)
+    Job.objects.filter(pk=waiting.pk).update(
+        callback_url="http://127.0.0.1:9/hook", callback_status=Program.Delivery.PENDING
+    )
+    Job.objects.filter(pk=called.pk).update(
+        callback_url="http://127.0.0.1:9/hook", callback_status=Program.Delivery.DELIVERED
+    )
+    age([waiting, called], days=60)
+
+    assert prune("--older-than", "30d")[-1].startswith("pruned 1 jobs")
+
+    assert list(Job.objects.values_list("pk", flat=True)) == [waiting.pk]
+
+
 def test_each_batch_is_reported_and_the_total_last() -> None:
     alice = User.objects.create(username="alice")
     age(finished_jobs(alice, 5), days=2)

@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--kind", help="the handler (server default: limited_f)")
     submit.add_argument("--priority", type=int, help="-100..100, orders your own jobs")
     submit.add_argument("--device-type", help="the device pool")
+    submit.add_argument("--callback-url", help="the server POSTs the job here when it ends")
     submit.add_argument("--key", help="Idempotency-Key (default: a new one)")
     submit.add_argument("--wait", action="store_true", help="wait and print the result")
     submit.add_argument("--timeout", type=float, help="with --wait: give up after S seconds")
@@ -161,6 +162,7 @@ def run(args: argparse.Namespace, client: Client, stderr: Console) -> int:
             kind=args.kind,
             priority=args.priority,
             device_type=args.device_type,
+            callback_url=args.callback_url,
             idempotency_key=args.key,
         )
         if not args.wait:

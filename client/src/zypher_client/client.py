@@ -87,10 +87,13 @@ class Client:
         priority: int | None = None,
         device_type: str | None = None,
         user_id: str | None = None,
+        callback_url: str | None = None,
         idempotency_key: str | None = None,
     ) -> Job:
         """Queue one job; answers with it (status "queued"). A retry after a lost answer
-        returns the same job, never a second one."""
+        returns the same job, never a second one. With `callback_url` the server POSTs the
+        job (as `get` shows it) there once it has ended; the server's allow-list decides
+        which URLs it accepts (BadRequest naming the problem otherwise)."""
         body = self._job_spec(
             {
                 "input": input,
@@ -98,6 +101,7 @@ class Client:
                 "priority": priority,
                 "device_type": device_type,
                 "user_id": user_id,
+                "callback_url": callback_url,
             }
         )
         data = self._request("POST", "/api/jobs/", json=body, key=idempotency_key)
@@ -107,7 +111,7 @@ class Client:
         self, jobs: Iterable[Mapping[str, Any]], *, idempotency_key: str | None = None
     ) -> list[Job]:
         """Queue many jobs in one request, all or nothing. Each item is a job's fields:
-        `{"input": …, "kind": …, "priority": …, "device_type": …}`."""
+        `{"input": …, "kind": …, "priority": …, "device_type": …, "callback_url": …}`."""
         body = [self._job_spec(dict(job)) for job in jobs]
         data = self._request("POST", "/api/jobs/", json=body, key=idempotency_key)
         return [Job.from_json(item) for item in data]
