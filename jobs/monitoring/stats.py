@@ -36,7 +36,8 @@ instant, and when each user enters or leaves the system (the backlog through a h
 aggregate: only each user's first queued job counts); received time is summed there
 too. One sweep per pool runs over the users' change points (`_sweep_pool`): while the
 pool's largest m times the largest weight is at most W, nobody can be capped by its job
-count and V advances by the device seconds delivered over W. Where that test fails (few
+count and V advances by the device seconds delivered over W (`_sweep_present`: array
+operations, no loop over the change points). Where that test fails (few
 users beside many devices), a second query (`_counted_sql`) gives the exact job counts
 up to the end of the last such stretch, clamped to the pool's largest m (which loses
 nothing: phi_u <= m) so that only each user's first m queued jobs are ranked.
