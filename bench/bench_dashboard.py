@@ -206,6 +206,7 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true", help="100,000 rows, fewer repeats")
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, help="runs of each query (default 30)")
     parser.add_argument("--explain", action="store_true", help="print each query's plan")
     options = parser.parse_args()
     if connection.vendor != "postgresql":
@@ -215,7 +216,7 @@ def main() -> int:
         )
         return 2
     rows = 200_000 if options.quick else options.rows
-    repeats = 5 if options.quick else 30
+    repeats = options.repeats or (5 if options.quick else 30)
     call_command("migrate", verbosity=0)
     now = timezone.now()
     log(f"filling {rows:,} job rows")

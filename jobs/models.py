@@ -209,6 +209,13 @@ class Job(models.Model):
             models.Index(
                 fields=["owner", "id"], condition=Q(status="queued"), name="job_queued_oldest"
             ),
+            # The dashboard's fairness window: each user's first queued arrival per pool and
+            # the queued jobs that arrived before an instant, read from the index alone.
+            models.Index(
+                fields=["device_type", "owner", "created_at"],
+                condition=Q(status="queued"),
+                name="job_queued_arrival",
+            ),
         ]
         constraints = [
             models.UniqueConstraint(

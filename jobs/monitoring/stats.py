@@ -36,7 +36,8 @@ instant, and when each user enters or leaves the system (the backlog through a h
 aggregate: only each user's first queued job counts); received time is summed there
 too. One sweep per pool runs over the users' change points (`_sweep_pool`): while the
 pool's largest m times the largest weight is at most W, nobody can be capped by its job
-count and V advances by the device seconds delivered over W. Where that test fails (few
+count and V advances by the device seconds delivered over W (`_sweep_present`: array
+operations, no loop over the change points). Where that test fails (few
 users beside many devices), a second query (`_counted_sql`) gives the exact job counts
 up to the end of the last such stretch, clamped to the pool's largest m (which loses
 nothing: phi_u <= m) so that only each user's first m queued jobs are ranked.
@@ -50,6 +51,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypedDict
 
+import numpy as np
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Count, Max, Min, OuterRef, Q, Subquery, Sum
@@ -586,16 +588,25 @@ class _Busy:
     @classmethod
     def from_changes(cls, changes: list[tuple[float, int]], end: float) -> _Busy:
         busy = cls()
-        level, done, previous = 0, 0.0, 0.0
-        for at, dm in changes:  # time-sorted; before the window counts as its start
-            at = min(max(at, 0.0), end)
-            done += level * (at - previous)
-            level += dm
-            previous = at
-            busy.at.append(at)
-            busy.level.append(level)
-            busy.done.append(done)
+        if not changes:
+            return busy
+        # Time-sorted; before the window counts as its start.
+        at = np.clip(np.array([change[0] for change in changes], dtype=float), 0.0, end)
+        level = np.cumsum(np.array([change[1] for change in changes], dtype=np.int64))
+        before = np.concatenate(([0], level[:-1]))
+        done = np.cumsum(before * np.diff(at, prepend=0.0))
+        busy.at, busy.level, busy.done = at.tolist(), level.tolist(), done.tolist()
         return busy
+
+    def delivered_at(self, at: np.ndarray) -> np.ndarray:
+        """`delivered` at each of the sorted instants `at`, at once."""
+        if not self.at:
+            return np.zeros_like(at)
+        points = np.array(self.at)
+        index = np.searchsorted(points, at, side="right") - 1
+        inside = np.maximum(index, 0)
+        found = np.array(self.done)[inside] + np.array(self.level)[inside] * (at - points[inside])
+        return np.where(index >= 0, found, 0.0)
 
     def delivered(self, at: float) -> float:
         index = bisect.bisect_right(self.at, at) - 1
@@ -623,6 +634,7 @@ def _sweep_pool(
     end: float,
     *,
     heaviest: float | None = None,
+    present_from: int | None = None,
 ) -> dict[int, _Waiting]:
     """E_u over [0, end] from the time-sorted changes (user, at, min(n_u, cap)) of the
     users' jobs in the system and the pool's busy devices m(t), in one pass.
@@ -638,7 +650,8 @@ def _sweep_pool(
 
     Where every stretch passes the O(1) test, n_u does not matter, and changes that only
     say who is in the system (1 or 0) give the exact figures (`_sweep_counted`).
-    `heaviest`: the largest weight of the pool's users.
+    `heaviest`: the largest weight of the pool's users. `present_from`: from this change
+    on every stretch passes the O(1) test, and that part runs vectorised (`_sweep_present`).
     """
     users: dict[int, _Waiting] = {}
     waiting: dict[int, _Waiting] = {}
@@ -676,11 +689,16 @@ def _sweep_pool(
                 virtual += (delivered_now - delivered) / weight_sum
             else:
                 order = sorted(waiting.values(), key=lambda state: state.jobs / state.weight)
+                # The fill is linear in the span: one per busy level, not one per piece.
+                seconds_at: dict[int, float] = {}
                 for level, span in busy.pieces(clock, to):
+                    seconds_at[level] = seconds_at.get(level, 0.0) + span
+                for level, span in seconds_at.items():
                     fill(order, level, span)
         clock, delivered = to, delivered_now
 
-    for user_id, at, jobs in changes:
+    looped = changes if present_from is None else changes[:present_from]
+    for user_id, at, jobs in looped:
         # The first change of an instant moves the clock there; the others find it there.
         if at > clock:
             advance(at if at < end else end)
@@ -696,10 +714,86 @@ def _sweep_pool(
             del waiting[user_id]
             weight_sum = weight_sum - state.weight if waiting else 0.0
         state.jobs = jobs
+    # An empty tail leaves the last stretch (to the end) to the loop: it may be capped.
+    if present_from is not None and present_from < len(changes):
+        _sweep_present(changes[present_from:], busy, weights, end, users, waiting, virtual, clock)
+        return users
     advance(end)
     for state in waiting.values():
         _leave(state, end, virtual)
     return users
+
+
+def _sweep_present(
+    changes: list[tuple[int, float, int]],
+    busy: _Busy,
+    weights: dict[int, float],
+    end: float,
+    users: dict[int, _Waiting],
+    waiting: dict[int, _Waiting],
+    virtual: float,
+    clock: float,
+) -> None:
+    """The rest of `_sweep_pool` from `clock` on, where nobody can be capped, as array
+    operations instead of a loop: each change toggles its user in or out of the system
+    (only presence changes are given), W is the running sum of the weights in, V advances
+    by the device seconds delivered over W, and E_u = w_u * (V at leaving - V at joining).
+    `users` and `waiting` come in as the loop left them and go out finished."""
+    count = len(changes)
+    weight_in = sum(state.weight for state in waiting.values())
+    owners = np.fromiter((change[0] for change in changes), dtype=np.int64, count=count)
+    # The clock: moved by the first change of an instant, never back, never past the end.
+    times = np.fromiter((change[1] for change in changes), dtype=float, count=count)
+    times = np.minimum(np.maximum(times, clock), end)
+    joins = np.fromiter((change[2] > 0 for change in changes), dtype=bool, count=count)
+    for user_id in set(owners.tolist()) - users.keys():
+        users[user_id] = _Waiting(weights[user_id])
+    weight = np.fromiter((users[user_id].weight for user_id in owners.tolist()), float, count)
+    sign = np.where(joins, 1.0, -1.0)
+    # W and the number of users in the system over each stretch: before each change, and
+    # after the last one up to the end.
+    weight_over = np.concatenate(([weight_in], weight_in + np.cumsum(sign * weight)))
+    present_over = np.concatenate(([len(waiting)], len(waiting) + np.cumsum(sign)))
+    delivered = busy.delivered_at(np.concatenate(([clock], times, [end])))
+    step = np.divide(
+        np.diff(delivered),
+        weight_over,
+        out=np.zeros(count + 1),
+        where=(present_over > 0) & (weight_over > 0),
+    )
+    virtual_at = virtual + np.cumsum(step)  # V at each change, then at the end
+    virtual_end = float(virtual_at[-1])
+    # Each user's stays in order: a leave closes the stay its previous change (or the
+    # loop, for users in the system at `clock`) opened.
+    order = np.lexsort((np.arange(count), owners))
+    by_owner = owners[order]
+    starts = np.flatnonzero(np.diff(by_owner, prepend=-1))
+    bounds = np.append(starts, count)
+    open_at = {key: (state.joined_at, state.joined_virtual) for key, state in waiting.items()}
+    times_sorted, virtual_sorted, joins_sorted = times[order], virtual_at[:-1][order], joins[order]
+    for first, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        user_id = int(by_owner[first])
+        state = users[user_id]
+        opened = open_at.pop(user_id, None)
+        stay_times = times_sorted[first:stop]
+        stay_virtual = virtual_sorted[first:stop]
+        if opened is not None:  # in the system at `clock`: the first change is its leave
+            stay_times = np.concatenate(([opened[0]], stay_times))
+            stay_virtual = np.concatenate(([opened[1]], stay_virtual))
+        elif not joins_sorted[first]:
+            raise ValueError(f"user {user_id} leaves a pool it was not in")
+        if len(stay_times) % 2:  # still in the system at the end
+            stay_times = np.append(stay_times, end)
+            stay_virtual = np.append(stay_virtual, virtual_end)
+        state.entitled += state.weight * float(np.sum(stay_virtual[1::2] - stay_virtual[::2]))
+        lengths = stay_times[1::2] - stay_times[::2]
+        longest = int(np.argmax(lengths))  # the first of the longest
+        if lengths[longest] > state.longest[1] - state.longest[0]:
+            state.longest = (float(stay_times[2 * longest]), float(stay_times[2 * longest + 1]))
+    for user_id, (joined_at, joined_virtual) in open_at.items():  # no change after `clock`
+        state = users[user_id]
+        state.joined_at, state.joined_virtual = joined_at, joined_virtual
+        _leave(state, end, virtual_end)
 
 
 def _leave(state: _Waiting, at: float, virtual: float) -> None:
@@ -788,25 +882,26 @@ def _unsure_until(
     """Where the last stretch ends in which some user might be capped by its job count as
     far as presence tells (the pool's largest m times the largest weight above W, the
     waiting users' weight), or None: the same stretches as `_sweep_pool`, without V."""
-    present: set[int] = set()
-    weight_sum, clock = 0.0, 0.0
-    unsure: float | None = None
-    for user_id, at, jobs in presence:
-        if at > clock:
-            at = at if at < end else end
-            # With a margin: the sweep may sum the same weights in another order.
-            if present and most > weight_sum * (1 - 1e-9):
-                unsure = at
-            clock = at
-        if jobs > 0 and user_id not in present:
-            present.add(user_id)
-            weight_sum += weights[user_id]
-        elif jobs <= 0 and user_id in present:
-            present.discard(user_id)
-            weight_sum = weight_sum - weights[user_id] if present else 0.0
-    if end > clock and present and most > weight_sum * (1 - 1e-9):
-        unsure = end
-    return unsure
+    if not presence:
+        return None
+    count = len(presence)
+    joins = np.fromiter((jobs > 0 for _, _, jobs in presence), dtype=bool, count=count)
+    weight = np.fromiter((weights[user_id] for user_id, _, _ in presence), float, count)
+    sign = np.where(joins, 1.0, -1.0)
+    # Presence changes toggle: W and the number in the system after each change.
+    weight_after = np.cumsum(sign * weight)
+    present_after = np.cumsum(sign)
+    times = np.fromiter((at for _, at, _ in presence), dtype=float, count=count)
+    times = np.minimum(np.maximum(times, 0.0), end)
+    # The stretch ending at each instant the clock moves to, and the last one to the end.
+    ends = np.append(times, end)
+    moved = np.diff(ends, prepend=0.0) > 0
+    weight_over = np.concatenate(([0.0], weight_after))
+    present_over = np.concatenate(([0], present_after))
+    # With a margin: the sweep may sum the same weights in another order.
+    doubtful = moved & (present_over > 0) & (most > weight_over * (1 - 1e-9))
+    found = np.flatnonzero(doubtful)
+    return float(ends[found[-1]]) if len(found) else None
 
 
 def _sweep_counted(
@@ -826,7 +921,7 @@ def _sweep_counted(
     )
     unsure = _unsure_until(presence, weights, max(busy.level, default=0) * heaviest, window)
     if unsure is None:
-        return _sweep_pool(presence, busy, weights, window, heaviest=heaviest)
+        return _sweep_pool(presence, busy, weights, window, heaviest=heaviest, present_from=0)
     # Split half way to the next change: timestamps and their seconds then agree on a side.
     later = bisect.bisect_right([at for _, at, _ in presence], unsure)
     split = (unsure + presence[later][1]) / 2 if later < len(presence) else unsure + 1.0
@@ -844,7 +939,7 @@ def _sweep_counted(
     # Exact counts before `until`, then who is in the system: every stretch from `until`
     # on passed the O(1) test, where n_u does not matter.
     changes = counts + presence[later:]
-    return _sweep_pool(changes, busy, weights, window, heaviest=heaviest)
+    return _sweep_pool(changes, busy, weights, window, heaviest=heaviest, present_from=len(counts))
 
 
 def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
