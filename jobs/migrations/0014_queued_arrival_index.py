@@ -9,7 +9,7 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-    dependencies = [("jobs", "0009_sized_claim")]
+    dependencies = [("jobs", "0013_job_callback")]
 
     operations = [
         migrations.AddIndex(
