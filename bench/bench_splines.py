@@ -37,17 +37,20 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from django.test import Client, override_settings  # noqa: E402
+from django.test import Client, RequestFactory, override_settings  # noqa: E402
 from django.test.client import BOUNDARY, encode_multipart  # noqa: E402
 from PIL import Image  # noqa: E402
+from rest_framework.request import Request  # noqa: E402
 from scipy.interpolate import splev, splprep  # noqa: E402
 
 from splines.coverage import coverage_error, dense_curve, exact_coverage  # noqa: E402
 from splines.drawing import DrawOptions, draw_curves  # noqa: E402
 from splines.evaluation import sample_curve  # noqa: E402
-from splines.images import encode_image  # noqa: E402
+from splines.images import decode_image, encode_image  # noqa: E402
+from splines.parsers import LeanMultiPartParser  # noqa: E402
 from splines.render import render_spline  # noqa: E402
-from splines.tck import parse_curves, validate_tck  # noqa: E402
+from splines.serializers import RenderRequestSerializer  # noqa: E402
+from splines.tck import CurveSet, parse_curves, validate_tck  # noqa: E402
 
 SIZE = 1024
 REPEATS = 31
@@ -149,6 +152,37 @@ def request_path(client: Client, body: bytes) -> None:
     assert response.status_code == 200, response.content[:300]
 
 
+def breakdown(data: bytes, body: bytes, curve_set: CurveSet) -> dict[str, float]:
+    """Median milliseconds of each step of the JPEG request path, in the same run."""
+    factory = RequestFactory()
+    content_type = f"multipart/form-data; boundary={BOUNDARY}"
+
+    def parse() -> object:
+        request = factory.post("/api/splines/render/", body, content_type=content_type)
+        return Request(request, parsers=[LeanMultiPartParser()]).data
+
+    fields = parse()
+
+    def validate() -> object:
+        serializer = RenderRequestSerializer(data=fields)
+        serializer.is_valid(raise_exception=True)
+        return serializer.to_request()
+
+    decoded = decode_image(data).image
+    options = DrawOptions()
+    return interleaved_medians(
+        {
+            "multipart parse": parse,
+            "validate (serializer, tck)": validate,
+            "decode": lambda: decode_image(data),
+            "draw": lambda: draw_curves(decoded.copy(), curve_set.curves, options, in_place=True),
+            "copy (subtract from draw)": lambda: decoded.copy(),
+            "encode": lambda: encode_image(decoded, "JPEG"),
+        },
+        REPEATS,
+    )
+
+
 def coverage_comparison() -> list[dict[str, float]]:
     """Coverage error of our stroke and of matplotlib's Agg against an exact stroke."""
     (t, c, k), _ = splprep(
@@ -235,6 +269,11 @@ def main() -> None:
                 "naive_full_size_over_request": naive["full_size"][0] / request_ms,
             }
         )
+    jpeg = io.BytesIO()
+    photo.save(jpeg, "JPEG", quality=90)
+    steps = breakdown(
+        jpeg.getvalue(), multipart_body(jpeg.getvalue(), "photo.jpg", tck_json), curve_set
+    )
     coverage = coverage_comparison()
 
     print(f"Spline rendering on a {SIZE}x{SIZE} synthetic photo (median of {REPEATS} runs)")
@@ -253,6 +292,10 @@ def main() -> None:
             f"{row['naive_full_size_ms']:>15.1f}ms {row['naive_full_size_over_request']:>9.1f}x "
             f"{row['naive_default_figure_ms']:>12.1f}ms ({width}x{height})"
         )
+    print()
+    print("Steps of the JPEG request path (medians, same run)")
+    for name, value in steps.items():
+        print(f"  {name:<28} {value:>6.2f}ms")
     print()
     print("Stroke coverage error against an exact stroke (sum |error| / ink; worst pixel)")
     print(f"{'width':>6} {'ours':>16} {'matplotlib Agg':>18}")
@@ -283,6 +326,7 @@ def main() -> None:
                     "load_average": list(os.getloadavg()),
                 },
                 "paths": rows,
+                "jpeg_steps_ms": steps,
                 "coverage": coverage,
                 "targets": targets,
             },
