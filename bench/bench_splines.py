@@ -93,17 +93,26 @@ def median_ms(function: Callable[[], object], repeats: int) -> float:
 
 
 def interleaved_medians(
-    functions: dict[str, Callable[[], object]], repeats: int
+    functions: dict[str, Callable[[], object]], repeats: int, cpu: dict[str, float] | None = None
 ) -> dict[str, float]:
-    """Median milliseconds of each function, run in turn so that all see the same load."""
+    """Median milliseconds of each function, run in turn so that all see the same load.
+
+    With `cpu`, also fills it with the median process CPU milliseconds of each: on a shared,
+    loaded machine the wall clock adds time spent waiting for a core, which grows with the
+    length of a call; CPU time shows what the code itself costs.
+    """
     timings: dict[str, list[float]] = {name: [] for name in functions}
+    cpu_timings: dict[str, list[float]] = {name: [] for name in functions}
     for function in functions.values():
         function()  # warm-up
     for _ in range(repeats):
         for name, function in functions.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             function()
             timings[name].append((time.perf_counter() - start) * 1000)
+            cpu_timings[name].append((time.process_time() - start_cpu) * 1000)
+    if cpu is not None:
+        cpu.update({name: statistics.median(values) for name, values in cpu_timings.items()})
     return {name: statistics.median(values) for name, values in timings.items()}
 
 
@@ -237,6 +246,7 @@ def main() -> None:
         photo.save(buffer, image_format, **save_options)
         data = buffer.getvalue()
         body = multipart_body(data, name, tck_json)
+        cpu: dict[str, float] = {}
         with override_settings(ROOT_URLCONF="splines.urls"):
             medians = interleaved_medians(
                 {
@@ -245,6 +255,7 @@ def main() -> None:
                     "floor": lambda data=data, fmt=image_format: floor(data, fmt),
                 },
                 REPEATS,
+                cpu,
             )
         request_ms, function_ms, floor_ms = (medians[k] for k in ("request", "function", "floor"))
         naive: dict[str, tuple[float, tuple[int, int]]] = {}
@@ -266,6 +277,8 @@ def main() -> None:
                 "naive_default_figure_ms": naive["default_figure"][0],
                 "naive_default_figure_output": list(naive["default_figure"][1]),
                 "request_over_floor": request_ms / floor_ms,
+                "request_over_floor_cpu": cpu["request"] / cpu["floor"],
+                "render_spline_over_floor_cpu": cpu["function"] / cpu["floor"],
                 "naive_full_size_over_request": naive["full_size"][0] / request_ms,
             }
         )
@@ -292,6 +305,13 @@ def main() -> None:
             f"{row['naive_full_size_ms']:>15.1f}ms {row['naive_full_size_over_request']:>9.1f}x "
             f"{row['naive_default_figure_ms']:>12.1f}ms ({width}x{height})"
         )
+    print()
+    print(
+        "CPU time (process, medians): request / floor "
+        + ", ".join(f"{r['format']} {r['request_over_floor_cpu']:.2f}x" for r in rows)
+        + "; render_spline / floor "
+        + ", ".join(f"{r['format']} {r['render_spline_over_floor_cpu']:.2f}x" for r in rows)
+    )
     print()
     print("Steps of the JPEG request path (medians, same run)")
     for name, value in steps.items():
