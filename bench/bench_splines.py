@@ -37,17 +37,20 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from django.test import Client, override_settings  # noqa: E402
+from django.test import Client, RequestFactory, override_settings  # noqa: E402
 from django.test.client import BOUNDARY, encode_multipart  # noqa: E402
 from PIL import Image  # noqa: E402
+from rest_framework.request import Request  # noqa: E402
 from scipy.interpolate import splev, splprep  # noqa: E402
 
 from splines.coverage import coverage_error, dense_curve, exact_coverage  # noqa: E402
 from splines.drawing import DrawOptions, draw_curves  # noqa: E402
 from splines.evaluation import sample_curve  # noqa: E402
-from splines.images import encode_image  # noqa: E402
+from splines.images import decode_image, encode_image  # noqa: E402
+from splines.parsers import LeanMultiPartParser  # noqa: E402
 from splines.render import render_spline  # noqa: E402
-from splines.tck import parse_curves, validate_tck  # noqa: E402
+from splines.serializers import RenderRequestSerializer  # noqa: E402
+from splines.tck import CurveSet, parse_curves, validate_tck  # noqa: E402
 
 SIZE = 1024
 REPEATS = 31
@@ -90,17 +93,26 @@ def median_ms(function: Callable[[], object], repeats: int) -> float:
 
 
 def interleaved_medians(
-    functions: dict[str, Callable[[], object]], repeats: int
+    functions: dict[str, Callable[[], object]], repeats: int, cpu: dict[str, float] | None = None
 ) -> dict[str, float]:
-    """Median milliseconds of each function, run in turn so that all see the same load."""
+    """Median milliseconds of each function, run in turn so that all see the same load.
+
+    With `cpu`, also fills it with the median process CPU milliseconds of each: on a shared,
+    loaded machine the wall clock adds time spent waiting for a core, which grows with the
+    length of a call; CPU time shows what the code itself costs.
+    """
     timings: dict[str, list[float]] = {name: [] for name in functions}
+    cpu_timings: dict[str, list[float]] = {name: [] for name in functions}
     for function in functions.values():
         function()  # warm-up
     for _ in range(repeats):
         for name, function in functions.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             function()
             timings[name].append((time.perf_counter() - start) * 1000)
+            cpu_timings[name].append((time.process_time() - start_cpu) * 1000)
+    if cpu is not None:
+        cpu.update({name: statistics.median(values) for name, values in cpu_timings.items()})
     return {name: statistics.median(values) for name, values in timings.items()}
 
 
@@ -147,6 +159,37 @@ def request_path(client: Client, body: bytes) -> None:
         "/api/splines/render/", body, content_type=f"multipart/form-data; boundary={BOUNDARY}"
     )
     assert response.status_code == 200, response.content[:300]
+
+
+def breakdown(data: bytes, body: bytes, curve_set: CurveSet) -> dict[str, float]:
+    """Median milliseconds of each step of the JPEG request path, in the same run."""
+    factory = RequestFactory()
+    content_type = f"multipart/form-data; boundary={BOUNDARY}"
+
+    def parse() -> object:
+        request = factory.post("/api/splines/render/", body, content_type=content_type)
+        return Request(request, parsers=[LeanMultiPartParser()]).data
+
+    fields = parse()
+
+    def validate() -> object:
+        serializer = RenderRequestSerializer(data=fields)
+        serializer.is_valid(raise_exception=True)
+        return serializer.to_request()
+
+    decoded = decode_image(data).image
+    options = DrawOptions()
+    return interleaved_medians(
+        {
+            "multipart parse": parse,
+            "validate (serializer, tck)": validate,
+            "decode": lambda: decode_image(data),
+            "draw": lambda: draw_curves(decoded.copy(), curve_set.curves, options, in_place=True),
+            "copy (subtract from draw)": lambda: decoded.copy(),
+            "encode": lambda: encode_image(decoded, "JPEG"),
+        },
+        REPEATS,
+    )
 
 
 def coverage_comparison() -> list[dict[str, float]]:
@@ -203,6 +246,7 @@ def main() -> None:
         photo.save(buffer, image_format, **save_options)
         data = buffer.getvalue()
         body = multipart_body(data, name, tck_json)
+        cpu: dict[str, float] = {}
         with override_settings(ROOT_URLCONF="splines.urls"):
             medians = interleaved_medians(
                 {
@@ -211,6 +255,7 @@ def main() -> None:
                     "floor": lambda data=data, fmt=image_format: floor(data, fmt),
                 },
                 REPEATS,
+                cpu,
             )
         request_ms, function_ms, floor_ms = (medians[k] for k in ("request", "function", "floor"))
         naive: dict[str, tuple[float, tuple[int, int]]] = {}
@@ -232,9 +277,16 @@ def main() -> None:
                 "naive_default_figure_ms": naive["default_figure"][0],
                 "naive_default_figure_output": list(naive["default_figure"][1]),
                 "request_over_floor": request_ms / floor_ms,
+                "request_over_floor_cpu": cpu["request"] / cpu["floor"],
+                "render_spline_over_floor_cpu": cpu["function"] / cpu["floor"],
                 "naive_full_size_over_request": naive["full_size"][0] / request_ms,
             }
         )
+    jpeg = io.BytesIO()
+    photo.save(jpeg, "JPEG", quality=90)
+    steps = breakdown(
+        jpeg.getvalue(), multipart_body(jpeg.getvalue(), "photo.jpg", tck_json), curve_set
+    )
     coverage = coverage_comparison()
 
     print(f"Spline rendering on a {SIZE}x{SIZE} synthetic photo (median of {REPEATS} runs)")
@@ -253,6 +305,17 @@ def main() -> None:
             f"{row['naive_full_size_ms']:>15.1f}ms {row['naive_full_size_over_request']:>9.1f}x "
             f"{row['naive_default_figure_ms']:>12.1f}ms ({width}x{height})"
         )
+    print()
+    print(
+        "CPU time (process, medians): request / floor "
+        + ", ".join(f"{r['format']} {r['request_over_floor_cpu']:.2f}x" for r in rows)
+        + "; render_spline / floor "
+        + ", ".join(f"{r['format']} {r['render_spline_over_floor_cpu']:.2f}x" for r in rows)
+    )
+    print()
+    print("Steps of the JPEG request path (medians, same run)")
+    for name, value in steps.items():
+        print(f"  {name:<28} {value:>6.2f}ms")
     print()
     print("Stroke coverage error against an exact stroke (sum |error| / ink; worst pixel)")
     print(f"{'width':>6} {'ours':>16} {'matplotlib Agg':>18}")
@@ -283,6 +346,7 @@ def main() -> None:
                     "load_average": list(os.getloadavg()),
                 },
                 "paths": rows,
+                "jpeg_steps_ms": steps,
                 "coverage": coverage,
                 "targets": targets,
             },

@@ -28,6 +28,7 @@ from rest_framework.views import APIView
 from .drawing import DEFAULT_COLOR
 from .handlers import OUTPUT_SUBDIRECTORY, media_root
 from .images import ImageInputError
+from .parsers import LeanMultiPartParser
 from .render import RenderedImage, render_spline
 from .serializers import (
     FitRequestSerializer,
@@ -82,7 +83,8 @@ def render_or_raise(**kwargs: Any) -> RenderedImage:
 class RenderView(APIView):
     """Draw a B-spline on an image; answers the image, in the input's format by default."""
 
-    parser_classes = [MultiPartParser, FormParser, JSONParser]
+    # The lean parser first: DRF picks the first parser whose media type matches.
+    parser_classes = [LeanMultiPartParser, FormParser, JSONParser]
     renderer_classes = [JSONRenderer]
     content_negotiation_class = JsonWhateverTheClientAccepts
 
