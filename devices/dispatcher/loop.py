@@ -134,12 +134,14 @@ class Dispatcher:
             for index in range(count)
         ]
         self.db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zypher-db")
-        # SQLite takes one writer at a time: a second connection would only wait for it.
-        threads = CLAIM_THREADS if connection.vendor == "postgresql" else 1
-        self.claim_threads = ThreadPoolExecutor(
-            max_workers=max(1, min(threads, len(self.devices))),
-            thread_name_prefix="zypher-claim",
-        )
+        self.claim_threads = self.db_thread
+        if connection.vendor == "postgresql":
+            self.claim_threads = ThreadPoolExecutor(
+                max_workers=max(1, min(CLAIM_THREADS, len(self.devices))),
+                thread_name_prefix="zypher-claim",
+            )
+        # (SQLite takes one writer at a time: a second connection would only wait for its
+        # lock, and hold it more often against other dispatchers' lease renewals.)
         # Settles in flight (a task each): a stop waits for them like for running jobs.
         self.settling: set[asyncio.Task[None]] = set()
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
