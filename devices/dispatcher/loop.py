@@ -1,11 +1,15 @@
 """The dispatcher behind `run_dispatcher`: an asyncio loop that hands jobs to devices.
 
-One loop owns scheduling. Database work runs in a single dedicated thread (Django's
-ORM is synchronous and its connection belongs to that thread). Local devices are
+One loop owns scheduling. Database work runs in dedicated threads (Django's ORM is
+synchronous and its connection belongs to its thread): the local devices' claims and
+settles in CLAIM_THREADS of their own, everything else in one more. Local devices are
 worker processes; each holds at most one job. The loop:
 
 * claims a job for every idle device (`jobs.queue.claim_next`), sends it to the worker;
-* settles each outcome (`jobs.queue.finish_job`), which the fencing token may refuse;
+* settles each outcome as soon as it arrives (`jobs.queue.finish_and_claim_next`, which
+  the fencing token may refuse), each in a task of its own, so one device's settle and
+  claim overlap another's (issue 16); a device is sent its next job only once that
+  claim committed;
 * renews the leases of the jobs it holds every lease/3 seconds, and requeues any job
   whose lease expired (a dispatcher that was killed or hung), every few seconds;
 * replaces a worker that died, giving its job back to the queue;
@@ -89,10 +93,17 @@ class LocalDevice:
     claim: ClaimedJob | None = None
     started: float = 0.0
     outcomes: list[JobOutcome] = field(default_factory=list)
+    # Its last outcome is being settled (and its next job claimed): not idle meanwhile.
+    settling: bool = False
 
     @property
     def idle(self) -> bool:
-        return self.claim is None and self.process is not None and self.process.is_alive()
+        return (
+            self.claim is None
+            and not self.settling
+            and self.process is not None
+            and self.process.is_alive()
+        )
 
 
 def _finish_only(claim: ClaimedJob, **outcome: Any) -> tuple[bool, None]:
@@ -107,6 +118,11 @@ CLEANUP_SECONDS = 5.0
 SECOND_SIGNAL_SECONDS = 2.0
 # The watchdog's margin past the deadline before it ends the process itself.
 WATCHDOG_MARGIN_SECONDS = 3.0
+# Database threads (one connection each) for the local devices' claims and settles: two
+# let one device's settle-and-claim run while another's result crosses the network or
+# Python builds its call; more would mostly queue on the pool's row lock, which every
+# claim takes (issue 16).
+CLAIM_THREADS = 2
 
 
 class Dispatcher:
@@ -118,6 +134,16 @@ class Dispatcher:
             for index in range(count)
         ]
         self.db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zypher-db")
+        self.claim_threads = self.db_thread
+        if connection.vendor == "postgresql":
+            self.claim_threads = ThreadPoolExecutor(
+                max_workers=max(1, min(CLAIM_THREADS, len(self.devices))),
+                thread_name_prefix="zypher-claim",
+            )
+        # (SQLite takes one writer at a time: a second connection would only wait for its
+        # lock, and hold it more often against other dispatchers' lease renewals.)
+        # Settles in flight (a task each): a stop waits for them like for running jobs.
+        self.settling: set[asyncio.Task[None]] = set()
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.stop_requested = asyncio.Event()
         self.stop_now = False
@@ -139,17 +165,23 @@ class Dispatcher:
     # --- database calls, all in one thread, retried while the database is away ---
 
     async def db(
-        self, function: Callable[..., R], *args: Any, retry: bool = True, claim: bool = False
+        self,
+        function: Callable[..., R],
+        *args: Any,
+        retry: bool = True,
+        claim: bool = False,
+        executor: ThreadPoolExecutor | None = None,
     ) -> R:
-        """Run `function(*args)` in the database thread. While the database is unreachable
-        the call is retried until the dispatcher's exit deadline; with `retry=False` not at
-        all, and a `claim` (useful only while running) not after a stop was asked."""
+        """Run `function(*args)` in the database thread (or one of `executor`'s). While
+        the database is unreachable the call is retried until the dispatcher's exit
+        deadline; with `retry=False` not at all, and a `claim` (useful only while running)
+        not after a stop was asked."""
         loop = asyncio.get_running_loop()
         delay = 0.5
         while True:
             try:
                 return await loop.run_in_executor(
-                    self.db_thread, self._in_db_thread, function, args
+                    executor or self.db_thread, self._in_db_thread, function, args
                 )
             except DatabaseError as exc:
                 # Lost connection or read-only session (issue 8): wait it out.
@@ -222,7 +254,25 @@ class Dispatcher:
         if isinstance(outcome, JobProgress):
             self._record_progress(device, outcome)
             return
-        self.events.put_nowait(("outcome", (device, outcome)))
+        # Settled at once, in a task: no hop through the event queue, and another
+        # device's outcome need not wait for this one's commit.
+        self._start_settle(device, outcome)
+
+    def _start_settle(self, device: LocalDevice, outcome: JobOutcome) -> None:
+        device.settling = True
+        task = asyncio.get_running_loop().create_task(self._settle_task(device, outcome))
+        self.settling.add(task)
+        task.add_done_callback(self.settling.discard)
+
+    async def _settle_task(self, device: LocalDevice, outcome: JobOutcome) -> None:
+        try:
+            await self.settle(device, outcome)
+        except Exception:  # one job's outcome can never end the dispatcher
+            log.exception("settling the outcome of job %s failed", outcome.job_id)
+        finally:
+            device.settling = False
+            if device.idle or self.stopping:  # the main loop fills it, or sees it done
+                self.events.put_nowait(("settled", device))
 
     def _record_progress(self, device: LocalDevice, report: JobProgress) -> None:
         # Only for the job the device holds now: one that already ended is ignored.
@@ -281,11 +331,16 @@ class Dispatcher:
             if background:  # bounded: a task that ignores its cancellation must not hold us
                 await asyncio.wait(background, timeout=1.0)
             await self.remote.shut_down(self.db_before_exit)
+            if self.settling:  # each hands its next claim back, the dispatcher stopping
+                await asyncio.wait(
+                    set(self.settling), timeout=max(self.exit_by - time.monotonic(), 0.1)
+                )
             await self.shut_down_devices()
             names = [device.name for device in self.devices]
             await self.db_before_exit(pool.unregister_local_devices, names)
             # A call stuck in the database thread must not hold the exit (see run_dispatcher).
             self.db_thread.shutdown(wait=False, cancel_futures=True)
+            self.claim_threads.shutdown(wait=False, cancel_futures=True)
         if self.failure is not None:
             log.critical("dispatcher %s stopped: %s; exit status 1", self.name, self.failure)
             return 1
@@ -332,28 +387,31 @@ class Dispatcher:
                 except DatabaseError:
                     log.exception("claiming failed; trying again at the next wake-up")
             else:
-                busy = [device for device in self.devices if device.claim is not None]
+                busy = [
+                    device for device in self.devices if device.claim is not None or device.settling
+                ]
                 if grace_deadline is None:
                     grace_deadline = self.exit_by - CLEANUP_SECONDS
                 if not busy or self.stop_now or time.monotonic() >= grace_deadline:
                     return
             try:
-                kind, payload = await asyncio.wait_for(
-                    self.events.get(), timeout=settings.ZYPHER_IDLE_POLL_SECONDS
-                )
-            except TimeoutError:
-                self.empty_pools.clear()
-                self.remote.wake.set()
-                continue
+                kind, payload = self.events.get_nowait()  # no timer when one is waiting
+            except asyncio.QueueEmpty:
+                try:
+                    kind, payload = await asyncio.wait_for(
+                        self.events.get(), timeout=settings.ZYPHER_IDLE_POLL_SECONDS
+                    )
+                except TimeoutError:
+                    self.empty_pools.clear()
+                    self.remote.wake.set()
+                    continue
             try:
                 await self.handle_event(kind, payload)
             except Exception:  # one job's event can never end the loop
                 log.exception("handling %s failed", kind)
 
     async def handle_event(self, kind: str, payload: Any) -> None:
-        if kind == "outcome":
-            await self.settle(*payload)
-        elif kind == "died":
+        if kind == "died":
             await self.replace_dead_worker(payload)
         elif kind == "wake":
             self.empty_pools.clear()
@@ -365,16 +423,26 @@ class Dispatcher:
                 continue
             if self.stopping:
                 return
-            claim = await self.db(claim_next, device.device_type, device.name, claim=True)
+            claim = await self.db(
+                claim_next,
+                device.device_type,
+                device.name,
+                claim=True,
+                executor=self.claim_threads,
+            )
             if claim is None:
                 self.empty_pools.add(device.device_type)
                 continue
             self.send(device, claim)
 
     def send(self, device: LocalDevice, claim: ClaimedJob) -> None:
+        self.order(device, claim)
+        log_job_start(log, claim, device.name)
+
+    def order(self, device: LocalDevice, claim: ClaimedJob) -> None:
+        """Hand `claim` (committed) to the device's worker."""
         device.claim, device.started = claim, time.monotonic()
         device.connection.send(JobOrder(claim.id, claim.fencing_token, claim.kind, claim.input))
-        log_job_start(log, claim, device.name)
 
     async def settle(self, device: LocalDevice, outcome: JobOutcome) -> None:
         """Record an outcome and, unless stopping, claim the device's next job in the same
@@ -398,7 +466,8 @@ class Dispatcher:
                     duration=outcome.duration,
                     result=outcome.result,
                     error=outcome.error,
-                )
+                ),
+                executor=self.claim_threads,
             )
         except DatabaseError as exc:
             # Not recorded (the database away past the deadline, or an error not about
@@ -409,7 +478,7 @@ class Dispatcher:
         state = "succeeded" if outcome.succeeded else f"failed ({outcome.error[:200]})"
         if not accepted:
             state = "result refused: lease lost to another holder"
-        log.info(
+        end_line = (
             "end job %s user=%s kind=%s device=%s duration=%.3fs %s",
             claim.public_id,
             claim.owner,
@@ -418,13 +487,18 @@ class Dispatcher:
             outcome.duration,
             state,
         )
-        if next_claim is not None:
-            if self.stopping:  # stopped while the claim was in flight: hand it straight back
-                await self.db_before_exit(
-                    release_job, next_claim.id, next_claim.fencing_token, "dispatcher stopping"
-                )
-            else:
-                self.send(device, next_claim)
+        if next_claim is not None and not self.stopping:
+            try:
+                self.order(device, next_claim)  # first: the device starts, then we write logs
+            finally:
+                log.info(*end_line)
+            log_job_start(log, next_claim, device.name)
+            return
+        log.info(*end_line)
+        if next_claim is not None:  # stopped while the claim was in flight: hand it back
+            await self.db_before_exit(
+                release_job, next_claim.id, next_claim.fencing_token, "dispatcher stopping"
+            )
         elif not self.stopping:
             self.empty_pools.add(device.device_type)
 
