@@ -436,13 +436,26 @@ class Dispatcher:
             self.send(device, claim)
 
     def send(self, device: LocalDevice, claim: ClaimedJob) -> None:
-        self.order(device, claim)
-        log_job_start(log, claim, device.name)
+        if self.order(device, claim):
+            log_job_start(log, claim, device.name)
 
-    def order(self, device: LocalDevice, claim: ClaimedJob) -> None:
-        """Hand `claim` (committed) to the device's worker."""
+    def order(self, device: LocalDevice, claim: ClaimedJob) -> bool:
+        """Hand `claim` (committed) to the device's worker; False if it could not be sent."""
         device.claim, device.started = claim, time.monotonic()
-        device.connection.send(JobOrder(claim.id, claim.fencing_token, claim.kind, claim.input))
+        try:
+            device.connection.send(JobOrder(claim.id, claim.fencing_token, claim.kind, claim.input))
+        except OSError as exc:
+            # The worker died while the claim was made: the claim stays the device's, so
+            # the worker's end (its EOF, "died") gives the job back and replaces it.
+            log.warning(
+                "job %s not sent to device %s (%s); giving it back",
+                claim.public_id,
+                device.name,
+                exc,
+            )
+            device.process.kill()  # a worker that cannot be written to is done for
+            return False
+        return True
 
     async def settle(self, device: LocalDevice, outcome: JobOutcome) -> None:
         """Record an outcome and, unless stopping, claim the device's next job in the same
@@ -488,11 +501,10 @@ class Dispatcher:
             state,
         )
         if next_claim is not None and not self.stopping:
-            try:
-                self.order(device, next_claim)  # first: the device starts, then we write logs
-            finally:
-                log.info(*end_line)
-            log_job_start(log, next_claim, device.name)
+            sent = self.order(device, next_claim)  # first: the device starts, then we log
+            log.info(*end_line)
+            if sent:
+                log_job_start(log, next_claim, device.name)
             return
         log.info(*end_line)
         if next_claim is not None:  # stopped while the claim was in flight: hand it back
