@@ -11,7 +11,7 @@ export HOST PORT WEB_WORKERS
 	image compose-up compose-down
 
 # The client (./client in requirements.txt) is reinstalled when its sources change.
-$(VENV)/.installed: requirements.txt client/pyproject.toml $(wildcard client/src/zypher_client/*.py)
+$(VENV)/.installed: requirements.txt docker/requirements.txt client/pyproject.toml $(wildcard client/src/zypher_client/*.py)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r requirements.txt

@@ -126,6 +126,14 @@ def resolve_callback_host(host: str, port: int) -> list[str]:
     return addresses
 
 
+# What `check_callback_url` reads as an http(s) URL with a host (a name or a bracketed
+# IPv6 literal): the API's form check and its schema pattern; the host's allow-list is
+# checked after (a 403).
+CALLBACK_URL_PATTERN = (
+    r"^https?://([A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\])(:[0-9]{1,5})?(/[!-~]*)?$"
+)
+
+
 def check_callback_url(url: str, resolve: bool = True) -> list[str]:
     """Raise CallbackNotAllowed unless `url` is http(s) to an allowed, harmless host.
 

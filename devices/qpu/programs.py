@@ -27,7 +27,12 @@ from jobs.api.parsers import JSONParser
 from jobs.api.serializers import DEVICE_TYPE_PATTERN, USER_ID_PATTERN, check_storable_json
 from jobs.api.throttles import SUBMIT_THROTTLES
 from jobs.models import Job, Program, User
-from jobs.programs import CallbackNotAllowed, check_callback_url, create_program
+from jobs.programs import (
+    CALLBACK_URL_PATTERN,
+    CallbackNotAllowed,
+    check_callback_url,
+    create_program,
+)
 from jobs.queue import JobSpec
 
 QPU_KIND = "qpu"
@@ -114,11 +119,6 @@ class ProgramJobSerializer(serializers.Serializer):
 
     def validate_instructions(self, value: list[Any]) -> list[Any]:
         return check_instructions(value)
-
-
-# What `check_callback_url` reads as an http(s) URL with a host; the host's allow-list is
-# checked after (403).
-CALLBACK_URL_PATTERN = r"^https?://[A-Za-z0-9][A-Za-z0-9.-]{0,252}(:[0-9]{1,5})?(/[!-~]*)?$"
 
 
 class ProgramSubmitSerializer(serializers.Serializer):

@@ -18,7 +18,7 @@ from jobs.api.fields import (
 )
 from jobs.handlers import known_kinds
 from jobs.models import MAX_WEIGHT, MIN_WEIGHT, Job, User
-from jobs.programs import CallbackNotAllowed, check_callback_url
+from jobs.programs import CALLBACK_URL_PATTERN
 from jobs.queue import JobSpec
 
 USER_ID_PATTERN = r"^[\w.@+-]{1,150}$"
@@ -56,12 +56,15 @@ class JobSubmitSerializer(serializers.Serializer):
         help_text="The device pool to run on (default: the local devices' type).",
         error_messages={"invalid": "device_type may hold 1 to 64 letters, digits and . - _"},
     )
-    callback_url = serializers.URLField(
+    callback_url = StrictRegexField(
+        CALLBACK_URL_PATTERN,
         max_length=CALLBACK_URL_LENGTH,
         required=False,
+        error_messages={"invalid": "callback_url must be an http(s) URL with a host."},
         help_text="Called once when the job ends: a POST of the job as GET shows it, retried "
         "with backoff. http(s), a host of ZYPHER_CALLBACK_ALLOWED_HOSTS; never link-local or "
-        "cloud metadata addresses.",
+        "cloud metadata addresses. A well-formed URL to a host that may not be called is a 403, "
+        "as for programs.",
     )
 
     def get_fields(self) -> dict[str, serializers.Field]:
@@ -88,13 +91,6 @@ class JobSubmitSerializer(serializers.Serializer):
 
     def validate_input(self, value: Any) -> Any:
         check_storable_json(value)
-        return value
-
-    def validate_callback_url(self, value: str) -> str:
-        try:
-            check_callback_url(value)  # the programs' SSRF guard, resolving the name now
-        except CallbackNotAllowed as error:
-            raise serializers.ValidationError(str(error)) from None
         return value
 
     @staticmethod

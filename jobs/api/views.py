@@ -44,7 +44,7 @@ from jobs.api.serializers import (
 )
 from jobs.api.throttles import SUBMIT_THROTTLES
 from jobs.models import Job, JobStatus, User
-from jobs.programs import submit_with_callbacks
+from jobs.programs import CallbackNotAllowed, check_callback_url, submit_with_callbacks
 from jobs.queue import cancel_job
 
 
@@ -56,6 +56,24 @@ def submit_error(errors: Any) -> dict[str, Any]:
     bad = {str(index): item for index, item in pairs if item}
     first = next(iter(bad))
     return {"error": f"Item {first} is invalid; nothing was queued.", "items": bad}
+
+
+def refused_callbacks(items: list[dict[str, Any]], many: bool) -> dict[str, Any] | None:
+    """A well-formed callback URL to a host this gateway may not call (not allowed,
+    link-local or cloud metadata, or not resolving): 403 naming it, as for programs."""
+    for index, item in enumerate(items):
+        if not (url := item.get("callback_url")):
+            continue
+        try:
+            check_callback_url(url)  # the SSRF guard, resolving the name now
+        except CallbackNotAllowed as error:
+            if not many:
+                return {"callback_url": [str(error)]}
+            return {
+                "error": f"Item {index} may not be called back; nothing was queued.",
+                "items": {str(index): {"callback_url": [str(error)]}},
+            }
+    return None
 
 
 class JobListCreateView(generics.ListAPIView):
@@ -76,7 +94,8 @@ class JobListCreateView(generics.ListAPIView):
         user_id = self.request.query_params.get("user_id")
         if not self.request.user.is_authenticated and not user_id:
             raise exceptions.ValidationError({"user_id": ["Name the user whose jobs to list."]})
-        if user_id and not re.fullmatch(USER_ID_PATTERN, user_id):
+        if user_id is not None and not re.fullmatch(USER_ID_PATTERN, user_id):
+            # `user_id=` (empty) too: the schema says 1 to 150 characters.
             # Also keeps a NUL byte away from PostgreSQL, which refuses it (a 500 before).
             raise exceptions.ValidationError({"user_id": [USER_ID_RULE]})
         if user_id:
@@ -96,7 +115,12 @@ class JobListCreateView(generics.ListAPIView):
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("user_id", str, description="Whose jobs (required without a token)."),
+            OpenApiParameter(
+                "user_id",
+                str,
+                pattern=USER_ID_PATTERN,
+                description="Whose jobs (required without a token).",
+            ),
             OpenApiParameter("status", str, enum=JobStatus.values),
         ]
     )
@@ -124,6 +148,8 @@ class JobListCreateView(generics.ListAPIView):
                 submit_error(serializer.errors) if many else serializer.errors
             )
         items = serializer.validated_data if many else [serializer.validated_data]
+        if (refused := refused_callbacks(items, many)) is not None:
+            return Response(refused, status=status.HTTP_403_FORBIDDEN)
         named = {item.get("user_id") for item in items}
         if len(named) > 1:
             raise exceptions.ValidationError(

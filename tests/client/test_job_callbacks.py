@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from zypher_client import BadRequest, Client
+from zypher_client import BadRequest, Client, Forbidden
 
 from tests.support.device_fixtures import CallbackReceiver
 from tests.support.processes import Gateway, wait_until
@@ -79,24 +79,41 @@ def test_a_callback_answered_500_is_retried_until_delivered(server: Gateway, use
         ("http://example.com/hook", "is not allowed (ZYPHER_CALLBACK_ALLOWED_HOSTS:"),
         # The development list needs an explicit port.
         ("http://127.0.0.1/hook", "callback host '127.0.0.1' is not allowed"),
-        ("ftp://127.0.0.1:21/hook", "must be an http(s) URL"),
-        ("not a url", "Enter a valid URL."),
     ],
 )
-def test_a_refused_callback_url_is_a_400_naming_the_problem_and_queues_nothing(
+def test_a_callback_to_a_refused_host_is_a_403_naming_it_and_queues_nothing(
+    server: Gateway, user: str, url: str, problem: str
+) -> None:
+    """Well formed, but a destination this gateway may not call: 403, as for programs."""
+    with Client(server.url, user=user) as zypher:
+        with pytest.raises(Forbidden) as refused:
+            zypher.submit(1, callback_url=url)
+        with pytest.raises(Forbidden) as refused_in_bulk:
+            zypher.submit_many([{"input": 1}, {"input": 2, "callback_url": url}])
+        assert zypher.jobs() == []
+
+    assert refused.value.status == 403
+    assert refused.value.message.startswith("callback_url: ")
+    assert problem in refused.value.message
+    assert problem in str(refused_in_bulk.value.body["items"]["1"]["callback_url"])
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("ftp://127.0.0.1:21/hook", "must be an http(s) URL"),
+        ("not a url", "must be an http(s) URL"),
+    ],
+)
+def test_a_callback_url_that_is_not_an_http_url_is_a_400_naming_it(
     server: Gateway, user: str, url: str, problem: str
 ) -> None:
     with Client(server.url, user=user) as zypher:
         with pytest.raises(BadRequest) as refused:
             zypher.submit(1, callback_url=url)
-        with pytest.raises(BadRequest) as refused_in_bulk:
-            zypher.submit_many([{"input": 1}, {"input": 2, "callback_url": url}])
         assert zypher.jobs() == []
-
     assert refused.value.status == 400
-    assert refused.value.message.startswith("callback_url: ")
     assert problem in refused.value.message
-    assert problem in str(refused_in_bulk.value.body["items"]["1"]["callback_url"])
 
 
 def test_a_callback_url_over_2000_characters_is_refused(server: Gateway, user: str) -> None:
