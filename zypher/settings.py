@@ -120,7 +120,9 @@ elif env_bool("ZYPHER_DB_POOL", False):
     # must stay below PostgreSQL's max_connections (100 by default, 3 reserved): the
     # defaults (2 workers x 10) leave room for several dispatchers and operators. A
     # request that finds the pool exhausted waits up to ZYPHER_DB_POOL_TIMEOUT seconds,
-    # then fails as a database outage (503 with Retry-After).
+    # then fails as a database outage (503 with Retry-After). While PostgreSQL is down the
+    # pool has nothing to hand out either: a short wait keeps the answer a prompt 503 that
+    # clients retry, not a request held for the whole outage (the fault drill checks it).
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool refuses persistent connections
     # Health check: each connection taken from the pool is checked with an empty query
     # (one round trip), so a connection the server dropped is replaced, not handed out.
@@ -128,7 +130,7 @@ elif env_bool("ZYPHER_DB_POOL", False):
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": int(os.environ.get("ZYPHER_DB_POOL_MIN_SIZE", "2")),
         "max_size": int(os.environ.get("ZYPHER_DB_POOL_MAX_SIZE", "10")),
-        "timeout": float(os.environ.get("ZYPHER_DB_POOL_TIMEOUT", "10")),
+        "timeout": float(os.environ.get("ZYPHER_DB_POOL_TIMEOUT", "3")),
         # Recycled after an hour idle-or-not, so server-side memory growth stays bounded.
         "max_lifetime": 3600.0,
     }

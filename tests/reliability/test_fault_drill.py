@@ -42,6 +42,13 @@ from tests.support.reconcile import load_job_rows, read_executions, reconcile
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 
+@pytest.fixture
+def subprocess_env(subprocess_env: dict[str, str]) -> dict[str, str]:
+    # While PostgreSQL is down a web request waits the pool's timeout (3 s by default)
+    # before its 503; a short one lets the probe try every route within the 5 s outage.
+    return {**subprocess_env, "ZYPHER_DB_POOL_TIMEOUT": "0.5"}
+
+
 def test_faults_lose_nothing_and_record_nothing_twice(
     gateway, start_dispatcher, subprocess_env, tmp_path
 ):
