@@ -33,6 +33,22 @@ CACHE_BUILD_STAGE = "localhost/zypher-containers-cache:build-stage"
 CACHE_APP = "localhost/zypher-containers-cache:app"
 
 
+# `down` for everything `up` may have made: the profile's agents, and (podman-compose
+# knows only the first replica by name) the scaled-out dispatchers as "orphans".
+DOWN_ALL = ("--profile", "qpu", "down", "--remove-orphans")
+
+
+def scale_up(service: str, replicas: int) -> list[str]:
+    """Podman 4.3 (Debian 12) cannot start a service whose `--requires` chain holds the
+    exited one-shot `migrate`, so, as for the first `up`, without dependencies; podman-compose
+    1.6 creates the missing replicas and leaves the running ones alone."""
+    return ["up", "-d", "--no-deps", "--scale", f"{service}={replicas}", service]
+
+
+def profile_up(profile: str, *services: str) -> list[str]:
+    return ["--profile", profile, "up", "-d", "--no-deps", *services]
+
+
 class Unavailable(Exception):
     """Podman cannot run here; the message says why."""
 
