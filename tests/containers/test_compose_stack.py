@@ -153,8 +153,10 @@ def running_stack(pytestconfig: pytest.Config) -> Iterator[RunningStack]:
         if exit_code.strip() != "0":
             log(stack.logs())
             raise AssertionError(f"migrate exited with {exit_code.strip()}")
-        log("migrations done; starting web and dispatcher")
-        stack.compose_run("up", "-d", "--no-deps", "web", "dispatcher")
+        # The qpu profile's agents start with the web (they retry registering until it
+        # answers), so their start-up overlaps the first test's jobs.
+        log("migrations done; starting web, dispatcher and the qpu profile's agents")
+        stack.compose_run(*podman.profile_up("qpu", "web", "dispatcher", *QPU_AGENTS))
         url = f"http://127.0.0.1:{port}"
 
         def healthy() -> bool:
@@ -315,15 +317,12 @@ def test_three_dispatcher_containers_share_the_pool_each_job_runs_once_in_fair_o
 def test_the_qpu_profile_runs_two_agents_that_register_and_run_qpu_jobs(
     running_stack: RunningStack,
 ) -> None:
-    stack = running_stack.stack
-    log("starting the qpu profile's two agents")
-    stack.compose_run(*podman.profile_up("qpu", *QPU_AGENTS))
-
     def registered() -> dict[str, dict[str, Any]] | None:
         devices = {d["id"]: d for d in running_stack.devices("qpu")}
         return devices if set(devices) == set(QPU_AGENTS) else None
 
     devices = _wait_for(registered, 90, "both agents to register", running_stack)
+    log("both agents registered; starting them")
     for name, size in QPU_AGENTS.items():
         assert devices[name]["kind"] == "remote" and devices[name]["size"] == size, devices
         assert devices[name]["url"] == f"http://{name}:9001", devices[name]
