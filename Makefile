@@ -61,7 +61,8 @@ format: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .
 
 # Containers (README, "Containers"): docker if installed, else podman; podman-compose
-# when there is no `docker compose`. Extra flags through IMAGE_FLAGS / COMPOSE_FLAGS.
+# when there is no `docker compose`. Extra flags through IMAGE_FLAGS / COMPOSE_FLAGS;
+# DISPATCHERS=3 scales the dispatcher out, QPU=1 adds the qpu profile's two agents.
 ENGINE ?= $(shell command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 && echo docker || \
 	{ command -v podman >/dev/null 2>&1 && echo podman; } || echo docker)
 IMAGE ?= zypher:latest
@@ -71,10 +72,12 @@ image:
 	$(ENGINE) build $(if $(filter podman,$(ENGINE)),--format docker) $(IMAGE_FLAGS) -t $(IMAGE) .
 
 compose-up: image
-	ZYPHER_IMAGE=$(IMAGE) $(COMPOSE) $(COMPOSE_FLAGS) up -d
+	ZYPHER_IMAGE=$(IMAGE) $(COMPOSE) $(COMPOSE_FLAGS) $(if $(QPU),--profile qpu) up -d \
+		$(if $(DISPATCHERS),--scale dispatcher=$(DISPATCHERS))
 
+# The profile and --remove-orphans reach the agents and (podman-compose) the scaled dispatchers.
 compose-down:
-	ZYPHER_IMAGE=$(IMAGE) $(COMPOSE) $(COMPOSE_FLAGS) down
+	ZYPHER_IMAGE=$(IMAGE) $(COMPOSE) $(COMPOSE_FLAGS) --profile qpu down --remove-orphans
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis
