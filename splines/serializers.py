@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -137,6 +138,13 @@ class RenderRequestSerializer(serializers.Serializer):
     format = serializers.ChoiceField(
         choices=["same", *OUTPUT_FORMATS], required=False, default="same"
     )
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        # DRF deep-copies every declared field for each request, running each field's
+        # `__init__` again (a tenth of a millisecond here). These fields keep no state of a
+        # request: a shallow copy, which `bind` then gives its own name and parent, is
+        # enough, and the declared fields stay untouched for the next request.
+        return {name: copy.copy(field) for name, field in self._declared_fields.items()}
 
     def validate_color(self, value: str) -> tuple[int, int, int, int]:
         try:

@@ -163,3 +163,21 @@ def test_control_points_and_knots_are_drawn_only_when_asked() -> None:
     options = DrawOptions(show_control_points=True, show_knots=True)
     decorated = render_spline(image, curves, options)
     assert len(drawn_pixels(image, decorated.data)) > plain * 1.3
+
+
+def test_drawing_in_place_on_a_read_only_image_matches_drawing_on_a_writable_one() -> None:
+    # An image over memory it does not own (`frombuffer`) is read-only: Pillow copies it
+    # before writing, and the drawing must still land on the image returned.
+    array = RNG.integers(0, 256, (90, 140), dtype=np.uint8)
+    untouched = array.copy()
+    read_only = Image.frombuffer("L", (140, 90), array, "raw", "L", 0, 1)
+    assert read_only.readonly
+    t, c, k = scipy_tck([(5, 80), (40, 10), (90, 70), (135, 15)], 3)
+    curves = [validate_tck(t.tolist(), [c[0].tolist(), c[1].tolist()], k)]
+    options = DrawOptions(color=(250, 250, 250, 255), width=3.0)  # grey ink: stays L
+    drawn, _ = draw_curves(read_only, curves, options, in_place=True)
+    expected, _ = draw_curves(Image.fromarray(untouched, "L"), curves, options)
+    assert drawn.mode == "L"
+    assert np.array_equal(np.asarray(drawn), np.asarray(expected))
+    assert not np.array_equal(np.asarray(expected), untouched)
+    assert np.array_equal(array, untouched)

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from rest_framework import serializers
 from rest_framework.test import APIClient
 
 pytestmark = pytest.mark.urls("splines.urls")
@@ -132,3 +133,23 @@ def test_errors_are_json_even_for_a_client_that_accepts_only_images() -> None:
     assert response.status_code == 400
     assert response["Content-Type"] == "application/json"
     assert "k" in response.json()
+
+
+def test_each_request_validates_with_fields_of_its_own() -> None:
+    # The serializer copies its declared fields per request (shallowly): two requests'
+    # fields are bound to their own serializer, and the declared ones stay unbound.
+    from splines.serializers import RenderRequestSerializer
+
+    first = RenderRequestSerializer(data={"image": png_bytes(), "t": T, "c": C_ROWS, "k": 3})
+    second = RenderRequestSerializer(data={"image": png_bytes(), "tck": "[", "width": "0"})
+    assert first.is_valid() and not second.is_valid()
+    assert set(second.errors) == {"tck", "width"}
+    assert first.validated_data["width"] is None and first.validated_data["color"][3] == 255
+    for name, field in first.fields.items():
+        assert field is not second.fields[name]
+        assert field.parent is first and second.fields[name].parent is second
+        declared = RenderRequestSerializer._declared_fields[name]
+        assert declared.field_name is None or not hasattr(declared, "parent")
+    width = first.fields["width"]
+    assert isinstance(width, serializers.FloatField)
+    assert (width.min_value, width.max_value, width.allow_null) == (0.1, 1000.0, True)

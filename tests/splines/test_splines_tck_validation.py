@@ -121,6 +121,15 @@ def test_a_knot_repeated_more_than_k_plus_1_times_is_refused() -> None:
     assert error.field == "t" and "at most k + 1 = 3" in error.message
 
 
+def test_the_first_knot_repeated_too_often_is_named_with_its_count() -> None:
+    # 1 appears 4 times and 2 appears 5 times for k = 2: the first is named, counted in full.
+    t = [0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2, 3, 3, 3]
+    error = error_of(t, [list(range(12)), [0] * 12], 2)
+    assert error.message.startswith("the knot 1 appears 4 times in t;")
+    # As many as k + 1 (here at both ends and inside) is a valid knot vector.
+    assert validate_tck([0, 0, 0, 1, 1, 1, 2, 2, 2], [list(range(6)), [0] * 6], 2).k == 2
+
+
 def test_dlabel_export_draws_every_annotation_and_names_fields_by_path() -> None:
     t, c, k = splprep_tck()
     points = [[x, y] for x, y in zip(c[0], c[1], strict=True)]
