@@ -152,6 +152,18 @@ def fill(total: int, now: datetime) -> dict[str, int]:
     return {"jobs": rows, "history": history, "last_hour": LAST_HOUR, "queued": QUEUED}
 
 
+def plain_received(now: datetime) -> None:
+    """The ceiling for fairness: each user's device time over the same window, a plain
+    GROUP BY (what the former share-of-weight figure read)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT device_type, owner_id, SUM(duration) FROM jobs_job "
+            "WHERE finished_at > %s AND finished_at <= %s GROUP BY device_type, owner_id",
+            [now - stats.WINDOW, now],
+        )
+        cursor.fetchall()
+
+
 def select_one() -> None:
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
@@ -233,6 +245,7 @@ def main() -> int:
         ("device_states: the Device table", stats.device_states),
         ("throughput: rates and per-minute chart", lambda: stats.throughput(now)),
         ("service_time: mean, p95 per kind", lambda: stats.service_time(now)),
+        ("received per user: plain SUM (fairness's ceiling)", lambda: plain_received(now)),
         ("shares: fluid fair schedule, lag", lambda: stats.shares(now)),
         ("idle_gaps: LAG histogram", lambda: stats.idle_gaps(now)),
         ("dashboard_stats: all of the above (/api/stats/)", lambda: stats.dashboard_stats(now)),
@@ -268,7 +281,13 @@ def main() -> int:
             for name, figures in results.items()
         ],
     )
-    path = write_results("dashboard", {"rows": filled, "repeats": repeats, "results": results})
+    ceiling = results["received per user: plain SUM (fairness's ceiling)"]["median_ms"]
+    fluid = results["shares: fluid fair schedule, lag"]["median_ms"]
+    print(f"fairness / plain per-user SUM (same run): {fluid / ceiling:,.1f}x (target <= 2x)")
+    path = write_results(
+        "dashboard",
+        {"rows": filled, "repeats": repeats, "results": results, "fairness_ratio": fluid / ceiling},
+    )
     log(f"wrote {path}")
     return 0
 

@@ -198,6 +198,7 @@ row_traces = st.lists(
         st.floats(0, 40, allow_nan=False),  # wait before the run
         st.floats(0.5, 60, allow_nan=False),  # run length
         st.sampled_from(["succeeded", "succeeded", "queued", "running"]),
+        st.sampled_from(["cpu", "cpu", "gpu"]),  # two pools, each measured on its own
     ),
     min_size=1,
     max_size=30,
@@ -208,19 +209,19 @@ row_traces = st.lists(
 @given(row_traces)
 def test_the_database_computes_the_reference_figures_on_several_devices(jobs) -> None:
     # Runs overlap freely (several devices, users capped by their job count), queued
-    # and running jobs stay to the end, some jobs began before the window.
+    # and running jobs stay to the end, some jobs began before the window; two pools.
     Job.objects.all().delete()
     User.objects.all().delete()
     owners = {index: user(f"u{index}", WEIGHTS[index]) for index in WEIGHTS}
     now = timezone.now().replace(microsecond=0)
     window = stats.WINDOW.total_seconds()
     base = now - timedelta(seconds=window + 100)  # the window starts at 100 s
-    spans = []
-    for owner, arrival, wait, duration, status in jobs:
+    spans: dict[str, list[JobSpan]] = {"cpu": [], "gpu": []}
+    for owner, arrival, wait, duration, status, pool in jobs:
         start = arrival + wait
         job = Job.objects.create(
             owner=owners[owner],
-            device_type="cpu",
+            device_type=pool,
             status=status,
             started_at=None if status == "queued" else base + timedelta(seconds=start),
             finished_at=base + timedelta(seconds=start + duration)
@@ -231,15 +232,16 @@ def test_the_database_computes_the_reference_figures_on_several_devices(jobs) ->
         Job.objects.filter(pk=job.pk).update(created_at=base + timedelta(seconds=arrival))
         left = start + duration if status == "succeeded" else window + 1000
         runs = () if status == "queued" else ((start, min(left, window + 100)),)
-        spans.append(JobSpan(owner, arrival, left, runs))
-    reference = fluid_shares(spans, WEIGHTS, 100.0, window + 100)
-    rows = {row["user"]: row for row in stats.shares(now)}
-    for owner, share in reference.items():
-        if share.entitled < 1e-6 and share.received < 1e-6 and f"u{owner}" not in rows:
-            continue
-        row = rows[f"u{owner}"]
-        assert row["entitled_seconds"] == pytest.approx(share.entitled, abs=0.02)
-        assert row["received_seconds"] == pytest.approx(share.received, abs=0.02)
+        spans[pool].append(JobSpan(owner, arrival, left, runs))
+    rows = {(row["pool"], row["user"]): row for row in stats.shares(now)}
+    for pool, spans_of_pool in spans.items():
+        reference = fluid_shares(spans_of_pool, WEIGHTS, 100.0, window + 100)
+        for owner, share in reference.items():
+            key = (pool, f"u{owner}")
+            if share.entitled < 1e-6 and share.received < 1e-6 and key not in rows:
+                continue
+            assert rows[key]["entitled_seconds"] == pytest.approx(share.entitled, abs=0.02)
+            assert rows[key]["received_seconds"] == pytest.approx(share.received, abs=0.02)
 
 
 # --- random traces served by the policy -------------------------------------------------------
