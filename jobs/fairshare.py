@@ -47,9 +47,13 @@ running; m(t) jobs of the pool hold a device. The fair rate is weighted water-fi
 
 (a user with k jobs cannot use more than k devices). Entitled E_u = integral of phi_u,
 received R_u = device time of u's runs in the window, lag L_u = E_u - R_u (the lags of a
-pool sum to zero, since both sides integrate m). The policy above keeps |L_u| within
-about two of the longest jobs (`lag_bound`): `tests/dashboard/test_fluid_fairness.py`
-checks it on random traces.
+pool sum to zero, since both sides integrate m). For users of one weight who arrive with
+their work the policy keeps |L_u| within about two of the longest jobs (`lag_bound`,
+checked on random traces by `tests/dashboard/test_fluid_fairness.py`). It is not a bound
+in general: a heavy user waits one job of each lighter user that arrived with it (SFQ's
+delay grows with the number of users), and a user who comes back now and then is served
+at once while the fluid schedule over its actual presence spreads the job out; random
+traces reached about 3.7 job lengths. The pairwise bound above holds for every trace.
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ fair schedule (`jobs.fairshare.fluid_shares` is the plain reference of the same 
     lag      L_u = E_u - R_u    (positive: owed time; the lags of a pool sum to zero)
     flagged  |L_u| > 2 * C_max + ZYPHER_DASHBOARD_LAG_SLACK_SECONDS, C_max = the pool's
              longest run in the window: beyond what the policy itself allows
-             (`jobs.fairshare.lag_bound`), so a fair run is never flagged
+             (`jobs.fairshare.lag_bound`) for users of one weight arriving with their
+             work; unequal weights and sporadic users can exceed it (README)
     Jain's index  (sum x_u)^2 / (k * sum x_u^2), x_u = R_u / E_u, over the k users with
              E_u > JAIN_FLOOR_SECONDS (1 = everyone got what they were entitled to)
     max normalised gap  max |R_i/w_i - R_j/w_j| over the common part of two users'

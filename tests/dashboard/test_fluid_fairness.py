@@ -1,6 +1,6 @@
 """The dashboard's fairness figures against the fluid fair schedule (issue 13): rows written
 with explicit times, the database sweep compared with `jobs.fairshare.fluid_shares`, and
-random traces served by `FairQueue` staying within the lag bound."""
+random traces served by `FairQueue` (the lag bound where it holds, see below)."""
 
 from __future__ import annotations
 
@@ -247,15 +247,18 @@ def test_the_database_computes_the_reference_figures_on_several_devices(jobs) ->
 # --- random traces served by the policy -------------------------------------------------------
 
 
-def serve(jobs: list[tuple[int, float, float]]) -> list[JobSpan]:
+def serve(
+    jobs: list[tuple[int, float, float]], weights: dict[int, float] | None = None
+) -> list[JobSpan]:
     """Serve (user, arrival, duration) jobs on one device by `FairQueue`, settled at once."""
+    weights = WEIGHTS if weights is None else weights
     pending = sorted(jobs, key=lambda job: job[1])
     queue: FairQueue[tuple[int, float, float]] = FairQueue()
     spans: list[JobSpan] = []
     clock, index = 0.0, 0
     while index < len(pending) or len(queue):
         while index < len(pending) and pending[index][1] <= clock:
-            queue.push(pending[index][0], pending[index], weight=WEIGHTS[pending[index][0]])
+            queue.push(pending[index][0], pending[index], weight=weights[pending[index][0]])
             index += 1
         if not len(queue):
             clock = pending[index][1]
@@ -314,15 +317,44 @@ def sweep(spans: list[JobSpan], end: float) -> dict[int, tuple[float, float]]:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(traces)
-def test_traces_served_by_the_policy_stay_within_the_lag_bound(jobs) -> None:
+def test_traces_served_by_the_policy_sum_to_zero_and_the_sweep_matches_the_reference(jobs) -> None:
     spans = serve(jobs)
     end = max(span.left for span in spans)
     reference = fluid_shares(spans, WEIGHTS, 0.0, end)
     assert sum(share.lag for share in reference.values()) == pytest.approx(0, abs=1e-6)
-    bound = lag_bound(max(duration for _, _, duration in jobs))
-    assert all(abs(share.lag) <= bound for share in reference.values()), reference
     # The dashboard's sweep computes the same figures as the plain reference.
     swept = sweep(spans, end)
     for owner, share in reference.items():
         assert swept[owner][0] == pytest.approx(share.entitled, abs=1e-6)
         assert swept[owner][1] == pytest.approx(share.received, abs=1e-6)
+
+
+# Where `lag_bound` (two of the longest jobs) holds for start-time fair queueing: users of
+# one weight, each arriving once with all its work. It does not hold in general: with
+# unequal weights a heavy user waits one job of every lighter user that arrived with it
+# (SFQ's delay grows with the number of users), and a user who comes back now and then is
+# served at once while the fluid schedule, taken over its actual presence, spreads its job
+# out; random traces of both kinds reached about 3.7 job lengths (README, "Operators'
+# dashboard"). The pairwise bound (`tests/queue/test_fairness_policy.py`) holds for all.
+arrivals_at_once = st.lists(
+    st.tuples(
+        st.floats(0, 30, allow_nan=False), st.lists(st.floats(0.01, 3), min_size=1, max_size=10)
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arrivals_at_once)
+def test_users_of_one_weight_arriving_with_their_work_stay_within_the_lag_bound(users) -> None:
+    weights = {index: 1.0 for index in range(len(users))}
+    jobs = [
+        (index, arrival, duration)
+        for index, (arrival, durations) in enumerate(users)
+        for duration in durations
+    ]
+    spans = serve(jobs, weights)
+    reference = fluid_shares(spans, weights, 0.0, max(span.left for span in spans))
+    bound = lag_bound(max(duration for _, _, duration in jobs))
+    assert all(abs(share.lag) <= bound for share in reference.values()), reference
