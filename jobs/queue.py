@@ -9,8 +9,10 @@ serialised, which keeps the fair order exact across dispatchers), the job row is
 with `FOR UPDATE SKIP LOCKED`, and its `attempts` becomes the fencing token: a result or
 a heartbeat carrying an older token is refused.
 
-One lock order for every function here and its PL/pgSQL twin (`jobs/sql/`): a device
-row (devices.pool), then the pool row, then accounts, then jobs. Several accounts of one
+One lock order for every function here and its PL/pgSQL twin (`jobs/sql/`): a user's
+row where one is taken (a submit, a deactivation, `delete_users`), then a device row
+(devices.pool), then the pool row, then accounts, then jobs. Nothing that holds a
+device, pool, account or job lock waits for a user's row. Several accounts of one
 pool are locked only under that pool's lock (a claim), one user's accounts in several
 pools in pool-id order (remove from queue). A counter changes by the rows a statement
 really changed, never by assigning a value read earlier; the one exception, repairing
@@ -231,8 +233,12 @@ def submit_jobs(
 
 
 def _owner_row(owner: User | NamedUser) -> User:
-    """The ORM path's user: a `NamedUser` is found or created; deactivated is refused."""
+    """The ORM path's user: a `NamedUser` is found or created; deactivated is refused.
+    A `User` is read again inside the submit's transaction, as zypher_submit reads its row:
+    the copy may predate a deactivation or a delete (which would leave jobs owned by no one)."""
     if isinstance(owner, User):
+        if not User.objects.filter(pk=owner.pk, is_active=True).exists():
+            raise OwnerDeactivated(owner.username)
         return owner
     user, _ = User.objects.get_or_create(username=owner.username)
     if not user.is_active:
@@ -874,6 +880,31 @@ def cancel_job(job: Job, *, cancelled_by: str = "") -> bool:
             account.update(queued_count=F("queued_count") - updated)
             notify_done(str(job.public_id))
     return bool(updated)
+
+
+def delete_users(user_ids: list[int]) -> list[str]:
+    """Delete the users of `user_ids` that have no queued or running job, with their
+    accounts and ended jobs; returns the names of those kept because they have some.
+
+    Their rows are locked first (id order), as a submit locks its user's row before the
+    accounts: a submit lands wholly before the delete (and its user is kept, its jobs
+    live) or after it (and finds no user). Deleting the accounts before the user's row,
+    as a plain delete does, deadlocked with a submit holding that row.
+    """
+    with transaction.atomic():
+        locked = dict(
+            User.objects.select_for_update()
+            .filter(pk__in=user_ids)
+            .order_by("pk")
+            .values_list("pk", "username")
+        )
+        live = set(
+            Job.objects.filter(
+                owner_id__in=list(locked), status__in=[JobStatus.QUEUED, JobStatus.RUNNING]
+            ).values_list("owner_id", flat=True)
+        )
+        User.objects.filter(pk__in=[pk for pk in locked if pk not in live]).delete()
+    return [locked[pk] for pk in sorted(live)]
 
 
 def remove_user_from_queue(
