@@ -67,7 +67,7 @@ BEGIN
         RETURN QUERY SELECT 'full'::text, v_owner_id, v_queued, NULL::uuid, NULL::bigint;
         RETURN;
     END IF;
-    FOR v_type IN SELECT DISTINCT t.d FROM unnest(p_device_types) AS t(d) LOOP
+    FOR v_type IN SELECT DISTINCT t.d FROM unnest(p_device_types) AS t(d) ORDER BY 1 LOOP
         PERFORM 1 FROM jobs_fairpool WHERE device_type = v_type;
         IF NOT FOUND THEN
             INSERT INTO jobs_fairpool (device_type, virtual_time, cost_estimate)
