@@ -41,7 +41,7 @@ from jobs.api.access import CHANGE_WEIGHT, REMOVE_FROM_QUEUE, holds
 from jobs.handlers import known_kinds
 from jobs.models import FINAL_STATUSES, FairPool, FairShareAccount, Job, JobStatus, User
 from jobs.monitoring.stats import device_states
-from jobs.queue import cancel_job, release_job
+from jobs.queue import cancel_job, delete_users, release_job
 
 LISTED_CHOICES = 50
 LIVE_STATUSES = [JobStatus.QUEUED, JobStatus.RUNNING]
@@ -172,6 +172,21 @@ class ZypherUserAdmin(UserAdmin):
                     f"{account}: a staff or role-holding account (a superuser's to delete)"
                 )
         return deleted, counts, perms_needed, protected
+
+    def delete_model(self, request: HttpRequest, obj: User) -> None:
+        self.delete_queryset(request, User.objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
+        """Through `delete_users`: each user's row is locked before their accounts (a
+        submit's order), and one whose submit landed since the confirmation is kept."""
+        kept = delete_users(list(queryset.values_list("pk", flat=True)))
+        if kept:
+            self.message_user(
+                request,
+                f"Not deleted (queued or running jobs; remove them from the queue first): "
+                f"{', '.join(kept)}",
+                messages.WARNING,
+            )
 
     @admin.action(
         description="Remove selected users from the queue…", permissions=["remove_from_queue"]

@@ -45,7 +45,7 @@ from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from jobs.models import FINAL_STATUSES, CallbackDelivery, Job, JobStatus, Program, User
-from jobs.queue import JobSpec, submit_jobs
+from jobs.queue import JobSpec, NamedUser, submit_jobs
 
 log = logging.getLogger("zypher.programs")
 
@@ -205,7 +205,7 @@ def create_program(
 
 
 def submit_with_callbacks(
-    owner: User,
+    owner: User | NamedUser,
     specs: list[JobSpec],
     callback_urls: list[str],
     *,

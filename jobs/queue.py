@@ -9,8 +9,10 @@ serialised, which keeps the fair order exact across dispatchers), the job row is
 with `FOR UPDATE SKIP LOCKED`, and its `attempts` becomes the fencing token: a result or
 a heartbeat carrying an older token is refused.
 
-One lock order for every function here and its PL/pgSQL twin (`jobs/sql/`): a device
-row (devices.pool), then the pool row, then accounts, then jobs. Several accounts of one
+One lock order for every function here and its PL/pgSQL twin (`jobs/sql/`): a user's
+row where one is taken (a submit, a deactivation, `delete_users`), then a device row
+(devices.pool), then the pool row, then accounts, then jobs. Nothing that holds a
+device, pool, account or job lock waits for a user's row. Several accounts of one
 pool are locked only under that pool's lock (a claim), one user's accounts in several
 pools in pool-id order (remove from queue). A counter changes by the rows a statement
 really changed, never by assigning a value read earlier; the one exception, repairing
@@ -24,7 +26,6 @@ import logging
 import math
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -132,15 +133,30 @@ class QueueLimitReached(Exception):
         self.limit = limit
 
 
+class OwnerDeactivated(Exception):
+    """A submit for a deactivated user; nothing was queued (the API answers 403)."""
+
+    def __init__(self, username: str) -> None:
+        super().__init__(f"User {username!r} is deactivated and cannot submit jobs.")
+        self.username = username
+
+
+@dataclass(frozen=True)
+class NamedUser:
+    """A user named by a request (open mode, or a token acting for its end users): found
+    or created by the submit itself, in the same call that queues its jobs."""
+
+    username: str
+
+
 def check_admission(owner: User, requested: int) -> None:
     """Refuse (QueueLimitReached) a submit of `requested` jobs that would leave `owner` with
     more than `ZYPHER_MAX_QUEUED_PER_USER` queued, whole.
 
     The user's queued jobs are the sum of their accounts' counters: one indexed read of
-    jobs_fairshareaccount (by user_id), never a count over jobs. It takes no lock, so two
-    concurrent submits of one user may both pass and overshoot the limit by one request's
-    jobs (at most ZYPHER_MAX_BULK_JOBS): a cap against filling the database, not an exact
-    quota, and not worth serialising every submit of a user on the hot path.
+    jobs_fairshareaccount (by user_id), never a count over jobs. Exact when it runs where
+    `submit_jobs` runs it: on SQLite inside the submit's IMMEDIATE transaction (writers
+    take turns), on PostgreSQL inside zypher_submit under the user's row lock.
     """
     limit = settings.ZYPHER_MAX_QUEUED_PER_USER
     queued = (
@@ -162,7 +178,7 @@ def _enqueue(pool_id: int, user_id: int, device_type: str, sizes: list[int]) -> 
 
 
 def submit_jobs(
-    owner: User,
+    owner: User | NamedUser,
     specs: list[JobSpec],
     *,
     idempotency_key: str | None = None,
@@ -170,10 +186,13 @@ def submit_jobs(
 ) -> tuple[list[Job], bool]:
     """Queue `specs` for `owner` in one transaction, all or nothing.
 
+    `owner` is a user, or a `NamedUser` found or created in the same transaction.
     Returns the jobs and whether they were created now (False: the idempotency key
-    was used before and these are the jobs it created then). Raises QueueLimitReached
-    when they would take `owner` past `ZYPHER_MAX_QUEUED_PER_USER` queued jobs (a retry
-    of a keyed submit that was accepted still answers with its jobs).
+    was used before and these are the jobs it created then). Raises OwnerDeactivated
+    for a deactivated user, and QueueLimitReached when the jobs would take `owner` past
+    `ZYPHER_MAX_QUEUED_PER_USER` queued (a retry of a keyed submit that was accepted
+    still answers with its jobs). On PostgreSQL all of it is one call of zypher_submit
+    (jobs/sql/submit.sql): one round trip.
     """
     keys: list[str | None]
     if idempotency_key is None:
@@ -182,13 +201,56 @@ def submit_jobs(
         keys = [idempotency_key]
     else:
         keys = [f"{idempotency_key}#{index}" for index in range(len(specs))]
-    if idempotency_key is not None:
-        existing = _jobs_for_keys(owner, keys)
-        if existing:
+    if connection.vendor == "postgresql":
+        return _submit_on_postgres(owner, specs, keys, program)
+    try:
+        with transaction.atomic():
+            user = _owner_row(owner)
+            if idempotency_key is not None and (existing := _jobs_for_keys(user, keys)):
+                return existing, False
+            check_admission(user, len(specs))
+            jobs = _new_jobs(user, specs, keys, program)
+            per_pool: dict[str, list[Job]] = {}
+            for job in jobs:
+                per_pool.setdefault(job.device_type, []).append(job)
+            # Accounts in pool-id order, each before its jobs (the lock order).
+            for device_type, pool_jobs in sorted(
+                per_pool.items(), key=lambda item: pool_id_for(item[0])
+            ):
+                _enqueue(
+                    pool_id_for(device_type),
+                    user.pk,
+                    device_type,
+                    [job.size for job in pool_jobs],
+                )
+                Job.objects.bulk_create(pool_jobs)
+    except IntegrityError:
+        # A concurrent retry with the same key won the race: answer with its jobs.
+        if idempotency_key is not None and (existing := _jobs_for_keys(_owner_row(owner), keys)):
             return existing, False
-    check_admission(owner, len(specs))
+        raise
+    return jobs, True
+
+
+def _owner_row(owner: User | NamedUser) -> User:
+    """The ORM path's user: a `NamedUser` is found or created; deactivated is refused.
+    A `User` is read again inside the submit's transaction, as zypher_submit reads its row:
+    the copy may predate a deactivation or a delete (which would leave jobs owned by no one)."""
+    if isinstance(owner, User):
+        if not User.objects.filter(pk=owner.pk, is_active=True).exists():
+            raise OwnerDeactivated(owner.username)
+        return owner
+    user, _ = User.objects.get_or_create(username=owner.username)
+    if not user.is_active:
+        raise OwnerDeactivated(user.username)
+    return user
+
+
+def _new_jobs(
+    owner: User | None, specs: list[JobSpec], keys: list[str | None], program: Program | None
+) -> list[Job]:
     now = timezone.now()
-    jobs = [
+    return [
         Job(
             public_id=uuid.uuid4(),
             owner=owner,
@@ -203,66 +265,65 @@ def submit_jobs(
         )
         for spec, key in zip(specs, keys, strict=True)
     ]
-    per_pool: dict[str, list[Job]] = {}
-    for job in jobs:
-        per_pool.setdefault(job.device_type, []).append(job)
-    # On PostgreSQL one pool's jobs are one function call: atomic on its own. A keyed
-    # submit inside a caller's transaction needs a savepoint, so that losing the race
-    # for its key leaves that transaction usable for reading the winner's jobs.
-    single_call = connection.vendor == "postgresql" and len(per_pool) == 1
-    atomic = nullcontext() if single_call and idempotency_key is None else transaction.atomic()
-    try:
-        with atomic:
-            # Accounts in pool-id order, each before its jobs (the lock order).
-            for device_type, pool_jobs in sorted(
-                per_pool.items(), key=lambda item: pool_id_for(item[0])
-            ):
-                if connection.vendor == "postgresql":
-                    _insert_on_postgres(owner, device_type, pool_jobs, program)
-                else:
-                    _enqueue(
-                        pool_id_for(device_type),
-                        owner.pk,
-                        device_type,
-                        [job.size for job in pool_jobs],
-                    )
-                    Job.objects.bulk_create(pool_jobs)
-    except IntegrityError:
-        # A concurrent retry with the same key won the race: answer with its jobs.
-        if idempotency_key is not None and (existing := _jobs_for_keys(owner, keys)):
-            return existing, False
-        raise
-    return jobs, True
 
 
-def _insert_on_postgres(
-    owner: User, device_type: str, jobs: list[Job], program: Program | None
-) -> None:
-    """Insert and enqueue `jobs` in one call of zypher_submit (jobs/sql/submit.sql)."""
+def _submit_on_postgres(
+    owner: User | NamedUser,
+    specs: list[JobSpec],
+    keys: list[str | None],
+    program: Program | None,
+) -> tuple[list[Job], bool]:
+    """`submit_jobs` as one call of zypher_submit: user, key, cap and every pool's jobs."""
+    by_id = isinstance(owner, User)
+    # A named user's jobs get their owner from the answer.
+    jobs = _new_jobs(owner if isinstance(owner, User) else None, specs, keys, program)
     rows = postgres.call(
         "zypher_submit",
         {
-            "owner_id": owner.pk,
-            "device_type": device_type,
+            "owner_id": owner.pk if isinstance(owner, User) else None,
+            "username": None if isinstance(owner, User) else owner.username,
+            "device_types": [job.device_type for job in jobs],
             "public_ids": [job.public_id for job in jobs],
             "kinds": [job.kind for job in jobs],
             "inputs": [None if job.input is None else json.dumps(job.input) for job in jobs],
             "priorities": [job.priority for job in jobs],
             "sizes": [job.size for job in jobs],
-            "keys": [job.idempotency_key for job in jobs],
+            "keys": keys,
             "program_id": program.pk if program else None,
             "now": jobs[0].created_at,
             "default_cost": settings.ZYPHER_DEFAULT_COST_SECONDS,
+            "default_weight": _DEFAULT_WEIGHT,
+            "max_queued": settings.ZYPHER_MAX_QUEUED_PER_USER,
         },
         _SUBMIT_CASTS,
     )
-    ids = dict(rows)
+    username = owner.username
+    outcome, owner_id, queued = rows[0][0], rows[0][1], rows[0][2]
+    if outcome == "inactive":
+        raise OwnerDeactivated(username)
+    if outcome == "full":
+        raise QueueLimitReached(username, queued, len(specs), settings.ZYPHER_MAX_QUEUED_PER_USER)
+    # A named user's row as far as this call read it; any other field loads when read
+    # (deferred), so nothing stands in for a value the row does not hold.
+    user = (
+        owner if by_id else User.from_db(connection.alias, ["id", "username"], [owner_id, username])
+    )
+    assert isinstance(user, User)
+    if outcome == "repeated":
+        return _jobs_for_keys(user, keys), False
+    ids = {public_id: job_id for _, _, _, public_id, job_id in rows}
     for job in jobs:
+        if not by_id:
+            job.owner = user
         job.id = ids[job.public_id]
         job._state.adding = False
+    return jobs, True
 
+
+_DEFAULT_WEIGHT = User._meta.get_field("weight").get_default()
 
 _SUBMIT_CASTS = {
+    "device_types": "text[]",
     "public_ids": "uuid[]",
     "kinds": "text[]",
     "inputs": "jsonb[]",
@@ -275,7 +336,9 @@ _SUBMIT_CASTS = {
 def _jobs_for_keys(owner: User, keys: list[str | None]) -> list[Job]:
     found = {
         job.idempotency_key: job
-        for job in Job.objects.filter(owner=owner, idempotency_key__in=keys)
+        for job in Job.objects.filter(owner=owner, idempotency_key__in=keys).select_related(
+            "owner", "program"
+        )
     }
     return [found[key] for key in keys if key in found]
 
@@ -817,6 +880,31 @@ def cancel_job(job: Job, *, cancelled_by: str = "") -> bool:
             account.update(queued_count=F("queued_count") - updated)
             notify_done(str(job.public_id))
     return bool(updated)
+
+
+def delete_users(user_ids: list[int]) -> list[str]:
+    """Delete the users of `user_ids` that have no queued or running job, with their
+    accounts and ended jobs; returns the names of those kept because they have some.
+
+    Their rows are locked first (id order), as a submit locks its user's row before the
+    accounts: a submit lands wholly before the delete (and its user is kept, its jobs
+    live) or after it (and finds no user). Deleting the accounts before the user's row,
+    as a plain delete does, deadlocked with a submit holding that row.
+    """
+    with transaction.atomic():
+        locked = dict(
+            User.objects.select_for_update()
+            .filter(pk__in=user_ids)
+            .order_by("pk")
+            .values_list("pk", "username")
+        )
+        live = set(
+            Job.objects.filter(
+                owner_id__in=list(locked), status__in=[JobStatus.QUEUED, JobStatus.RUNNING]
+            ).values_list("owner_id", flat=True)
+        )
+        User.objects.filter(pk__in=[pk for pk in locked if pk not in live]).delete()
+    return [locked[pk] for pk in sorted(live)]
 
 
 def remove_user_from_queue(

@@ -1,7 +1,8 @@
 """Who may see and do what in the API: one place for every view, DRF's and the others.
 
-* `acting_user`: the account a request submits for (its token's user; staff act for any
-  `user_id`; in open mode a request names its user).
+* `acting_owner`: the account a request submits for (its token's user; staff act for any
+  `user_id`; in open mode a request names its user), found or created by the submit
+  itself; `acting_user` the same as a row, for routes that need it first.
 * `reader_of` and `Job.objects.visible_to(reader)` (`visible_jobs`): the jobs (and
   programs) a request may see: staff and open mode see every one, a token's user their own.
 * Permission classes for views whose every method needs the same access: `ReadsJobs`,
@@ -33,6 +34,7 @@ from rest_framework.request import Request
 
 from jobs.api.serializers import USER_ID_PATTERN, USER_ID_RULE
 from jobs.models import Job, User
+from jobs.queue import NamedUser, OwnerDeactivated
 
 SEND_TOKEN = "Send 'Authorization: Token <key>' (POST /api/token/ issues one)."
 MAX_IDEMPOTENCY_KEY = 200
@@ -98,14 +100,15 @@ def may_deactivate(actor: object, target: User) -> bool:
     return not target.is_superuser or bool(getattr(actor, "is_superuser", False))
 
 
-def acting_user(request: Request, named_user_id: str | None) -> User:
-    """The account a request acts for.
+def acting_owner(request: Request, named_user_id: str | None) -> User | NamedUser:
+    """The account a request acts for, without a query: the token's own user, or the
+    user it names (`NamedUser`), which the submit finds or creates in the same call
+    that queues its jobs (`jobs.queue.submit_jobs`; a deactivated one is refused there).
 
     A token's own user; a token holding `jobs.act_for_users` may act for any `user_id`
     (created on first use, for an application backend submitting for its own end users). In open mode a request
     without a token names its user (`user_id` or `X-User-Id`), or is `anonymous`.
     """
-    user: User
     if request.user.is_authenticated:
         if not named_user_id or named_user_id == request.user.username:
             return _user(request)
@@ -113,18 +116,24 @@ def acting_user(request: Request, named_user_id: str | None) -> User:
             raise exceptions.PermissionDenied(
                 f"This token belongs to {request.user.username!r} and cannot act for {named_user_id!r}."
             )
-        user, _ = User.objects.get_or_create(username=named_user_id)
-    elif settings.ZYPHER_OPEN_MODE:
+        return NamedUser(named_user_id)
+    if settings.ZYPHER_OPEN_MODE:
         name = named_user_id or request.headers.get("X-User-Id") or "anonymous"
         if not re.fullmatch(USER_ID_PATTERN, name):
             raise exceptions.ValidationError({"user_id": [USER_ID_RULE]})
-        user, _ = User.objects.get_or_create(username=name)
-    else:
-        raise exceptions.NotAuthenticated(SEND_TOKEN)
+        return NamedUser(name)
+    raise exceptions.NotAuthenticated(SEND_TOKEN)
+
+
+def acting_user(request: Request, named_user_id: str | None) -> User:
+    """`acting_owner` as a user row: a named user is found or created now, and refused
+    (403) when deactivated. For routes that need the row before they submit."""
+    owner = acting_owner(request, named_user_id)
+    if isinstance(owner, User):
+        return owner
+    user, _ = User.objects.get_or_create(username=owner.username)
     if not user.is_active:
-        raise exceptions.PermissionDenied(
-            f"User {user.username!r} is deactivated and cannot submit jobs."
-        )
+        raise exceptions.PermissionDenied(str(OwnerDeactivated(user.username)))
     return user
 
 

@@ -23,7 +23,7 @@ from jobs.api.access import (
     ACCOUNT_READERS,
     JOB_READERS,
     CreatesUsers,
-    acting_user,
+    acting_owner,
     read_idempotency_key,
     visible_jobs,
 )
@@ -45,7 +45,7 @@ from jobs.api.serializers import (
 from jobs.api.throttles import SUBMIT_THROTTLES
 from jobs.models import Job, JobStatus, User
 from jobs.programs import CallbackNotAllowed, check_callback_url, submit_with_callbacks
-from jobs.queue import cancel_job
+from jobs.queue import OwnerDeactivated, cancel_job
 
 
 def submit_error(errors: Any) -> dict[str, Any]:
@@ -156,11 +156,14 @@ class JobListCreateView(generics.ListAPIView):
                 {"user_id": ["All jobs of one request must be for one user."]}
             )
         key = read_idempotency_key(request)
-        # Last check before writing: in open mode or for staff it creates the named user.
-        owner = acting_user(request, named.pop())
+        # Who it acts for; a named user is found or created by the submit's own call.
+        owner = acting_owner(request, named.pop())
         specs = [JobSubmitSerializer.spec_from(item) for item in items]
         callback_urls = [item.get("callback_url", "") for item in items]
-        jobs, created = submit_with_callbacks(owner, specs, callback_urls, idempotency_key=key)
+        try:
+            jobs, created = submit_with_callbacks(owner, specs, callback_urls, idempotency_key=key)
+        except OwnerDeactivated as error:
+            raise exceptions.PermissionDenied(str(error)) from error
         data = JobSerializer(jobs, many=True, context={"request": request}).data
         code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
         return Response(data if many else data[0], status=code)
