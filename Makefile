@@ -35,8 +35,9 @@ browser:
 
 test: test-sqlite test-postgres
 
-# Tests marked one_pass exercise processes and protocols, not the database: when a
-# PostgreSQL pass follows, the SQLite pass skips them, so `make test` pays for them once.
+# Tests marked one_pass exercise processes, protocols or pure computation (the fair-share
+# model, splines), not the database: when a PostgreSQL pass follows, the SQLite pass skips
+# them, so `make test` pays for them once.
 test-sqlite: $(VENV)/.installed browser
 	ZYPHER_POSTGRES_PASS_FOLLOWS=$$($(PY) tests/support/pgcluster.py --available && echo 1) \
 	  $(VENV)/bin/pytest -q

@@ -41,12 +41,17 @@ def on_postgres() -> bool:
     return settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
 
 
+def postgres_pass_follows() -> bool:
+    """This is the SQLite pass of `make test` and a PostgreSQL pass runs the suite next."""
+    return not on_postgres() and os.environ.get("ZYPHER_POSTGRES_PASS_FOLLOWS") == "1"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if on_postgres():
         return
     skip = pytest.mark.skip(reason="needs PostgreSQL: runs in the PostgreSQL pass of `make test`")
     # `make test-sqlite` sets this when a PostgreSQL pass follows (tests/support/pgcluster.py).
-    once = os.environ.get("ZYPHER_POSTGRES_PASS_FOLLOWS") == "1"
+    once = postgres_pass_follows()
     skip_once = pytest.mark.skip(reason="one_pass: runs in the PostgreSQL pass of `make test`")
     for item in items:
         if "postgres" in item.keywords:

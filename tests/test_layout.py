@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.one_pass
+
 ROOT = Path(__file__).resolve().parent.parent
 OTHER_APPS = {"devices", "splines"}
 # A string that names another app: its label, a dotted path into it, or a handler kind

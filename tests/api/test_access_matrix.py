@@ -431,6 +431,14 @@ ADMIN_ROWS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings: Any) -> None:
+    """Each actor's wrong-password login runs the hasher (PBKDF2, a third of a second or more
+    each); the matrix checks who may do what, not the hasher, so the fast one Django
+    recommends for tests (as tests/api/test_schemathesis.py)."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def world(token_mode: None, make_user: Callable[..., User], settings: Any) -> dict[str, User]:
     settings.ZYPHER_DEVICE_TOKEN = DEVICE_TOKEN

@@ -13,6 +13,8 @@ import pytest
 
 from zypher.settings import DEVELOPMENT_SECRET_KEY, production_problems
 
+pytestmark = pytest.mark.one_pass
+
 ROOT = Path(__file__).resolve().parents[2]
 GOOD_KEY = "k8Jq2vX9pL4mN7rT1wY6zB3cF5hD0gS8aE2uI9oP4lK7jH1nM6bV3cX5zQ8wR2tY"
 SAFE = {

@@ -25,6 +25,7 @@ from rest_framework.authtoken.models import Token
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from jobs.models import User
+from tests.conftest import postgres_pass_follows
 
 pytest_plugins = ["tests.support.api_fixtures"]
 
@@ -35,6 +36,12 @@ schema = schemathesis.openapi.from_wsgi("/api/schema/", get_wsgi_application())
 # (test_a_nul_byte_in_a_user_id_is_refused_not_a_500 below, tests/api/test_qpu_routes_input.py).
 schema.config.generation.update(allow_x00=False)
 EXAMPLES = int(os.environ.get("ZYPHER_FUZZ_EXAMPLES", "8"))  # bench/fuzz.py raises it
+if postgres_pass_follows():
+    # The SQLite pass of `make test`, a PostgreSQL pass to follow: every operation is fuzzed
+    # here too (the schema's examples and generated cases), while the coverage phase (every
+    # boundary and every wrong type of every parameter: two thirds of the time, whatever
+    # EXAMPLES says) runs once, in the PostgreSQL pass.
+    schema.config.phases.update(phases=["examples", "fuzzing"])
 # Every check (`--checks all`, issue 17): no 500, every answer as documented, and the
 # schema exactly as strict as the validation: a schema-valid request is accepted (or
 # refused for credentials, a conflict, a missing object), a schema-violating one refused.

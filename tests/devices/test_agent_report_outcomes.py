@@ -7,6 +7,8 @@ import pytest
 
 from devices.agent import backoff_delay, report_outcome
 
+pytestmark = pytest.mark.one_pass
+
 
 @pytest.mark.parametrize(
     ("status", "error", "outcome"),

@@ -12,6 +12,8 @@ import pytest
 from devices import protocol
 from devices.qpu.mock import QpuInputError, measure
 
+pytestmark = pytest.mark.one_pass
+
 SECRET = "s" * 64
 
 

@@ -25,6 +25,8 @@ from hypothesis import strategies as st
 
 from jobs.fairshare import Dispatch, FairQueue
 
+pytestmark = pytest.mark.one_pass
+
 # --- Single-user order: exactly a priority queue -------------------------------------
 
 

@@ -16,6 +16,8 @@ from splines.drawing import DrawOptions, default_width, draw_curves
 from splines.render import render_spline
 from splines.tck import CurveSet, SplineInputError, parse_curves, validate_tck
 
+pytestmark = pytest.mark.one_pass
+
 RNG = np.random.default_rng(6)
 
 

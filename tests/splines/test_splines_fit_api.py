@@ -9,7 +9,7 @@ from scipy.interpolate import splev  # type: ignore[import-untyped]  # no stubs 
 
 from splines.tck import fit_tck, validate_tck
 
-pytestmark = pytest.mark.urls("splines.urls")
+pytestmark = [pytest.mark.urls("splines.urls"), pytest.mark.one_pass]
 
 URL = "/api/splines/fit/"
 POINTS = [[10, 80], [60, 20], [120, 90], [170, 30], [220, 70]]

@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 from PIL import Image
 from rest_framework.test import APIClient
 
+pytestmark = pytest.mark.one_pass
+
 RENDER_URL = "/api/splines/render/"
 LINE = [[0, 0, 1, 1], [[2, 30], [10, 10]], 1]
 HOSTILE = settings(

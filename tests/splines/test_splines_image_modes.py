@@ -5,11 +5,14 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 from PIL import Image, JpegImagePlugin
 
 from splines.drawing import DrawOptions
 from splines.render import RenderedImage, render_spline
 from splines.tck import parse_curves
+
+pytestmark = pytest.mark.one_pass
 
 MAGENTA = (255, 0, 255, 255)
 SIZE = (120, 80)

@@ -13,6 +13,8 @@ from PIL import Image
 
 from splines.handlers import render_spline_job
 
+pytestmark = pytest.mark.one_pass
+
 T = [0, 0, 0, 0, 1, 1, 1, 1]
 C = [[10, 60, 120, 150], [90, 10, 10, 90]]
 

@@ -21,7 +21,7 @@ from rest_framework.test import APIClient
 
 from splines.parsers import LeanMultiPartParser, parse_plain_multipart
 
-pytestmark = pytest.mark.urls("splines.urls")
+pytestmark = [pytest.mark.urls("splines.urls"), pytest.mark.one_pass]
 
 URL = "/api/splines/render/"
 TCK = "[[0, 0, 1, 1], [[2, 30], [10, 10]], 1]"

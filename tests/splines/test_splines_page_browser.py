@@ -11,7 +11,7 @@ from PIL import Image
 
 pytest_plugins = ["tests.support.browser"]
 
-pytestmark = pytest.mark.urls("splines.urls")
+pytestmark = [pytest.mark.urls("splines.urls"), pytest.mark.one_pass]
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from PIL import Image
 from rest_framework import serializers
 from rest_framework.test import APIClient
 
-pytestmark = pytest.mark.urls("splines.urls")
+pytestmark = [pytest.mark.urls("splines.urls"), pytest.mark.one_pass]
 
 URL = "/api/splines/render/"
 T = [0, 0, 0, 0, 1, 1, 1, 1]

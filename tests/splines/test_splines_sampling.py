@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy.interpolate import BSpline, splev, splprep  # type: ignore[import-untyped]  # no stubs installed
 
 from splines.evaluation import CHORD_TOLERANCE_PX, sample_curve, split_at_jumps
 from splines.tck import validate_tck
+
+pytestmark = pytest.mark.one_pass
 
 
 def distance_to_polyline(points: np.ndarray, polyline: np.ndarray) -> np.ndarray:

@@ -10,6 +10,8 @@ from scipy.interpolate import splprep  # type: ignore[import-untyped]  # no stub
 
 from splines.tck import SplineInputError, parse_curves, validate_tck
 
+pytestmark = pytest.mark.one_pass
+
 XS = [10.0, 60.0, 120.0, 150.0, 110.0, 40.0]
 YS = [10.0, 80.0, 30.0, 100.0, 140.0, 120.0]
 
