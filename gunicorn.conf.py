@@ -14,3 +14,7 @@ graceful_timeout = 10
 # under ASGI a request's synchronous part runs in a new thread, which would otherwise open
 # a connection of its own.
 os.environ.setdefault("ZYPHER_DB_POOL", "1")
+# Gunicorn 27's control socket sits at one path per user ($HOME/.gunicorn/gunicorn.ctl):
+# every server on the host would take it over from the last. Zypher is run by signals
+# (devices/supervise.py, the tests, containers), so it is off.
+control_socket_disable = True
