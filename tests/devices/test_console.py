@@ -18,7 +18,9 @@ from tests.support.device_fixtures import (  # noqa: F401 - fixtures used by nam
 )
 from tests.support.processes import ROOT, wait_until
 
-pytestmark = pytest.mark.e2e
+# The console and the agent speak HTTP to each other; the database only holds the device
+# registry, so the test runs once (one_pass), in the PostgreSQL pass when one follows.
+pytestmark = [pytest.mark.e2e, pytest.mark.one_pass]
 
 SESSION = """\
 ping
