@@ -40,10 +40,10 @@ test: test-sqlite test-postgres
 # them, so `make test` pays for them once.
 test-sqlite: $(VENV)/.installed browser
 	ZYPHER_POSTGRES_PASS_FOLLOWS=$$($(PY) tests/support/pgcluster.py --available && echo 1) \
-	  $(VENV)/bin/pytest -q
+	  $(VENV)/bin/pytest -q --durations=20
 
 test-postgres: $(VENV)/.installed browser
-	$(PY) tests/support/pgcluster.py -- $(VENV)/bin/pytest -q
+	$(PY) tests/support/pgcluster.py -- $(VENV)/bin/pytest -q --durations=20
 
 bench: $(VENV)/.installed
 	$(PY) tests/support/pgcluster.py -- $(PY) -m bench.run_all performance
