@@ -8,6 +8,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "zypher.settings")
 django.setup(set_prefix=False)
 
 # One thread hop per request to a synchronous view (jobs.api.middleware explains why).
+from jobs.api.connection_check import install_pool_check  # noqa: E402
 from jobs.api.middleware import OneHopASGIHandler  # noqa: E402
+
+# The pool's check without a round trip for connections just given back.
+install_pool_check()
 
 application = OneHopASGIHandler()

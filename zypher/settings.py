@@ -124,10 +124,15 @@ elif env_bool("ZYPHER_DB_POOL", False):
     # pool has nothing to hand out either: a short wait keeps the answer a prompt 503 that
     # clients retry, not a request held for the whole outage (the fault drill checks it).
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool refuses persistent connections
-    # Health check: each connection taken from the pool is checked with an empty query
-    # (one round trip), so a connection the server dropped is replaced, not handed out.
+    # Health check: Django's (an empty query, one round trip, on every checkout), which
+    # the web server's entry point (zypher/asgi.py) narrows to connections idle over 5 s
+    # or whose socket shows the server ended them (jobs.api.connection_check); `reset`
+    # notes when each connection was given back.
+    from jobs.api.connection_check import note_return
+
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "reset": note_return,
         "min_size": int(os.environ.get("ZYPHER_DB_POOL_MIN_SIZE", "2")),
         "max_size": int(os.environ.get("ZYPHER_DB_POOL_MAX_SIZE", "10")),
         "timeout": float(os.environ.get("ZYPHER_DB_POOL_TIMEOUT", "3")),

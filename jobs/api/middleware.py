@@ -3,21 +3,36 @@ database outage anywhere (admin, sessions, pages, the API) with a 503, not a 500
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from asgiref.sync import (
+    ThreadSensitiveContext,
+    iscoroutinefunction,
+    markcoroutinefunction,
+    sync_to_async,
+)
 from django.conf import settings
-from django.core.handlers.asgi import ASGIHandler
+from django.core import signals
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.base import BaseHandler
 from django.core.signals import got_request_exception
-from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
-from django.urls import Resolver404, get_resolver
+from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.urls import Resolver404, get_resolver, set_script_prefix
 
 from jobs.api.errors import UNAVAILABLE_MESSAGE, database_unavailable, forget_connections
 
 RETRY_AFTER_SECONDS = "5"
+# Request threads kept idle per web worker between requests (OneHopASGIHandler).
+IDLE_REQUEST_THREADS = 32
+
+Receive = Callable[[], Awaitable[Mapping[str, Any]]]
+Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 
 
 def _is_api(request: HttpRequest) -> bool:
@@ -115,35 +130,102 @@ class ApiErrorMiddleware:
 
 
 class OneHopASGIHandler(ASGIHandler):
-    """Django's ASGI handler with one thread hop per request to a synchronous view.
+    """Django's ASGI handler with one thread hop per request to a synchronous view, on a
+    reused thread.
 
     Django's own handler runs the middleware chain on the event loop and adapts every
     synchronous piece to it: each `process_request`/`process_response` of the built-in
     middleware (sessions, CSRF, auth, messages, ...), WhiteNoise, this module's
     middleware and the view each paid a hop to a thread and back (17 per `GET
     /api/health/`, measured with `python -m bench.bench_http --profile`). Here a request
-    whose view is synchronous (the API, the admin, the pages) runs the whole synchronous
-    chain, exactly as under WSGI, in one hop to the request's thread; a request whose
-    view is `async def` (/predict, which waits on the event loop) keeps Django's
-    asynchronous chain. The request_started signal and the response's close (which gives
-    the database connection back to the pool) stay where Django puts them, in the same
-    thread as the view.
+    whose view is synchronous (the API, the admin, the pages) runs the request_started
+    signal, the whole synchronous chain (exactly as under WSGI) and, for a response that
+    is not streamed, its close (request_finished, which gives the database connection
+    back to the pool) in one hop to the request's thread. A request whose view is `async
+    def` (/predict, which waits on the event loop) keeps Django's asynchronous chain.
+
+    Django also starts a thread for every request (a ThreadSensitiveContext with a new
+    one-thread executor) and joins it in one more new thread at the end: 0.7 ms of the
+    1.6 ms a trivial view took in process (issue 16). Here each request borrows a
+    one-thread executor from a free list instead, so its synchronous parts still share
+    one thread (thread-local database connections stay with the request), as a WSGI
+    worker's thread serves one request after another.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._idle_executors: list[ThreadPoolExecutor] = []
 
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=is_async)
         self._sync_handler = BaseHandler()
         self._sync_handler.load_middleware(is_async=False)
 
-    async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
-        if _view_is_async(request.path_info):
-            return await super().get_response_async(request)
-        return await sync_to_async(self._sync_handler.get_response, thread_sensitive=True)(request)
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        # Only the event loop's thread touches the free list, so it needs no lock.
+        executor = (
+            self._idle_executors.pop()
+            if self._idle_executors
+            else ThreadPoolExecutor(max_workers=1, thread_name_prefix="zypher-request")
+        )
+        try:
+            async with ThreadSensitiveContext(executor=executor):
+                await self.handle(scope, receive, send)
+        finally:
+            if len(self._idle_executors) < IDLE_REQUEST_THREADS:
+                self._idle_executors.append(executor)
+            else:
+                # A burst (a thousand waiting /predict calls) leaves no crowd of idle
+                # threads behind; the thread ends by itself once its last call returns.
+                executor.shutdown(wait=False)
+
+    async def handle(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        script_name = get_script_prefix(scope)
+        path_info = scope["path"].removeprefix(script_name) if script_name else scope["path"]
+        if _view_is_async(settings.ROOT_URLCONF, path_info):
+            await super().handle(scope, receive, send)
+            return
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(script_name)
+        request, error_response = self.create_request(scope, body_file)
+
+        def respond() -> HttpResponseBase:
+            signals.request_started.send(sender=self.__class__, scope=scope)
+            response = (
+                self._sync_handler.get_response(request) if request is not None else error_response
+            )
+            assert response is not None
+            response._handler_class = self.__class__  # type: ignore[attr-defined]
+            if isinstance(response, FileResponse):
+                response.block_size = self.chunk_size
+            if not response.streaming:
+                # The body is in memory: finish the request (request_finished) here,
+                # in the thread that holds its database connection, before sending.
+                response.close()
+            return response
+
+        response = await sync_to_async(respond, thread_sensitive=True)()
+        try:
+            await self.send_response(response, send)
+        except asyncio.CancelledError:
+            pass  # the client went away while the response was sent
+        finally:
+            if response.streaming:
+                await sync_to_async(response.close, thread_sensitive=True)()
+            body_file.close()
 
 
-def _view_is_async(path: str) -> bool:
+@functools.lru_cache(maxsize=4096)
+def _view_is_async(urlconf: str, path: str) -> bool:
+    # Cached per path (job ids make many, hence the bound); the URLconf does not change
+    # while a server runs.
     try:
-        match = get_resolver(settings.ROOT_URLCONF).resolve(path)
+        match = get_resolver(urlconf).resolve(path)
     except Resolver404:
         return False
     return iscoroutinefunction(match.func)

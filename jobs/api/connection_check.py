@@ -1,0 +1,64 @@
+"""The web workers' check of a pooled PostgreSQL connection, without a round trip when it
+can be spared (zypher/settings.py and zypher/asgi.py give these to Django's psycopg pool).
+
+psycopg-pool's own check sends an empty query on every checkout: one more round trip per
+request. Here a connection given back less than `RECENT_SECONDS` ago is handed out
+unchecked unless its socket has something to read. An idle connection has nothing to
+read: a server that ends the session (a restart, `pg_terminate_backend`, an idle
+timeout) sends an error and closes the socket, which makes it readable at once, and
+that connection gets the full check, fails it and is replaced. A connection idle
+longer gets the full check as before, since a peer that vanished without closing
+(a network cut) is only found by talking to it. A connection that breaks in use is
+discarded by the pool when it is given back (its state is no longer known).
+"""
+
+from __future__ import annotations
+
+import select
+import time
+
+from django.db import connections
+from psycopg import Connection
+from psycopg_pool import ConnectionPool
+
+RECENT_SECONDS = 5.0
+
+
+def note_return(connection: Connection[object]) -> None:
+    """The pool's `reset` callback: remember when the connection was given back."""
+    connection._zypher_returned_at = time.monotonic()  # type: ignore[attr-defined]
+
+
+def check_connection(connection: Connection[object]) -> None:
+    """The pool's `check` callback: raise if the connection does not work."""
+    returned_at = getattr(connection, "_zypher_returned_at", None)
+    if (
+        returned_at is not None
+        and time.monotonic() - returned_at < RECENT_SECONDS
+        and not _has_input(connection)
+    ):
+        return
+    ConnectionPool.check_connection(connection)
+
+
+def _has_input(connection: Connection[object]) -> bool:
+    try:
+        poller = select.poll()
+        poller.register(connection.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except Exception:
+        return True  # no usable socket: let the full check say so
+
+
+def install_pool_check() -> bool:
+    """Give the default database's pool (if it has one) `check_connection` as its check.
+
+    Django passes the pool its own check (`CONN_HEALTH_CHECKS`) and refuses another in
+    OPTIONS, so the web server's entry point swaps it here, before the first checkout;
+    psycopg-pool keeps it in `_check`. Returns whether there was a pool.
+    """
+    pool = getattr(connections["default"], "pool", None)
+    if pool is None:
+        return False
+    pool._check = check_connection
+    return True
