@@ -455,13 +455,13 @@ def _intervals_sql() -> str:
     arrived = _seconds_sql("CASE WHEN started_at < created_at THEN started_at ELSE created_at END")
     started, finished = _seconds_sql("started_at"), _seconds_sql("finished_at")
     return f"""
-        SELECT 0, device_type, owner_id, {arrived}, {started}, {finished} FROM {job}
+        SELECT device_type, owner_id, {arrived}, {started}, {finished} FROM {job}
         WHERE finished_at > %(t0)s AND finished_at <= %(t1)s
         UNION ALL
-        SELECT 0, device_type, owner_id, {arrived}, {started}, NULL FROM {job}
+        SELECT device_type, owner_id, {arrived}, {started}, NULL FROM {job}
         WHERE status = 'running'
         UNION ALL
-        SELECT 1, device_type, owner_id, NULL, {started}, {_seconds_sql("ended_at")} FROM {run}
+        SELECT device_type, owner_id, NULL, {started}, {_seconds_sql("ended_at")} FROM {run}
         WHERE ended_at > %(t0)s AND started_at < %(t1)s
     """
 
@@ -556,13 +556,13 @@ def _covering_min(low: np.ndarray, high: np.ndarray, value: np.ndarray, size: in
     if not len(low) or not size:
         return result
     length = high - low
-    level = np.floor(np.log2(length)).astype(np.int64)
+    level = (np.frexp(length)[1] - 1).astype(np.int64)  # floor(log2), exact on integers
     levels = int(level.max()) + 1
-    table = np.full(levels * size, np.inf)
+    flat = np.full(levels * size, np.inf)
     block = np.left_shift(1, level)
-    np.minimum.at(table, level * size + low, value)
-    np.minimum.at(table, level * size + high - block, value)
-    table = table.reshape(levels, size)
+    np.minimum.at(flat, level * size + low, value)
+    np.minimum.at(flat, level * size + high - block, value)
+    table = flat.reshape(levels, size)
     for k in range(levels - 1, 0, -1):
         half = 1 << (k - 1)
         np.minimum(table[k - 1], table[k], out=table[k - 1])
@@ -613,7 +613,8 @@ def _sweep_pool(
     seconds = np.diff(cuts)
     level = busy.level_at(cuts[:-1]).astype(float)
     low, high = np.searchsorted(cuts, starts), np.searchsorted(cuts, stops)
-    weight = np.array([weights[int(user_id)] for user_id in owners.tolist()], dtype=float)
+    ids, index = np.unique(owners, return_inverse=True)
+    weight = np.array([weights[user_id] for user_id in ids.tolist()], dtype=float)[index]
     # W and the number present over each segment: a difference array of the stretches.
     weight_in = np.cumsum(
         np.bincount(low, weight, segments + 1) - np.bincount(high, weight, segments + 1)
@@ -635,7 +636,6 @@ def _sweep_pool(
         )
     virtual = np.concatenate(([0.0], np.cumsum(theta * seconds)))
     entitled = weight * (virtual[high] - virtual[low]) + extra
-    ids, index = np.unique(owners, return_inverse=True)
     totals = np.bincount(index, entitled, len(ids))
     # Stays in the system: runs of a user's stretches that touch (a gap opens a new one).
     new_stay = np.ones(len(owners), dtype=bool)
@@ -738,13 +738,13 @@ def _max_normalised_gap(
     users: dict[int, _Waiting],
     names: dict[int, str],
     longest_job: float,
-    runs_of: Callable[[list[int]], dict[int, list[tuple[float, float]]]],
+    runs_of: tuple[np.ndarray, np.ndarray, np.ndarray],
     limit: int = 20,
 ) -> NormalisedGap | None:
     """The largest |R_i/w_i - R_j/w_j| over the common part of two users' longest stretches
     in the system, among the `limit` users entitled to most; with the SFQ bound beside it."""
     chosen = sorted(users.items(), key=lambda item: -item[1].entitled)[:limit]
-    runs = runs_of([user_id for user_id, _ in chosen])
+    runs = _runs_of(*runs_of, [user_id for user_id, _ in chosen])
     best: NormalisedGap | None = None
     for index, (first_id, first) in enumerate(chosen):
         for second_id, second in chosen[index + 1 :]:
@@ -830,7 +830,7 @@ def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
         interval_rows = cursor.fetchall()
     pools: dict[str, _PoolIntervals] = {}
     if interval_rows:
-        _, pool_of, owner, arrived, started, left = _columns(interval_rows)
+        pool_of, owner, arrived, started, left = _columns(interval_rows)
         owner = owner.astype(np.int64)
         arrived, started, left = (column.astype(float) for column in (arrived, started, left))
         for pool in np.unique(pool_of).tolist():
@@ -934,9 +934,7 @@ def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
                     swept,
                     names,
                     longest,
-                    lambda user_ids, runs=(run_owner, run_start, run_stop): _runs_of(
-                        *runs, user_ids
-                    ),
+                    (run_owner, run_start, run_stop),
                 ),
                 "shares": shares_of_pool,
             }
