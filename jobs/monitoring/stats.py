@@ -719,32 +719,29 @@ def _water_fill(
 
 def _runs_of(
     owners: np.ndarray, starts: np.ndarray, stops: np.ndarray, user_ids: list[int]
-) -> dict[int, list[tuple[float, float]]]:
-    """The runs (start, end in seconds after the window's start) of a few users."""
-    runs: dict[int, list[tuple[float, float]]] = {user_id: [] for user_id in user_ids}
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """The runs (starts, stops in seconds after the window's start) of a few users."""
     chosen = np.isin(owners, user_ids)
-    for owner, start, stop in zip(
-        owners[chosen].tolist(), starts[chosen].tolist(), stops[chosen].tolist(), strict=True
-    ):
-        runs[owner].append((start, stop))
-    return runs
+    owners, starts, stops = owners[chosen], starts[chosen], stops[chosen]
+    return {user_id: (starts[owners == user_id], stops[owners == user_id]) for user_id in user_ids}
 
 
-def _received_between(runs: list[tuple[float, float]], low: float, high: float) -> float:
-    return sum(max(0.0, min(stop, high) - max(start, low)) for start, stop in runs)
+def _received_between(runs: tuple[np.ndarray, np.ndarray], low: float, high: float) -> float:
+    starts, stops = runs
+    return float(np.maximum(0.0, np.minimum(stops, high) - np.maximum(starts, low)).sum())
 
 
 def _max_normalised_gap(
     users: dict[int, _Waiting],
     names: dict[int, str],
     longest_job: float,
-    runs_of: tuple[np.ndarray, np.ndarray, np.ndarray],
+    pool_runs: tuple[np.ndarray, np.ndarray, np.ndarray],
     limit: int = 20,
 ) -> NormalisedGap | None:
     """The largest |R_i/w_i - R_j/w_j| over the common part of two users' longest stretches
     in the system, among the `limit` users entitled to most; with the SFQ bound beside it."""
     chosen = sorted(users.items(), key=lambda item: -item[1].entitled)[:limit]
-    runs = _runs_of(*runs_of, [user_id for user_id, _ in chosen])
+    runs = _runs_of(*pool_runs, [user_id for user_id, _ in chosen])
     best: NormalisedGap | None = None
     for index, (first_id, first) in enumerate(chosen):
         for second_id, second in chosen[index + 1 :]:
@@ -753,8 +750,8 @@ def _max_normalised_gap(
             if high <= low:
                 continue
             gap = abs(
-                _received_between(runs.get(first_id, []), low, high) / first.weight
-                - _received_between(runs.get(second_id, []), low, high) / second.weight
+                _received_between(runs[first_id], low, high) / first.weight
+                - _received_between(runs[second_id], low, high) / second.weight
             )
             if best is None or gap > best["seconds"]:
                 best = {
@@ -797,10 +794,15 @@ class _PoolIntervals:
         return self.owner[ran], self.started[ran], stops[ran]
 
 
-def _columns(rows: list[tuple[Any, ...]]) -> list[np.ndarray]:
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[np.ndarray]:
+    """The rows' columns as arrays: the first (the pool) as objects, the second (the
+    owner) as integers, the rest as floats (NULL as NaN). One object array first: faster
+    than an array per column from zip()."""
     if not rows:
-        return []
-    return [np.array(column) for column in zip(*rows, strict=True)]
+        return [np.zeros(0, dtype=object), np.zeros(0, np.int64)] + [np.zeros(0)] * (width - 2)
+    table = np.array(rows, dtype=object)
+    numbers = table[:, 2:].astype(float)
+    return [table[:, 0], table[:, 1].astype(np.int64)] + [numbers[:, i] for i in range(width - 2)]
 
 
 def _job_counts(
@@ -829,13 +831,10 @@ def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
         cursor.execute(_intervals_sql(), params)
         interval_rows = cursor.fetchall()
     pools: dict[str, _PoolIntervals] = {}
-    if interval_rows:
-        pool_of, owner, arrived, started, left = _columns(interval_rows)
-        owner = owner.astype(np.int64)
-        arrived, started, left = (column.astype(float) for column in (arrived, started, left))
-        for pool in np.unique(pool_of).tolist():
-            mine = pool_of == pool
-            pools[pool] = _PoolIntervals(owner[mine], arrived[mine], started[mine], left[mine])
+    pool_of, owner, arrived, started, left = _columns(interval_rows, 5)
+    for pool in sorted(set(pool_of.tolist())):
+        mine = pool_of == pool
+        pools[pool] = _PoolIntervals(owner[mine], arrived[mine], started[mine], left[mine])
     busy: dict[str, _Busy] = {}
     for pool, intervals in pools.items():
         _, starts, stops = intervals.runs(end)
@@ -850,11 +849,10 @@ def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
         cursor.execute(_queued_sql(), {**params, "cap": max(caps.values(), default=1)})
         queued_rows = cursor.fetchall()
     queued: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    if queued_rows:
-        queued_pool, queued_owner, queued_at = _columns(queued_rows)
-        for pool in np.unique(queued_pool).tolist():
-            mine = queued_pool == pool
-            queued[pool] = (queued_owner[mine].astype(np.int64), queued_at[mine].astype(float))
+    queued_pool, queued_owner, queued_at = _columns(queued_rows, 3)
+    for pool in sorted(set(queued_pool.tolist())):
+        mine = queued_pool == pool
+        queued[pool] = (queued_owner[mine], queued_at[mine])
     changes: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for pool in sorted(set(pools) | set(queued)):
         intervals = pools.get(pool, _PoolIntervals(*(np.zeros(0),) * 4))
