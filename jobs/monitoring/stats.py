@@ -46,6 +46,7 @@ nothing: phi_u <= m) so that only each user's first m queued jobs are ranked.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -55,6 +56,7 @@ import numpy as np
 from django.conf import settings
 from django.db import connection
 from django.db.models import Count, Max, Min, OuterRef, Q, Subquery, Sum
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
@@ -818,6 +820,14 @@ def _job_counts(
     return owner, at, np.minimum(total - before, cap)
 
 
+def _among(ids: set[int]) -> RawSQL:
+    """A subquery of the integers `ids` as one parameter (an array on PostgreSQL, JSON on
+    SQLite): a thousand users' ids as `IN (%s, %s, ...)` cost more to bind than to query."""
+    if connection.vendor == "postgresql":
+        return RawSQL("SELECT unnest(%s::bigint[])", [sorted(ids)])
+    return RawSQL("SELECT value FROM json_each(%s)", [json.dumps(sorted(ids))])
+
+
 def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
     """Each pool's users measured against the fluid fair schedule over the window (see
     the module docstring): one query for the window's job intervals (`_intervals_sql`),
@@ -872,14 +882,14 @@ def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
     user_ids = {int(user_id) for owners, _, _ in changes.values() for user_id in np.unique(owners)}
     users = {
         pk: (username, weight, oldest)
-        for pk, username, weight, oldest in User.objects.filter(pk__in=user_ids)
+        for pk, username, weight, oldest in User.objects.filter(pk__in=_among(user_ids))
         .annotate(oldest_queued=_oldest_queued_created_at())
         .values_list("pk", "username", "weight", "oldest_queued")
     }
     backlog = {
         (pool, user_id): (queued_count, running)
         for pool, user_id, queued_count, running in FairShareAccount.objects.filter(
-            user_id__in=user_ids
+            user_id__in=_among(user_ids)
         ).values_list("pool__device_type", "user_id", "queued_count", "running_count")
     }
     weights = {pk: weight for pk, (_, weight, _) in users.items()}
