@@ -537,12 +537,17 @@ class _Busy:
         order = np.argsort(at, kind="stable")
         return cls(np.clip(at[order], 0.0, end), np.cumsum(moves[order]))
 
-    def level_at(self, at: np.ndarray) -> np.ndarray:
-        """m just after each of the instants `at`."""
-        index = np.searchsorted(self.at, at, side="right") - 1
-        if not len(self.at):
-            return np.zeros(len(at), dtype=np.int64)
-        return np.where(index >= 0, self.level[np.maximum(index, 0)], 0)
+    def level_on(self, cut_of: np.ndarray, segments: int) -> np.ndarray:
+        """m over each of `segments` segments, given the segment each point of `at` opens
+        (non-decreasing, as `at` is): the level after the last point at or before it."""
+        last = np.full(segments + 1, -1)
+        if len(cut_of):
+            final = np.append(cut_of[1:] != cut_of[:-1], True)  # the last of an instant
+            last[cut_of[final]] = np.flatnonzero(final)
+        last = np.maximum.accumulate(last)[:-1]
+        if not len(self.level):
+            return np.zeros(segments)
+        return np.where(last >= 0, self.level[np.maximum(last, 0)], 0).astype(float)
 
     @property
     def most(self) -> int:
@@ -599,22 +604,29 @@ def _sweep_pool(
         owners = np.fromiter((change[0] for change in changes), dtype=np.int64, count=count)
         times = np.fromiter((change[1] for change in changes), dtype=float, count=count)
         jobs = np.fromiter((change[2] for change in changes), dtype=np.int64, count=count)
-    users = {int(user_id): _Waiting(weights[int(user_id)]) for user_id in np.unique(owners)}
+    everyone = np.unique(owners).tolist()
+    users = {user_id: _Waiting(weights[user_id]) for user_id in everyone}
     if not len(owners):
         return users
     times = np.clip(times, 0.0, end)
-    order = np.lexsort((times, owners))  # stable: of one instant, the last change holds
-    owners, times, jobs = owners[order], times[order], jobs[order]
+    same_owner = owners[1:] == owners[:-1]
+    if not np.all((owners[1:] > owners[:-1]) | (same_owner & (times[1:] >= times[:-1]))):
+        order = np.lexsort((times, owners))  # stable: of one instant, the last change holds
+        owners, times, jobs = owners[order], times[order], jobs[order]
+        same_owner = owners[1:] == owners[:-1]
     # Each change opens a stretch of constant n_u up to the user's next change (or the end).
-    same_next = np.append(owners[1:] == owners[:-1], False)
+    same_next = np.append(same_owner, False)
     stops = np.where(same_next, np.append(times[1:], end), end)
     kept = (jobs > 0) & (stops > times)
     owners, starts, stops, jobs = owners[kept], times[kept], stops[kept], jobs[kept]
-    cuts = np.unique(np.concatenate(([0.0, end], starts, stops, busy.at)))
+    # The segments' bounds, and which bound each stretch and busy change falls on.
+    cuts, where = np.unique(
+        np.concatenate(([0.0, end], starts, stops, busy.at)), return_inverse=True
+    )
     segments = len(cuts) - 1
     seconds = np.diff(cuts)
-    level = busy.level_at(cuts[:-1]).astype(float)
-    low, high = np.searchsorted(cuts, starts), np.searchsorted(cuts, stops)
+    low, high = where[2 : 2 + len(starts)], where[2 + len(starts) : 2 + 2 * len(starts)]
+    level = busy.level_on(where[2 + 2 * len(starts) :], segments)
     ids, index = np.unique(owners, return_inverse=True)
     weight = np.array([weights[user_id] for user_id in ids.tolist()], dtype=float)[index]
     # W and the number present over each segment: a difference array of the stretches.
@@ -646,8 +658,11 @@ def _sweep_pool(
     stay_stop = np.maximum.reduceat(stops, np.flatnonzero(new_stay))
     stay_owner = owners[new_stay]
     lengths = stay_stop - stay_start
-    first = np.lexsort((stay_start, -lengths, stay_owner))
-    leads = first[np.append(True, stay_owner[first][1:] != stay_owner[first][:-1])]
+    # Each user's first longest stay (stays are in (user, time) order).
+    heads = np.flatnonzero(np.append(True, stay_owner[1:] != stay_owner[:-1]))
+    most = np.repeat(np.maximum.reduceat(lengths, heads), np.diff(np.append(heads, len(lengths))))
+    longest = np.flatnonzero(lengths == most)
+    leads = longest[np.append(True, stay_owner[longest][1:] != stay_owner[longest][:-1])]
     for position, user_id in enumerate(ids.tolist()):
         users[user_id].entitled = float(totals[position])
     for lead in leads.tolist():
