@@ -31,17 +31,15 @@ fair schedule (`jobs.fairshare.fluid_shares` is the plain reference of the same 
              longest stretches in the system (the 20 most entitled users of the pool),
              beside the SFQ bound C_max/w_i + C_max/w_j for one device
 
-No loop over jobs. One query (`_fluid_sql`, window functions on SQLite and PostgreSQL
-alike) turns the window's job intervals into change points: the pool's busy devices per
-instant, and when each user enters or leaves the system (the backlog through a hash
-aggregate: only each user's first queued job counts); received time is summed there
-too. One sweep per pool runs over the users' change points (`_sweep_pool`): while the
-pool's largest m times the largest weight is at most W, nobody can be capped by its job
-count and V advances by the device seconds delivered over W (`_sweep_present`: array
-operations, no loop over the change points). Where that test fails (few
-users beside many devices), a second query (`_counted_sql`) gives the exact job counts
-up to the end of the last such stretch, clamped to the pool's largest m (which loses
-nothing: phi_u <= m) so that only each user's first m queued jobs are ranked.
+No loop over jobs or change points: two plain queries and array arithmetic. One
+query (`_intervals_sql`) reads the window's job intervals (arrival, start, end, and every
+requeued attempt) as seconds, one row each, with no sort or aggregate in the database;
+another (`_queued_sql`) each user's first `cap` queued jobs per pool (cap = the largest
+number of jobs of any pool on a device at once: phi_u <= m, so min(n_u, cap) changes no
+rate), by a skip scan of the partial index `job_queued_arrival` on PostgreSQL. numpy then
+derives m(t), each user's n_u(t), the received time and the longest run, and sweeps each
+pool (`_sweep_pool`): V = integral of theta, theta = m / W wherever an exact per-segment
+test shows nobody capped, and vectorised water-filling over all other segments at once.
 """
 
 from __future__ import annotations
