@@ -31,31 +31,30 @@ fair schedule (`jobs.fairshare.fluid_shares` is the plain reference of the same 
              longest stretches in the system (the 20 most entitled users of the pool),
              beside the SFQ bound C_max/w_i + C_max/w_j for one device
 
-No loop over jobs. One query (`_fluid_sql`, window functions on SQLite and PostgreSQL
-alike) turns the window's job intervals into change points: the pool's busy devices per
-instant, and when each user enters or leaves the system (the backlog through a hash
-aggregate: only each user's first queued job counts); received time is summed there
-too. One sweep per pool runs over the users' change points (`_sweep_pool`): while the
-pool's largest m times the largest weight is at most W, nobody can be capped by its job
-count and V advances by the device seconds delivered over W (`_sweep_present`: array
-operations, no loop over the change points). Where that test fails (few
-users beside many devices), a second query (`_counted_sql`) gives the exact job counts
-up to the end of the last such stretch, clamped to the pool's largest m (which loses
-nothing: phi_u <= m) so that only each user's first m queued jobs are ranked.
+No loop over jobs or change points: two plain queries and array arithmetic. One
+query (`_intervals_sql`) reads the window's job intervals (arrival, start, end, and every
+requeued attempt) as seconds, one row each, with no sort or aggregate in the database;
+another (`_queued_sql`) each user's first `cap` queued jobs per pool (cap = the largest
+number of jobs of any pool on a device at once: phi_u <= m, so min(n_u, cap) changes no
+rate), by a skip scan of the partial index `job_queued_arrival` on PostgreSQL. numpy then
+derives m(t), each user's n_u(t), the received time and the longest run, and sweeps each
+pool (`_sweep_pool`): V = integral of theta, theta = m / W wherever an exact per-segment
+test shows nobody capped, and vectorised water-filling over all other segments at once.
 """
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Callable, Iterator
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypedDict
 
 import numpy as np
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import Count, Max, Min, OuterRef, Q, Subquery, Sum
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
@@ -446,132 +445,72 @@ def _seconds_sql(column: str) -> str:
     return f"((julianday({column}) - julianday(%(t0)s)) * 86400.0)"
 
 
-def _runs_sql() -> str:
-    """CTEs `spans` (the window's ended jobs and the running ones: in the system from
-    arrival to their end) and `runs` (their device time: each job row's own, last attempt,
-    and the JobRun row of every requeued attempt)."""
+def _intervals_sql() -> str:
+    """The window's job intervals, as seconds after its start, one row each (no aggregate:
+    the sweep sorts and sums them as arrays): (0, pool, owner, arrived, started, left) for
+    the jobs that ended in the window and the running ones (in the system from arrival to
+    their end, on a device from their start), and (1, pool, owner, NULL, started, ended)
+    for every requeued attempt (a JobRun row: the only run the job row forgets)."""
     job, run = Job._meta.db_table, JobRun._meta.db_table
-    arrived = "CASE WHEN started_at < created_at THEN started_at ELSE created_at END"
+    arrived = _seconds_sql("CASE WHEN started_at < created_at THEN started_at ELSE created_at END")
+    started, finished = _seconds_sql("started_at"), _seconds_sql("finished_at")
     return f"""
-        spans AS (
-            SELECT device_type AS pool, owner_id, {arrived} AS arrived, started_at,
-                   finished_at AS left_at
-            FROM {job} WHERE finished_at > %(t0)s AND finished_at <= %(t1)s
-            UNION ALL
-            SELECT device_type, owner_id, {arrived}, started_at, NULL
-            FROM {job} WHERE status = 'running'
-        ), runs AS (
-            SELECT pool, owner_id, started_at AS run_start, left_at AS run_end
-            FROM spans WHERE started_at IS NOT NULL AND started_at < %(t1)s
-            UNION ALL
-            SELECT device_type, owner_id, started_at, ended_at FROM {run}
-            WHERE ended_at > %(t0)s AND started_at < %(t1)s
-        )"""
-
-
-def _fluid_sql() -> str:
-    """The window's figures in as few rows as the fluid schedule needs, per pool (`kind`):
-
-    0  (at, dm): how many jobs of the pool hold a device, changes summed per instant;
-    1  (owner, at, 1 or 0): a user enters or leaves the system (n_u >= 1); of the queued
-       jobs, which stay to the end of the window, only each user's first arrival counts
-       (a hash aggregate: no sort of the backlog);
-    2  (owner, received): device seconds of the user's runs inside the window;
-    3  (longest): the pool's longest run.
-
-    Where the sweep cannot rule out that a user is capped by its job count, it asks
-    `_counted_sql` for the exact n_u over the start of the window.
+        SELECT device_type, owner_id, {arrived}, {started}, {finished} FROM {job}
+        WHERE finished_at > %(t0)s AND finished_at <= %(t1)s
+        UNION ALL
+        SELECT device_type, owner_id, {arrived}, {started}, NULL FROM {job}
+        WHERE status = 'running'
+        UNION ALL
+        SELECT device_type, owner_id, NULL, {started}, {_seconds_sql("ended_at")} FROM {run}
+        WHERE ended_at > %(t0)s AND started_at < %(t1)s
     """
+
+
+def _queued_sql() -> str:
+    """(pool, owner, arrived) of each user's first `%(cap)s` queued jobs in each pool. They
+    stay to the end of the window, and the fair rates use no more of them than a pool's
+    largest number of jobs on a device at once (phi_u <= m(t), so min(n_u, cap) gives the
+    same rates for any cap at least that). On PostgreSQL, a skip scan of the partial index
+    `job_queued_arrival` (pool, owner, created_at where queued): one probe for each
+    (pool, owner) with queued jobs and one for its first arrivals, not a read of the whole
+    backlog; on SQLite, ROW_NUMBER over the same index."""
     job = Job._meta.db_table
-    run_start, run_end = _seconds_sql("run_start"), _seconds_sql("run_end")
-    window_end = "%(w)s"
-    return f"""
-        WITH {_runs_sql()}, busy AS (
-            SELECT pool, at, CAST(SUM(dm) AS INTEGER) AS dm FROM (
-                SELECT pool, run_start AS at, 1 AS dm FROM runs
+    if connection.vendor == "postgresql":
+        return f"""
+            WITH RECURSIVE heads AS (
+                (SELECT device_type, owner_id FROM {job} WHERE status = 'queued'
+                 ORDER BY device_type, owner_id LIMIT 1)
                 UNION ALL
-                SELECT pool, run_end, -1 FROM runs WHERE run_end IS NOT NULL
-            ) ends GROUP BY pool, at
-        ), moves AS (
-            SELECT pool, owner_id, arrived AS at, 1 AS dn FROM spans WHERE arrived < %(t1)s
-            UNION ALL
-            SELECT pool, owner_id, left_at, -1 FROM spans
-            WHERE left_at IS NOT NULL AND arrived < %(t1)s
-            UNION ALL
-            SELECT device_type, owner_id, MIN(created_at), 1 FROM {job}
-            WHERE status = 'queued' AND created_at < %(t1)s GROUP BY device_type, owner_id
-        ), counted AS (
-            SELECT pool, owner_id, at, dn, SUM(dn) OVER (PARTITION BY owner_id, pool ORDER BY at) AS n
-            FROM (
-                SELECT pool, owner_id, at, CAST(SUM(dn) AS INTEGER) AS dn
-                FROM moves GROUP BY pool, owner_id, at
-            ) grouped
-        )
-        SELECT 0, pool, NULL, {_seconds_sql("at")}, dm FROM busy WHERE dm <> 0
-        UNION ALL
-        SELECT 1, pool, owner_id, {_seconds_sql("at")}, CASE WHEN n > 0 THEN 1 ELSE 0 END
-        FROM counted WHERE (n > 0 AND n - dn <= 0) OR (n <= 0 AND n - dn > 0)
-        UNION ALL
-        SELECT 2, pool, owner_id, SUM(
-            CASE WHEN COALESCE({run_end}, {window_end}) < {window_end}
-                 THEN COALESCE({run_end}, {window_end}) ELSE {window_end} END
-            - CASE WHEN {run_start} > 0 THEN {run_start} ELSE 0 END), 0
-        FROM runs GROUP BY pool, owner_id
-        UNION ALL
-        SELECT 3, pool, NULL, MAX(COALESCE({run_end}, {window_end}) - {run_start}), 0
-        FROM runs GROUP BY pool
-    """
-
-
-def _counted_sql() -> str:
-    """(owner, at, min(n_u, cap)) where that changes before `until`, for one pool: its
-    users' jobs in the system, clamped to the pool's largest number of jobs on a device
-    at once (`cap`). phi_u = min(n_u, theta w_u) <= m(t) <= cap, so min(n_u, cap) gives
-    the same fair rates; and of the queued jobs only each user's first `cap` arrivals
-    can change it (they stay to the end of the window)."""
-    job = Job._meta.db_table
-    arrived = "CASE WHEN started_at < created_at THEN started_at ELSE created_at END"
-    clamped = "CASE WHEN n < %(cap)s THEN n ELSE %(cap)s END"
-    before = "CASE WHEN n - dn < %(cap)s THEN n - dn ELSE %(cap)s END"
+                SELECT later.device_type, later.owner_id FROM heads CROSS JOIN LATERAL (
+                    SELECT device_type, owner_id FROM {job}
+                    WHERE status = 'queued'
+                      AND (device_type, owner_id) > (heads.device_type, heads.owner_id)
+                    ORDER BY device_type, owner_id LIMIT 1
+                ) later
+            )
+            SELECT heads.device_type, heads.owner_id, {_seconds_sql("first.created_at")}
+            FROM heads CROSS JOIN LATERAL (
+                SELECT created_at FROM {job}
+                WHERE status = 'queued' AND device_type = heads.device_type
+                  AND owner_id = heads.owner_id AND created_at < %(t1)s
+                ORDER BY created_at LIMIT %(cap)s
+            ) first
+        """
     return f"""
-        WITH spans AS (
-            SELECT owner_id, {arrived} AS arrived, finished_at AS left_at FROM {job}
-            WHERE finished_at > %(t0)s AND finished_at <= %(t1)s AND device_type = %(pool)s
-            UNION ALL
-            SELECT owner_id, {arrived}, NULL FROM {job}
-            WHERE status = 'running' AND device_type = %(pool)s
-        ), queued AS (
-            SELECT owner_id, created_at AS arrived,
-                   ROW_NUMBER() OVER (PARTITION BY owner_id ORDER BY created_at) AS k
-            FROM {job}
-            WHERE status = 'queued' AND device_type = %(pool)s AND created_at < %(until)s
-        ), moves AS (
-            SELECT owner_id, arrived AS at, 1 AS dn FROM spans WHERE arrived < %(until)s
-            UNION ALL
-            SELECT owner_id, left_at, -1 FROM spans WHERE left_at < %(until)s
-            UNION ALL
-            SELECT owner_id, arrived, 1 FROM queued WHERE k <= %(cap)s
-        ), counted AS (
-            SELECT owner_id, at, dn, SUM(dn) OVER (PARTITION BY owner_id ORDER BY at) AS n
-            FROM (
-                SELECT owner_id, at, CAST(SUM(dn) AS INTEGER) AS dn
-                FROM moves GROUP BY owner_id, at
-            ) grouped
-        )
-        SELECT owner_id, {_seconds_sql("at")}, {clamped} FROM counted
-        WHERE {clamped} <> {before}
-        ORDER BY 2
+        SELECT device_type, owner_id, {_seconds_sql("created_at")} FROM (
+            SELECT device_type, owner_id, created_at,
+                   ROW_NUMBER() OVER (PARTITION BY device_type, owner_id ORDER BY created_at) AS k
+            FROM {job} WHERE status = 'queued' AND created_at < %(t1)s
+        ) ranked
+        WHERE k <= %(cap)s
     """
 
 
 @dataclass
 class _Waiting:
-    """One user's running figures in the sweep (see `_sweep_pool`)."""
+    """One user's figures in a pool (see `_sweep_pool`)."""
 
     weight: float
-    jobs: int = 0  # min(n_u, cap): in the system when >= 1
-    joined_at: float = 0.0  # when `jobs` last became positive
-    joined_virtual: float = 0.0  # V then
     entitled: float = 0.0
     received: float = 0.0
     longest: tuple[float, float] = (0.0, 0.0)  # the longest stretch in the system
@@ -579,269 +518,245 @@ class _Waiting:
 
 @dataclass
 class _Busy:
-    """m(t), the pool's jobs on a device, as a step function over [0, end]: `at` sorted,
-    `level` after each point and `done`, the device seconds delivered by then."""
+    """m(t), the pool's jobs on a device, as a step function over [0, end]: `at` sorted
+    (before the window counts as its start) and `level` after each point."""
 
-    at: list[float] = field(default_factory=list)
-    level: list[int] = field(default_factory=list)
-    done: list[float] = field(default_factory=list)
+    at: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    level: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @classmethod
     def from_changes(cls, changes: list[tuple[float, int]], end: float) -> _Busy:
-        busy = cls()
-        if not changes:
-            return busy
-        # Time-sorted; before the window counts as its start.
-        at = np.clip(np.array([change[0] for change in changes], dtype=float), 0.0, end)
-        level = np.cumsum(np.array([change[1] for change in changes], dtype=np.int64))
-        before = np.concatenate(([0], level[:-1]))
-        done = np.cumsum(before * np.diff(at, prepend=0.0))
-        busy.at, busy.level, busy.done = at.tolist(), level.tolist(), done.tolist()
-        return busy
+        at = np.array([change[0] for change in changes], dtype=float)
+        moves = np.array([change[1] for change in changes], dtype=np.int64)
+        return cls.from_arrays(at, moves, end)
 
-    def delivered_at(self, at: np.ndarray) -> np.ndarray:
-        """`delivered` at each of the sorted instants `at`, at once."""
-        if not self.at:
-            return np.zeros_like(at)
-        points = np.array(self.at)
-        index = np.searchsorted(points, at, side="right") - 1
-        inside = np.maximum(index, 0)
-        found = np.array(self.done)[inside] + np.array(self.level)[inside] * (at - points[inside])
-        return np.where(index >= 0, found, 0.0)
+    @classmethod
+    def from_arrays(cls, at: np.ndarray, moves: np.ndarray, end: float) -> _Busy:
+        order = np.argsort(at, kind="stable")
+        return cls(np.clip(at[order], 0.0, end), np.cumsum(moves[order]))
 
-    def delivered(self, at: float) -> float:
-        index = bisect.bisect_right(self.at, at) - 1
-        if index < 0:
-            return 0.0
-        return self.done[index] + self.level[index] * (at - self.at[index])
+    def level_on(self, cut_of: np.ndarray, segments: int) -> np.ndarray:
+        """m over each of `segments` segments, given the segment each point of `at` opens
+        (non-decreasing, as `at` is): the level after the last point at or before it."""
+        last = np.full(segments + 1, -1)
+        if len(cut_of):
+            final = np.append(cut_of[1:] != cut_of[:-1], True)  # the last of an instant
+            last[cut_of[final]] = np.flatnonzero(final)
+        last = np.maximum.accumulate(last)[:-1]
+        if not len(self.level):
+            return np.zeros(segments)
+        return np.where(last >= 0, self.level[np.maximum(last, 0)], 0).astype(float)
 
-    def pieces(self, low: float, high: float) -> Iterator[tuple[int, float]]:
-        """(m, seconds) for each stretch of constant m in [low, high]."""
-        first = bisect.bisect_right(self.at, low) - 1
-        level = self.level[first] if first >= 0 else 0
-        for index in range(first + 1, len(self.at)):
-            at = self.at[index]
-            if at >= high:
-                break
-            yield level, at - low
-            low, level = at, self.level[index]
-        yield level, high - low
+    @property
+    def most(self) -> int:
+        return int(self.level.max(initial=0))
+
+
+def _covering_min(low: np.ndarray, high: np.ndarray, value: np.ndarray, size: int) -> np.ndarray:
+    """For each of `size` positions, the least `value` of the ranges [low, high) covering
+    it (inf where none does), without a loop over ranges: each range is written on the
+    two power-of-two blocks covering it (as a sparse table reads them), then every level
+    is pushed down onto the level below."""
+    result = np.full(size, np.inf)
+    if not len(low) or not size:
+        return result
+    length = high - low
+    level = (np.frexp(length)[1] - 1).astype(np.int64)  # floor(log2), exact on integers
+    levels = int(level.max()) + 1
+    flat = np.full(levels * size, np.inf)
+    block = np.left_shift(1, level)
+    np.minimum.at(flat, level * size + low, value)
+    np.minimum.at(flat, level * size + high - block, value)
+    table = flat.reshape(levels, size)
+    for k in range(levels - 1, 0, -1):
+        half = 1 << (k - 1)
+        np.minimum(table[k - 1], table[k], out=table[k - 1])
+        np.minimum(table[k - 1][half:], table[k][: size - half], out=table[k - 1][half:])
+    return table[0]
 
 
 def _sweep_pool(
-    changes: list[tuple[int, float, int]],
+    changes: list[tuple[int, float, int]] | tuple[np.ndarray, np.ndarray, np.ndarray],
     busy: _Busy,
     weights: dict[int, float],
     end: float,
-    *,
-    heaviest: float | None = None,
-    present_from: int | None = None,
 ) -> dict[int, _Waiting]:
-    """E_u over [0, end] from the time-sorted changes (user, at, min(n_u, cap)) of the
-    users' jobs in the system and the pool's busy devices m(t), in one pass.
+    """E_u over [0, end] from the changes (user, at, min(n_u, cap)) of the users' jobs in
+    the system (time-sorted for each user; as tuples or as three arrays) and the pool's
+    busy devices m(t), as array operations: no loop over change points or users.
 
-    The loop runs over the users' change points only: the fair rate is kept as a virtual
-    clock V (dV = theta dt, so E_u = w_u * (V at leaving - V at joining)). Between two
-    change points the waiting users and their n_u are fixed; when none of them can be
-    capped by its job count (the pool's largest m is at most W * n_u / w_u for each, W
-    the waiting users' weight: checked in O(1) as m_max * w_max <= W first), theta = m / W
-    and V advances by the device seconds delivered over W. Otherwise each stretch of
-    constant m is water-filled: the capped users (n_u < theta w_u, the smallest n_u / w_u
-    first) get n_u, the others share the rest by weight.
-
-    Where every stretch passes the O(1) test, n_u does not matter, and changes that only
-    say who is in the system (1 or 0) give the exact figures (`_sweep_counted`).
-    `heaviest`: the largest weight of the pool's users. `present_from`: from this change
-    on every stretch passes the O(1) test, and that part runs vectorised (`_sweep_present`).
+    The instants where anything changes cut [0, end] into segments of constant m and n_u.
+    V, the virtual clock, advances by theta dt (so E_u = w_u * the V of u's segments,
+    plus the capped users' own rate). Where nobody is capped, which is exact when every
+    present user has n_u / w_u >= m / W (W: the present users' weight; the least n_u / w_u
+    over each segment comes from `_covering_min`), theta = m / W. The other segments are
+    water-filled all at once: their present users' rows sorted by (segment, n_u / w_u),
+    theta_k = (m - sum_{i<k} n_i) / (W - sum_{i<k} w_i) over each segment's prefix; the
+    capped users are the prefix with n_k <= theta_k w_k (once a row fails, every later
+    one does), and the first uncapped row gives the segment's theta.
     """
-    users: dict[int, _Waiting] = {}
-    waiting: dict[int, _Waiting] = {}
-    virtual, weight_sum, clock, delivered = 0.0, 0.0, 0.0, 0.0
-    most = max(busy.level, default=0)
-    if heaviest is None:
-        heaviest = max((weights[user_id] for user_id, _, _ in changes), default=0.0)
-
-    def fill(order: list[_Waiting], level: int, span: float) -> None:
-        nonlocal virtual
-        if span <= 0 or level <= 0:
-            return
-        remaining, weight_left = float(level), weight_sum
-        capped = 0
-        for state in order:
-            if state.jobs * weight_left > remaining * state.weight or weight_left <= state.weight:
-                break
-            remaining -= state.jobs
-            weight_left -= state.weight
-            capped += 1
-        theta = remaining / weight_left
-        virtual += theta * span
-        for state in order[:capped]:
-            state.entitled += (state.jobs - theta * state.weight) * span
-
-    def advance(to: float) -> None:
-        nonlocal clock, delivered, virtual
-        if to <= clock:
-            return
-        delivered_now = busy.delivered(to)
-        if waiting:
-            if most * heaviest <= weight_sum or all(
-                most * state.weight <= weight_sum * state.jobs for state in waiting.values()
-            ):  # nobody capped at any m of the pool
-                virtual += (delivered_now - delivered) / weight_sum
-            else:
-                order = sorted(waiting.values(), key=lambda state: state.jobs / state.weight)
-                # The fill is linear in the span: one per busy level, not one per piece.
-                seconds_at: dict[int, float] = {}
-                for level, span in busy.pieces(clock, to):
-                    seconds_at[level] = seconds_at.get(level, 0.0) + span
-                for level, span in seconds_at.items():
-                    fill(order, level, span)
-        clock, delivered = to, delivered_now
-
-    looped = changes if present_from is None else changes[:present_from]
-    for user_id, at, jobs in looped:
-        # The first change of an instant moves the clock there; the others find it there.
-        if at > clock:
-            advance(at if at < end else end)
-        state = users.get(user_id)
-        if state is None:
-            state = users[user_id] = _Waiting(weights[user_id])
-        if state.jobs <= 0 < jobs:
-            waiting[user_id] = state
-            weight_sum += state.weight
-            state.joined_at, state.joined_virtual = clock, virtual
-        elif jobs <= 0 < state.jobs:
-            _leave(state, clock, virtual)
-            del waiting[user_id]
-            weight_sum = weight_sum - state.weight if waiting else 0.0
-        state.jobs = jobs
-    # An empty tail leaves the last stretch (to the end) to the loop: it may be capped.
-    if present_from is not None and present_from < len(changes):
-        _sweep_present(changes[present_from:], busy, weights, end, users, waiting, virtual, clock)
+    if isinstance(changes, tuple):
+        owners, times, jobs = changes
+    else:
+        count = len(changes)
+        owners = np.fromiter((change[0] for change in changes), dtype=np.int64, count=count)
+        times = np.fromiter((change[1] for change in changes), dtype=float, count=count)
+        jobs = np.fromiter((change[2] for change in changes), dtype=np.int64, count=count)
+    everyone = np.unique(owners).tolist()
+    users = {user_id: _Waiting(weights[user_id]) for user_id in everyone}
+    if not len(owners):
         return users
-    advance(end)
-    for state in waiting.values():
-        _leave(state, end, virtual)
+    times = np.clip(times, 0.0, end)
+    same_owner = owners[1:] == owners[:-1]
+    if not np.all((owners[1:] > owners[:-1]) | (same_owner & (times[1:] >= times[:-1]))):
+        order = np.lexsort((times, owners))  # stable: of one instant, the last change holds
+        owners, times, jobs = owners[order], times[order], jobs[order]
+        same_owner = owners[1:] == owners[:-1]
+    # Each change opens a stretch of constant n_u up to the user's next change (or the end).
+    same_next = np.append(same_owner, False)
+    stops = np.where(same_next, np.append(times[1:], end), end)
+    kept = (jobs > 0) & (stops > times)
+    owners, starts, stops, jobs = owners[kept], times[kept], stops[kept], jobs[kept]
+    # The segments' bounds, and which bound each stretch and busy change falls on.
+    cuts, where = np.unique(
+        np.concatenate(([0.0, end], starts, stops, busy.at)), return_inverse=True
+    )
+    segments = len(cuts) - 1
+    seconds = np.diff(cuts)
+    low, high = where[2 : 2 + len(starts)], where[2 + len(starts) : 2 + 2 * len(starts)]
+    level = busy.level_on(where[2 + 2 * len(starts) :], segments)
+    ids, index = np.unique(owners, return_inverse=True)
+    weight = np.array([weights[user_id] for user_id in ids.tolist()], dtype=float)[index]
+    # W and the number present over each segment: a difference array of the stretches.
+    weight_in = np.cumsum(
+        np.bincount(low, weight, segments + 1) - np.bincount(high, weight, segments + 1)
+    )[:-1]
+    present = np.cumsum(
+        np.bincount(low, minlength=segments + 1) - np.bincount(high, minlength=segments + 1)
+    )[:-1]
+    served = (present > 0) & (level > 0)
+    theta = np.divide(level, weight_in, out=np.zeros(segments), where=served)
+    ratio = jobs / weight
+    least = _covering_min(low, high, ratio, segments)
+    # With a margin: a segment water-filled although nobody is capped gets the same theta.
+    capped_maybe = served.copy()  # inf * 0 is NaN: compare only where someone waits
+    capped_maybe[served] = least[served] * weight_in[served] <= level[served] * (1 + 1e-9)
+    extra = np.zeros(len(owners))
+    if capped_maybe.any():
+        theta, extra = _water_fill(
+            capped_maybe, low, high, jobs, weight, ratio, level, seconds, theta
+        )
+    virtual = np.concatenate(([0.0], np.cumsum(theta * seconds)))
+    entitled = weight * (virtual[high] - virtual[low]) + extra
+    totals = np.bincount(index, entitled, len(ids))
+    # Stays in the system: runs of a user's stretches that touch (a gap opens a new one).
+    new_stay = np.ones(len(owners), dtype=bool)
+    new_stay[1:] = (owners[1:] != owners[:-1]) | (starts[1:] > stops[:-1])
+    stay_start = starts[new_stay]
+    stay_stop = np.maximum.reduceat(stops, np.flatnonzero(new_stay))
+    stay_owner = owners[new_stay]
+    lengths = stay_stop - stay_start
+    # Each user's first longest stay (stays are in (user, time) order).
+    heads = np.flatnonzero(np.append(True, stay_owner[1:] != stay_owner[:-1]))
+    most = np.repeat(np.maximum.reduceat(lengths, heads), np.diff(np.append(heads, len(lengths))))
+    longest = np.flatnonzero(lengths == most)
+    leads = longest[np.append(True, stay_owner[longest][1:] != stay_owner[longest][:-1])]
+    for position, user_id in enumerate(ids.tolist()):
+        users[user_id].entitled = float(totals[position])
+    for lead in leads.tolist():
+        users[int(stay_owner[lead])].longest = (float(stay_start[lead]), float(stay_stop[lead]))
     return users
 
 
-def _sweep_present(
-    changes: list[tuple[int, float, int]],
-    busy: _Busy,
-    weights: dict[int, float],
-    end: float,
-    users: dict[int, _Waiting],
-    waiting: dict[int, _Waiting],
-    virtual: float,
-    clock: float,
-) -> None:
-    """The rest of `_sweep_pool` from `clock` on, where nobody can be capped, as array
-    operations instead of a loop: each change toggles its user in or out of the system
-    (only presence changes are given), W is the running sum of the weights in, V advances
-    by the device seconds delivered over W, and E_u = w_u * (V at leaving - V at joining).
-    `users` and `waiting` come in as the loop left them and go out finished."""
-    count = len(changes)
-    weight_in = sum(state.weight for state in waiting.values())
-    owners = np.fromiter((change[0] for change in changes), dtype=np.int64, count=count)
-    # The clock: moved by the first change of an instant, never back, never past the end.
-    times = np.fromiter((change[1] for change in changes), dtype=float, count=count)
-    times = np.minimum(np.maximum(times, clock), end)
-    joins = np.fromiter((change[2] > 0 for change in changes), dtype=bool, count=count)
-    for user_id in set(owners.tolist()) - users.keys():
-        users[user_id] = _Waiting(weights[user_id])
-    weight = np.fromiter((users[user_id].weight for user_id in owners.tolist()), float, count)
-    sign = np.where(joins, 1.0, -1.0)
-    # W and the number of users in the system over each stretch: before each change, and
-    # after the last one up to the end.
-    weight_over = np.concatenate(([weight_in], weight_in + np.cumsum(sign * weight)))
-    present_over = np.concatenate(([len(waiting)], len(waiting) + np.cumsum(sign)))
-    delivered = busy.delivered_at(np.concatenate(([clock], times, [end])))
-    step = np.divide(
-        np.diff(delivered),
-        weight_over,
-        out=np.zeros(count + 1),
-        where=(present_over > 0) & (weight_over > 0),
+def _water_fill(
+    doubtful: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    jobs: np.ndarray,
+    weight: np.ndarray,
+    ratio: np.ndarray,
+    level: np.ndarray,
+    seconds: np.ndarray,
+    theta: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """theta over every segment (water-filled where `doubtful`), and for each stretch
+    [low, high) the device seconds its capped segments add beyond w_u * theta * dt:
+    sum of (n_u - theta w_u) dt. See `_sweep_pool`."""
+    chosen = np.flatnonzero(doubtful)
+    rank = np.concatenate(([0], np.cumsum(doubtful)))
+    first, last = rank[low], rank[high]
+    counts = last - first
+    # One row per (doubtful segment, stretch over it): each stretch spans a run of them.
+    rows = np.repeat(np.arange(len(low)), counts)
+    offsets = np.repeat(first - np.concatenate(([0], np.cumsum(counts)[:-1])), counts)
+    segment = np.arange(len(rows)) + offsets  # the doubtful segment's rank
+    order = np.lexsort((ratio[rows], segment))
+    rows, segment = rows[order], segment[order]
+    row_jobs, row_weight = jobs[rows].astype(float), weight[rows]
+    heads = np.flatnonzero(np.append(True, segment[1:] != segment[:-1]))
+    span = np.diff(np.append(heads, len(rows)))
+    demand = np.add.reduceat(row_jobs, heads)
+    total_weight = np.add.reduceat(row_weight, heads)
+    # Before each row: the jobs and weight of the rows ahead of it in its segment.
+    jobs_ahead = (
+        np.cumsum(row_jobs)
+        - row_jobs
+        - np.repeat(np.cumsum(row_jobs)[heads] - row_jobs[heads], span)
     )
-    virtual_at = virtual + np.cumsum(step)  # V at each change, then at the end
-    virtual_end = float(virtual_at[-1])
-    # Each user's stays in order: a leave closes the stay its previous change (or the
-    # loop, for users in the system at `clock`) opened.
-    order = np.lexsort((np.arange(count), owners))
-    by_owner = owners[order]
-    starts = np.flatnonzero(np.diff(by_owner, prepend=-1))
-    bounds = np.append(starts, count)
-    open_at = {key: (state.joined_at, state.joined_virtual) for key, state in waiting.items()}
-    times_sorted, virtual_sorted, joins_sorted = times[order], virtual_at[:-1][order], joins[order]
-    for first, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-        user_id = int(by_owner[first])
-        state = users[user_id]
-        opened = open_at.pop(user_id, None)
-        stay_times = times_sorted[first:stop]
-        stay_virtual = virtual_sorted[first:stop]
-        if opened is not None:  # in the system at `clock`: the first change is its leave
-            stay_times = np.concatenate(([opened[0]], stay_times))
-            stay_virtual = np.concatenate(([opened[1]], stay_virtual))
-        elif not joins_sorted[first]:
-            raise ValueError(f"user {user_id} leaves a pool it was not in")
-        if len(stay_times) % 2:  # still in the system at the end
-            stay_times = np.append(stay_times, end)
-            stay_virtual = np.append(stay_virtual, virtual_end)
-        state.entitled += state.weight * float(np.sum(stay_virtual[1::2] - stay_virtual[::2]))
-        lengths = stay_times[1::2] - stay_times[::2]
-        longest = int(np.argmax(lengths))  # the first of the longest
-        if lengths[longest] > state.longest[1] - state.longest[0]:
-            state.longest = (float(stay_times[2 * longest]), float(stay_times[2 * longest + 1]))
-    for user_id, (joined_at, joined_virtual) in open_at.items():  # no change after `clock`
-        state = users[user_id]
-        state.joined_at, state.joined_virtual = joined_at, joined_virtual
-        _leave(state, end, virtual_end)
-
-
-def _leave(state: _Waiting, at: float, virtual: float) -> None:
-    state.entitled += state.weight * (virtual - state.joined_virtual)
-    if at - state.joined_at > state.longest[1] - state.longest[0]:
-        state.longest = (state.joined_at, at)
+    weight_ahead = (
+        np.cumsum(row_weight)
+        - row_weight
+        - np.repeat(np.cumsum(row_weight)[heads] - row_weight[heads], span)
+    )
+    service = np.minimum(level[chosen], demand)  # as the reference: at most the demand
+    remaining = np.repeat(service, span) - jobs_ahead
+    weight_left = np.repeat(total_weight, span) - weight_ahead
+    fits = row_jobs * weight_left <= remaining * row_weight
+    # The first row that does not fit ends the segment's capped prefix.
+    position = np.arange(len(rows))
+    stop = np.minimum.reduceat(np.where(fits, len(rows), position), heads)
+    capped = position < np.repeat(stop, span)
+    filled = np.zeros(len(heads))
+    open_ = stop < len(rows)
+    at_stop = stop[open_]
+    filled[open_] = np.divide(
+        remaining[at_stop],
+        weight_left[at_stop],
+        out=np.zeros(len(at_stop)),
+        where=weight_left[at_stop] > 0,
+    )
+    theta = theta.copy()
+    theta[chosen] = filled
+    own = (row_jobs - np.repeat(filled, span) * row_weight) * seconds[chosen][segment]
+    extra = np.bincount(rows[capped], own[capped], len(low))
+    return theta, extra
 
 
 def _runs_of(
-    pool: str, user_ids: list[int], params: dict[str, Any]
-) -> dict[int, list[tuple[float, float]]]:
-    """The runs (start, end in seconds after the window's start) of a few users of a pool."""
-    if not user_ids:
-        return {}
-    marks = ", ".join(["%s"] * len(user_ids))
-    sql = f"""
-        WITH {_runs_sql()}
-        SELECT owner_id, {_seconds_sql("run_start")}, {_seconds_sql("COALESCE(run_end, %(t1)s)")}
-        FROM runs WHERE pool = %(pool)s AND owner_id IN ({marks})
-    """
-    # One placeholder style per statement: the users' ids go in by name too.
-    named = {f"u{index}": user_id for index, user_id in enumerate(user_ids)}
-    sql = sql.replace(f"IN ({marks})", "IN (" + ", ".join(f"%({key})s" for key in named) + ")")
-    runs: dict[int, list[tuple[float, float]]] = {}
-    with connection.cursor() as cursor:
-        cursor.execute(sql, {**params, **named, "pool": pool})
-        for owner_id, start, stop in cursor.fetchall():
-            runs.setdefault(owner_id, []).append((float(start), float(stop)))
-    return runs
+    owners: np.ndarray, starts: np.ndarray, stops: np.ndarray, user_ids: list[int]
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """The runs (starts, stops in seconds after the window's start) of a few users."""
+    chosen = np.isin(owners, user_ids)
+    owners, starts, stops = owners[chosen], starts[chosen], stops[chosen]
+    return {user_id: (starts[owners == user_id], stops[owners == user_id]) for user_id in user_ids}
 
 
-def _received_between(runs: list[tuple[float, float]], low: float, high: float) -> float:
-    return sum(max(0.0, min(stop, high) - max(start, low)) for start, stop in runs)
+def _received_between(runs: tuple[np.ndarray, np.ndarray], low: float, high: float) -> float:
+    starts, stops = runs
+    return float(np.maximum(0.0, np.minimum(stops, high) - np.maximum(starts, low)).sum())
 
 
 def _max_normalised_gap(
-    pool: str,
     users: dict[int, _Waiting],
     names: dict[int, str],
     longest_job: float,
-    params: dict[str, Any],
+    pool_runs: tuple[np.ndarray, np.ndarray, np.ndarray],
     limit: int = 20,
 ) -> NormalisedGap | None:
     """The largest |R_i/w_i - R_j/w_j| over the common part of two users' longest stretches
     in the system, among the `limit` users entitled to most; with the SFQ bound beside it."""
     chosen = sorted(users.items(), key=lambda item: -item[1].entitled)[:limit]
-    runs = _runs_of(pool, [user_id for user_id, _ in chosen], params)
+    runs = _runs_of(*pool_runs, [user_id for user_id, _ in chosen])
     best: NormalisedGap | None = None
     for index, (first_id, first) in enumerate(chosen):
         for second_id, second in chosen[index + 1 :]:
@@ -850,8 +765,8 @@ def _max_normalised_gap(
             if high <= low:
                 continue
             gap = abs(
-                _received_between(runs.get(first_id, []), low, high) / first.weight
-                - _received_between(runs.get(second_id, []), low, high) / second.weight
+                _received_between(runs[first_id], low, high) / first.weight
+                - _received_between(runs[second_id], low, high) / second.weight
             )
             if best is None or gap > best["seconds"]:
                 best = {
@@ -877,131 +792,140 @@ def jain_index(rows: list[UserShare], floor: float = JAIN_FLOOR_SECONDS) -> floa
     return sum(ratios) ** 2 / (len(ratios) * squares)
 
 
-def _unsure_until(
-    presence: list[tuple[int, float, int]], weights: dict[int, float], most: float, end: float
-) -> float | None:
-    """Where the last stretch ends in which some user might be capped by its job count as
-    far as presence tells (the pool's largest m times the largest weight above W, the
-    waiting users' weight), or None: the same stretches as `_sweep_pool`, without V."""
-    if not presence:
-        return None
-    count = len(presence)
-    joins = np.fromiter((jobs > 0 for _, _, jobs in presence), dtype=bool, count=count)
-    weight = np.fromiter((weights[user_id] for user_id, _, _ in presence), float, count)
-    sign = np.where(joins, 1.0, -1.0)
-    # Presence changes toggle: W and the number in the system after each change.
-    weight_after = np.cumsum(sign * weight)
-    present_after = np.cumsum(sign)
-    times = np.fromiter((at for _, at, _ in presence), dtype=float, count=count)
-    times = np.minimum(np.maximum(times, 0.0), end)
-    # The stretch ending at each instant the clock moves to, and the last one to the end.
-    ends = np.append(times, end)
-    moved = np.diff(ends, prepend=0.0) > 0
-    weight_over = np.concatenate(([0.0], weight_after))
-    present_over = np.concatenate(([0], present_after))
-    # With a margin: the sweep may sum the same weights in another order.
-    doubtful = moved & (present_over > 0) & (most > weight_over * (1 - 1e-9))
-    found = np.flatnonzero(doubtful)
-    return float(ends[found[-1]]) if len(found) else None
+@dataclass
+class _PoolIntervals:
+    """One pool's rows of `_intervals_sql`, as arrays (NaN for NULL)."""
+
+    owner: np.ndarray
+    arrived: np.ndarray  # NaN: a requeued attempt (a run only)
+    started: np.ndarray  # NaN: never ran
+    left: np.ndarray  # NaN: still running
+
+    def runs(self, end: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(owner, start, stop) of every run that began before the end; a running one
+        stops at the end."""
+        ran = ~np.isnan(self.started) & (self.started < end)
+        stops = np.where(np.isnan(self.left), end, self.left)
+        return self.owner[ran], self.started[ran], stops[ran]
 
 
-def _sweep_counted(
-    pool: str,
-    presence: list[tuple[int, float, int]],
-    busy_changes: list[tuple[float, int]],
-    weights: dict[int, float],
-    params: dict[str, Any],
-) -> dict[int, _Waiting]:
-    """One pool's sweep from who is in the system; where that cannot rule out a user
-    capped by its job count (few users waiting beside many devices), again with the
-    exact counts up to the end of the last such stretch (`_counted_sql`)."""
-    window = params["w"]
-    busy = _Busy.from_changes(busy_changes, window)
-    heaviest = max(
-        (weights[user_id] for user_id in {user_id for user_id, _, _ in presence}), default=0.0
-    )
-    unsure = _unsure_until(presence, weights, max(busy.level, default=0) * heaviest, window)
-    if unsure is None:
-        return _sweep_pool(presence, busy, weights, window, heaviest=heaviest, present_from=0)
-    # Split half way to the next change: timestamps and their seconds then agree on a side.
-    later = bisect.bisect_right([at for _, at, _ in presence], unsure)
-    split = (unsure + presence[later][1]) / 2 if later < len(presence) else unsure + 1.0
-    until = datetime.fromisoformat(str(params["now"])) - WINDOW + timedelta(seconds=split)
-    cap = max(1, max(busy.level, default=0))
-    counted_params = {
-        **params,
-        "pool": pool,
-        "until": connection.ops.adapt_datetimefield_value(until),
-        "cap": cap,
-    }
-    with connection.cursor() as cursor:
-        cursor.execute(_counted_sql(), counted_params)
-        counts = [(owner, float(at), int(jobs)) for owner, at, jobs in cursor.fetchall()]
-    # Exact counts before `until`, then who is in the system: every stretch from `until`
-    # on passed the O(1) test, where n_u does not matter.
-    changes = counts + presence[later:]
-    return _sweep_pool(changes, busy, weights, window, heaviest=heaviest, present_from=len(counts))
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[np.ndarray]:
+    """The rows' columns as arrays: the first (the pool) as objects, the second (the
+    owner) as integers, the rest as floats (NULL as NaN). One object array first: faster
+    than an array per column from zip()."""
+    if not rows:
+        return [np.zeros(0, dtype=object), np.zeros(0, np.int64)] + [np.zeros(0)] * (width - 2)
+    table = np.array(rows, dtype=object)
+    numbers = table[:, 2:].astype(float)
+    return [table[:, 0], table[:, 1].astype(np.int64)] + [numbers[:, i] for i in range(width - 2)]
+
+
+def _job_counts(
+    owner: np.ndarray, at: np.ndarray, moves: np.ndarray, cap: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(owner, at, min(n_u, cap)) after each of the users' arrivals (+1) and leaves (-1),
+    sorted by user and time."""
+    order = np.lexsort((at, owner))
+    owner, at, moves = owner[order], at[order], moves[order]
+    heads = np.flatnonzero(np.append(True, owner[1:] != owner[:-1]))
+    total = np.cumsum(moves)
+    before = np.repeat(total[heads] - moves[heads], np.diff(np.append(heads, len(owner))))
+    return owner, at, np.minimum(total - before, cap)
+
+
+def _among(ids: set[int]) -> RawSQL:
+    """A subquery of the integers `ids` as one parameter (an array on PostgreSQL, JSON on
+    SQLite): a thousand users' ids as `IN (%s, %s, ...)` cost more to bind than to query."""
+    if connection.vendor == "postgresql":
+        return RawSQL("SELECT unnest(%s::bigint[])", [sorted(ids)])
+    return RawSQL("SELECT value FROM json_each(%s)", [json.dumps(sorted(ids))])
 
 
 def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
     """Each pool's users measured against the fluid fair schedule over the window (see
-    the module docstring): one query for the change points (`_fluid_sql`), one for the
-    users, one for their backlog, one sweep per pool over its users' change points, and
-    one query per pool for the runs of the users the normalised gap compares."""
+    the module docstring): one query for the window's job intervals (`_intervals_sql`),
+    one for the backlog's first arrivals (`_queued_sql`), one for the users and one for
+    their queue counters; the rest is array arithmetic (`_sweep_pool`)."""
     now = now or timezone.now()
-    window = WINDOW.total_seconds()
+    end = WINDOW.total_seconds()
     adapt = connection.ops.adapt_datetimefield_value
-    params = {"t0": adapt(now - WINDOW), "t1": adapt(now), "w": window, "now": now.isoformat()}
-    with transaction.atomic(), connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            # Its sorts (the queued jobs per user, the change points) then stay in memory.
-            cursor.execute("SET LOCAL work_mem = '64MB'")
-        cursor.execute(_fluid_sql(), params)
-        rows = cursor.fetchall()
-    busy: dict[str, list[tuple[float, int]]] = {}
-    per_pool: dict[str, list[tuple[int, float, int]]] = {}
-    received: dict[tuple[str, int], float] = {}
-    longest: dict[str, float] = {}
-    for kind, pool, owner_id, value, count in rows:
-        if kind == 0:
-            busy.setdefault(pool, []).append((float(value), int(count)))
-        elif kind == 1:
-            per_pool.setdefault(pool, []).append((owner_id, float(value), int(count)))
-        elif kind == 2:
-            received[pool, owner_id] = float(value)
-        else:
-            longest[pool] = max(0.0, float(value or 0.0))
-    # Time order, sorted here: cheaper than by the database's collation of the pool names.
-    for changes in busy.values():
-        changes.sort()
-    for events in per_pool.values():
-        events.sort(key=lambda change: change[1])
-    user_ids = {owner for events in per_pool.values() for owner, _, _ in events}
+    params: dict[str, Any] = {"t0": adapt(now - WINDOW), "t1": adapt(now)}
+    with connection.cursor() as cursor:
+        cursor.execute(_intervals_sql(), params)
+        interval_rows = cursor.fetchall()
+    pools: dict[str, _PoolIntervals] = {}
+    pool_of, owner, arrived, started, left = _columns(interval_rows, 5)
+    for pool in sorted(set(pool_of.tolist())):
+        mine = pool_of == pool
+        pools[pool] = _PoolIntervals(owner[mine], arrived[mine], started[mine], left[mine])
+    busy: dict[str, _Busy] = {}
+    for pool, intervals in pools.items():
+        _, starts, stops = intervals.runs(end)
+        ended = stops < end
+        busy[pool] = _Busy.from_arrays(
+            np.concatenate((starts, stops[ended])),
+            np.concatenate((np.ones(len(starts), np.int64), -np.ones(int(ended.sum()), np.int64))),
+            end,
+        )
+    caps = {pool: max(1, timeline.most) for pool, timeline in busy.items()}
+    with connection.cursor() as cursor:
+        cursor.execute(_queued_sql(), {**params, "cap": max(caps.values(), default=1)})
+        queued_rows = cursor.fetchall()
+    queued: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    queued_pool, queued_owner, queued_at = _columns(queued_rows, 3)
+    for pool in sorted(set(queued_pool.tolist())):
+        mine = queued_pool == pool
+        queued[pool] = (queued_owner[mine], queued_at[mine])
+    changes: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for pool in sorted(set(pools) | set(queued)):
+        intervals = pools.get(pool, _PoolIntervals(*(np.zeros(0),) * 4))
+        came = ~np.isnan(intervals.arrived) & (intervals.arrived < end)
+        went = came & ~np.isnan(intervals.left)
+        queued_owner, queued_at = queued.get(pool, (np.zeros(0, np.int64), np.zeros(0)))
+        changes[pool] = _job_counts(
+            np.concatenate((intervals.owner[came], intervals.owner[went], queued_owner)).astype(
+                np.int64
+            ),
+            np.concatenate((intervals.arrived[came], intervals.left[went], queued_at)),
+            np.concatenate(
+                (np.ones(int(came.sum())), -np.ones(int(went.sum())), np.ones(len(queued_at)))
+            ).astype(np.int64),
+            caps.get(pool, 1),
+        )
+    user_ids = {int(user_id) for owners, _, _ in changes.values() for user_id in np.unique(owners)}
     users = {
         pk: (username, weight, oldest)
-        for pk, username, weight, oldest in User.objects.filter(pk__in=user_ids)
+        for pk, username, weight, oldest in User.objects.filter(pk__in=_among(user_ids))
         .annotate(oldest_queued=_oldest_queued_created_at())
         .values_list("pk", "username", "weight", "oldest_queued")
     }
     backlog = {
-        (pool, user_id): (queued, running)
-        for pool, user_id, queued, running in FairShareAccount.objects.filter(
-            user_id__in=user_ids
+        (pool, user_id): (queued_count, running)
+        for pool, user_id, queued_count, running in FairShareAccount.objects.filter(
+            user_id__in=_among(user_ids)
         ).values_list("pool__device_type", "user_id", "queued_count", "running_count")
     }
     weights = {pk: weight for pk, (_, weight, _) in users.items()}
     names = {pk: username for pk, (username, _, _) in users.items()}
     result: list[PoolFairness] = []
-    for pool in sorted(per_pool):
-        swept = _sweep_counted(pool, per_pool[pool], busy.get(pool, []), weights, params)
+    for pool in sorted(changes):
+        intervals = pools.get(pool, _PoolIntervals(*(np.zeros(0),) * 4))
+        swept = _sweep_pool(changes[pool], busy.get(pool, _Busy()), weights, end)
+        run_owner, run_start, run_stop = intervals.runs(end)
+        inside = np.minimum(run_stop, end) - np.maximum(run_start, 0.0)
+        ids, index = np.unique(run_owner, return_inverse=True)
+        received = dict(
+            zip(ids.tolist(), np.bincount(index, inside, len(ids)).tolist(), strict=True)
+        )
+        longest = max(0.0, float((run_stop - run_start).max(initial=0.0)))
         for pk, state in swept.items():
-            state.received = received.get((pool, pk), 0.0)
-        bound = lag_bound(longest.get(pool, 0.0), settings.ZYPHER_DASHBOARD_LAG_SLACK_SECONDS)
+            state.received = received.get(pk, 0.0)
+        bound = lag_bound(longest, settings.ZYPHER_DASHBOARD_LAG_SLACK_SECONDS)
         device_seconds = sum(state.received for state in swept.values())
         shares_of_pool: list[UserShare] = []
         for pk, state in swept.items():
             lag = state.entitled - state.received
-            queued, running = backlog.get((pool, pk), (0, 0))
+            queued_count, running = backlog.get((pool, pk), (0, 0))
             shares_of_pool.append(
                 {
                     "pool": pool,
@@ -1014,7 +938,7 @@ def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
                     "received_share": state.received / device_seconds if device_seconds else 0.0,
                     "entitled_share": state.entitled / device_seconds if device_seconds else 0.0,
                     "oldest_queued_age_seconds": _age(now, users[pk][2]),
-                    "queued": queued,
+                    "queued": queued_count,
                     "running": running,
                     "flagged": abs(lag) > bound,
                 }
@@ -1024,11 +948,14 @@ def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
             {
                 "pool": pool,
                 "device_seconds": device_seconds,
-                "longest_job_seconds": longest.get(pool, 0.0),
+                "longest_job_seconds": longest,
                 "lag_bound_seconds": bound,
                 "jain_index": jain_index(shares_of_pool),
                 "max_normalised_gap": _max_normalised_gap(
-                    pool, swept, names, longest.get(pool, 0.0), params
+                    swept,
+                    names,
+                    longest,
+                    (run_owner, run_start, run_stop),
                 ),
                 "shares": shares_of_pool,
             }

@@ -288,9 +288,12 @@ traces = st.lists(
 )
 
 
-def sweep(spans: list[JobSpan], end: float) -> dict[int, tuple[float, float]]:
+def sweep(
+    spans: list[JobSpan], end: float, weights: dict[int, float] | None = None
+) -> dict[int, tuple[float, float]]:
     """The dashboard's sweep (`stats._sweep_pool`) over the same spans: E_u, and R_u
     from the runs as the database sums them."""
+    weights = WEIGHTS if weights is None else weights
     moves: dict[tuple[float, int], int] = {}
     busy: dict[float, int] = {}
     for span in spans:
@@ -305,7 +308,7 @@ def sweep(spans: list[JobSpan], end: float) -> dict[int, tuple[float, float]]:
         counts[owner] = counts.get(owner, 0) + dn
         changes.append((owner, at, counts[owner]))
     timeline = stats._Busy.from_changes(sorted(busy.items()), end)
-    swept = stats._sweep_pool(changes, timeline, WEIGHTS, end)
+    swept = stats._sweep_pool(changes, timeline, weights, end)
     received = {
         owner: sum(
             stop - start for span in spans if span.user == owner for start, stop in span.runs
@@ -358,3 +361,40 @@ def test_users_of_one_weight_arriving_with_their_work_stay_within_the_lag_bound(
     reference = fluid_shares(spans, weights, 0.0, max(span.left for span in spans))
     bound = lag_bound(max(duration for _, _, duration in jobs))
     assert all(abs(share.lag) <= bound for share in reference.values()), reference
+
+
+# Many users in each segment on several devices: some capped by their job count, some not,
+# so the vectorised water-filling runs over many segments at once.
+MANY_WEIGHTS = {index: weight for index, weight in enumerate([1, 2, 0.5, 3, 1, 1.5, 4, 0.25, 1, 2])}
+
+crowded = st.lists(
+    st.tuples(
+        st.sampled_from(sorted(MANY_WEIGHTS)),
+        st.floats(0, 30, allow_nan=False),  # arrival
+        st.floats(0, 10, allow_nan=False),  # wait before its run
+        st.floats(0.01, 20, allow_nan=False),  # run length
+        st.floats(0, 5, allow_nan=False),  # stays in the system after its run
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(crowded)
+def test_the_sweep_water_fills_crowded_segments_on_several_devices_as_the_reference(
+    jobs,
+) -> None:
+    spans = [
+        JobSpan(
+            owner, arrival, arrival + wait + run + after, ((arrival + wait, arrival + wait + run),)
+        )
+        for owner, arrival, wait, run, after in jobs
+    ]
+    end = max(span.left for span in spans) + 1.0
+    reference = fluid_shares(spans, MANY_WEIGHTS, 0.0, end)
+    swept = sweep(spans, end, MANY_WEIGHTS)
+    assert swept.keys() == reference.keys()
+    for owner, share in reference.items():
+        assert swept[owner][0] == pytest.approx(share.entitled, abs=1e-6)
+        assert swept[owner][1] == pytest.approx(share.received, abs=1e-6)
