@@ -23,6 +23,7 @@ from bench.common import (  # noqa: E402
     RESULTS,
     log,
     print_table,
+    reset_tables,
     setup_django,
     subprocess_env,
     summary_ms,
@@ -35,19 +36,10 @@ import requests  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
-from jobs.queue import _pool_ids, claim_next, finish_job  # noqa: E402
+from jobs.queue import claim_next, finish_job  # noqa: E402
 from tests.support.processes import ServiceProcess, start_gateway, wait_until  # noqa: E402
 
 # --- filling the tables fast --------------------------------------------------------
-
-
-def reset_tables() -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "TRUNCATE jobs_job, jobs_fairshareaccount, jobs_fairpool, authtoken_token, "
-            "jobs_user RESTART IDENTITY CASCADE"
-        )
-    _pool_ids.clear()
 
 
 def fill_backlog(users: int, jobs: int, kind: str = "noop") -> None:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from bench.common import log, percentile, print_table, setup_django, write_results  # noqa: E402
+from bench.common import log, percentile, print_table, reset_tables, setup_django, write_results  # noqa: E402
 
 setup_django()
 
@@ -33,22 +33,12 @@ from django.utils import timezone  # noqa: E402
 
 from jobs.monitoring import metrics, stats  # noqa: E402
 from jobs.monitoring.dashboard import panels_context  # noqa: E402
-from jobs.queue import _pool_ids  # noqa: E402
 
 USERS = 1_000
 DEVICES = 16
 RUNNING = DEVICES
 LAST_HOUR = 30_000  # 16 devices × 1,875 jobs of about 1.9 s
 QUEUED = 100_000
-
-
-def reset_tables() -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "TRUNCATE jobs_job, jobs_fairshareaccount, jobs_fairpool, authtoken_token, "
-            "jobs_user RESTART IDENTITY CASCADE"
-        )
-    _pool_ids.clear()
 
 
 def fill(total: int, now: datetime) -> dict[str, int]:

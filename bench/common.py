@@ -90,3 +90,17 @@ def subprocess_env(**extra: str) -> dict[str, str]:
         "ZYPHER_HANDLERS": json.dumps(BENCH_HANDLERS),
         **extra,
     }
+
+
+def reset_tables() -> None:
+    """Empty the queue's tables (and the process's cache of pool ids) between phases."""
+    from django.db import connection
+
+    from jobs.queue import _pool_ids
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "TRUNCATE jobs_job, jobs_fairshareaccount, jobs_fairpool, authtoken_token, "
+            "jobs_user RESTART IDENTITY CASCADE"
+        )
+    _pool_ids.clear()

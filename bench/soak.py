@@ -25,6 +25,7 @@ from bench.common import (  # noqa: E402
     log,
     percentile,
     print_table,
+    reset_tables,
     setup_django,
     subprocess_env,
     write_results,
@@ -36,21 +37,11 @@ from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
 from jobs.models import Job, User  # noqa: E402
-from jobs.queue import _pool_ids  # noqa: E402
 from tests.support.loadgen import Clients, plan_weighted_jobs  # noqa: E402
 from tests.support.processes import ServiceProcess, start_gateway, wait_until  # noqa: E402
 from tests.support.reconcile import fairness, load_job_rows, read_executions, reconcile  # noqa: E402
 
 TEST_HANDLERS = {"sleep": "tests.support.handlers:sleep"}
-
-
-def reset_tables() -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "TRUNCATE jobs_job, jobs_fairshareaccount, jobs_fairpool, authtoken_token, "
-            "jobs_user RESTART IDENTITY CASCADE"
-        )
-    _pool_ids.clear()
 
 
 def drill_env(logs: Path, **extra: str) -> dict[str, str]:
