@@ -25,13 +25,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 CAP = 3
 
 
-def waiting_now() -> int:
-    # Inside a transaction pg_stat_activity is read once and kept: read it afresh.
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_stat_clear_snapshot()")
-    return sessions_waiting_on_locks()
-
-
 def submit_twice_at_once(owner: User | NamedUser, hold: str, params: list[Any]) -> list[str]:
     """Two sessions submit one job each for `owner` while this one holds `hold` (SQL run in
     a transaction); released when both wait on a lock. Returns their outcomes."""
@@ -53,7 +46,7 @@ def submit_twice_at_once(owner: User | NamedUser, hold: str, params: list[Any]) 
         )
         runner.start()
         try:
-            wait_until(lambda: waiting_now() >= 2, 60, "both submits to wait")
+            wait_until(lambda: sessions_waiting_on_locks() >= 2, 60, "both submits to wait")
         finally:
             transaction.set_rollback(True)  # release whatever `hold` took or wrote
     runner.join(timeout=120)

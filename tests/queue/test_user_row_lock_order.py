@@ -24,26 +24,13 @@ from jobs.invariants import find_violations
 from jobs.models import FairShareAccount, Job, User
 from jobs.queue import JobSpec, OwnerDeactivated, cancel_job, submit_jobs
 from tests.support.processes import wait_until
-from tests.support.sessions import run_at_once
+from tests.support.sessions import run_at_once, sessions_waiting_on_locks
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 
-def waiting_now() -> int:
-    # pg_stat_activity is read once per transaction and kept: read it afresh.
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_stat_clear_snapshot()")
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        )
-        row = cursor.fetchone()
-    assert row is not None
-    return int(row[0])
-
-
 def at_least_waiting(count: int) -> bool:
-    return waiting_now() >= count
+    return sessions_waiting_on_locks() >= count
 
 
 def ended_user(name: str) -> User:
@@ -145,7 +132,7 @@ def test_a_submit_killed_while_it_holds_the_users_row_leaves_nothing_and_the_nex
         list(FairShareAccount.objects.select_for_update(no_key=True).filter(user=fay))
         runner = threading.Thread(target=lambda: run_at_once([doomed]))
         runner.start()
-        wait_until(lambda: waiting_now() >= 1, 60, "the submit to wait")
+        wait_until(lambda: sessions_waiting_on_locks() >= 1, 60, "the submit to wait")
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "

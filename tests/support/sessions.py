@@ -37,6 +37,8 @@ def run_at_once(workers: list[Callable[[], None]]) -> list[BaseException]:
 def sessions_waiting_on_locks() -> int:
     """How many sessions of this database wait for a lock now (PostgreSQL)."""
     with connection.cursor() as cursor:
+        # Inside a transaction pg_stat_activity is read once and kept: read it afresh.
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
         cursor.execute(
             "SELECT count(*) FROM pg_stat_activity "
             "WHERE wait_event_type = 'Lock' AND datname = current_database()"
