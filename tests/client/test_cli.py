@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
 from zypher_client.cli import main
 
-from tests.client.helpers import hold_input, release, zypher_command
+from tests.client.helpers import StderrLines, hold_input, release, zypher_command
 from tests.support.processes import Gateway, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -46,21 +44,8 @@ def test_submit_wait_shows_the_queue_position_then_the_running_job(
     command = [*zypher_command(), "--url", server.url, "--user", user, "submit"]
     command += ["--kind", "hold", json.dumps(hold_input(release_dir, "b")), "--wait"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-    stderr = process.stderr
-    assert stderr is not None
-
-    def read_stderr() -> None:
-        for line in stderr:
-            lines.put(line)
-
-    threading.Thread(target=read_stderr, daemon=True).start()
-    seen: list[str] = []
-
-    def saw(word: str) -> bool:
-        while not lines.empty():
-            seen.append(lines.get())
-        return any(word in line for line in seen)
+    stderr = StderrLines(process)
+    saw, seen = stderr.saw, stderr.seen
 
     try:
         wait_until(lambda: saw("queued, position"), 60, "the CLI to show the queue position")

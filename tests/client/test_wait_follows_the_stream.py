@@ -9,9 +9,7 @@ request it sends (the library), a TCP proxy in front of the gateway (the console
 from __future__ import annotations
 
 import json
-import queue
 import subprocess
-import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -19,7 +17,7 @@ import httpx
 import pytest
 from zypher_client import Client, Job
 
-from tests.client.helpers import hold_input, release, zypher_command
+from tests.client.helpers import StderrLines, hold_input, release, zypher_command
 from tests.client.proxy import AnswerLosingProxy
 from tests.support.processes import Gateway, wait_until
 
@@ -88,21 +86,8 @@ def test_the_cli_shows_progress_from_the_event_stream(
     command = [*zypher_command(), "--url", proxy.url, "--user", user, "submit"]
     command += ["--kind", "hold", json.dumps(spec), "--wait"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-    stderr = process.stderr
-    assert stderr is not None
-
-    def read_stderr() -> None:
-        for line in stderr:
-            lines.put(line)
-
-    threading.Thread(target=read_stderr, daemon=True).start()
-    seen: list[str] = []
-
-    def saw(text: str) -> bool:
-        while not lines.empty():
-            seen.append(lines.get())
-        return any(text in line for line in seen)
+    stderr = StderrLines(process)
+    saw, seen = stderr.saw, stderr.seen
 
     try:
         wait_until(lambda: saw("running 25%: a quarter"), 60, "the CLI to show the progress")
