@@ -33,7 +33,9 @@ fair schedule (`jobs.fairshare.fluid_shares` is the plain reference of the same 
 
 No loop over jobs or change points: two plain queries and array arithmetic. One
 query (`_intervals_sql`) reads the window's job intervals (arrival, start, end, and every
-requeued attempt) as seconds, one row each, with no sort or aggregate in the database;
+requeued attempt), with no sort in the database: on PostgreSQL as one row per pool of
+binary arrays of raw timestamps (`array_send`, read by `np.frombuffer`: no value is
+formatted, parsed or boxed one by one), on SQLite as seconds, one row each;
 another (`_queued_sql`) each user's first `cap` queued jobs per pool (cap = the largest
 number of jobs of any pool on a device at once: phi_u <= m, so min(n_u, cap) changes no
 rate), by a skip scan of the partial index `job_queued_arrival` on PostgreSQL. numpy then
@@ -551,7 +553,8 @@ def _queued_sql() -> str:
     same rates for any cap at least that). On PostgreSQL, a skip scan of the partial index
     `job_queued_arrival` (pool, owner, created_at where queued): one probe for each
     (pool, owner) with queued jobs and one for its first arrivals, not a read of the whole
-    backlog; on SQLite, ROW_NUMBER over the same index."""
+    backlog, answered as one row of binary arrays per pool (as `_intervals_sql`); on
+    SQLite, ROW_NUMBER over the same index, one row per job, as seconds."""
     job = Job._meta.db_table
     if connection.vendor == "postgresql":
         return f"""
@@ -566,13 +569,15 @@ def _queued_sql() -> str:
                     ORDER BY device_type, owner_id LIMIT 1
                 ) later
             )
-            SELECT heads.device_type, heads.owner_id, {_seconds_sql("first.created_at")}
+            SELECT heads.device_type, array_send(array_agg(heads.owner_id::bigint)),
+                   array_send(array_agg(first.created_at))
             FROM heads CROSS JOIN LATERAL (
                 SELECT created_at FROM {job}
                 WHERE status = 'queued' AND device_type = heads.device_type
                   AND owner_id = heads.owner_id AND created_at < %(t1)s
                 ORDER BY created_at LIMIT %(cap)s
             ) first
+            GROUP BY heads.device_type
         """
     return f"""
         SELECT device_type, owner_id, {_seconds_sql("created_at")} FROM (
@@ -921,6 +926,24 @@ def _among(ids: set[int]) -> RawSQL:
     return RawSQL("SELECT value FROM json_each(%s)", [json.dumps(sorted(ids))])
 
 
+def _fetch_queued(params: dict[str, Any], t0: datetime) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each pool's rows of `_queued_sql` as arrays: (owner, arrived)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_queued_sql(), params)
+        rows = cursor.fetchall()
+    if connection.vendor == "postgresql":
+        return {
+            pool: (_binary_int8(owners), _binary_seconds(arrived, t0))
+            for pool, owners, arrived in rows
+        }
+    queued: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    queued_pool, queued_owner, queued_at = _columns(rows, 3)
+    for pool in sorted(set(queued_pool.tolist())):
+        mine = queued_pool == pool
+        queued[pool] = (queued_owner[mine], queued_at[mine])
+    return queued
+
+
 def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
     """Each pool's users measured against the fluid fair schedule over the window (see
     the module docstring): one query for the window's job intervals (`_intervals_sql`),
@@ -941,14 +964,7 @@ def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
             end,
         )
     caps = {pool: max(1, timeline.most) for pool, timeline in busy.items()}
-    with connection.cursor() as cursor:
-        cursor.execute(_queued_sql(), {**params, "cap": max(caps.values(), default=1)})
-        queued_rows = cursor.fetchall()
-    queued: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    queued_pool, queued_owner, queued_at = _columns(queued_rows, 3)
-    for pool in sorted(set(queued_pool.tolist())):
-        mine = queued_pool == pool
-        queued[pool] = (queued_owner[mine], queued_at[mine])
+    queued = _fetch_queued({**params, "cap": max(caps.values(), default=1)}, now - WINDOW)
     changes: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for pool in sorted(set(pools) | set(queued)):
         intervals = pools.get(pool, _PoolIntervals(*(np.zeros(0),) * 4))
@@ -965,11 +981,8 @@ def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
             ).astype(np.int64),
             caps.get(pool, 1),
         )
-    user_ids = set(
-        np.unique(np.concatenate([owners for owners, _, _ in changes.values()] or [[]]))
-        .astype(np.int64)
-        .tolist()
-    )
+    everyone = [owners for owners, _, _ in changes.values()]
+    user_ids = set(np.unique(np.concatenate(everyone)).tolist()) if everyone else set()
     users = {
         pk: (username, weight, oldest)
         for pk, username, weight, oldest in User.objects.filter(pk__in=_among(user_ids))
