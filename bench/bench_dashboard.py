@@ -10,6 +10,13 @@ function of `jobs.monitoring.stats` is timed next to a `SELECT 1` round trip mea
 run, then the whole dashboard (figures, charts and template), the JSON API's figures and
 a Prometheus scrape (the first one of a process counts the history once). Prints a table
 and writes bench/results/dashboard.json.
+
+Fairness and its ceiling (each user's device time, a plain GROUP BY) are called in turn,
+so the ratio holds under a changing load. `--baseline CHECKOUT` loads that checkout's
+`jobs/monitoring/stats.py` beside ours and times its fairness in the same turns on the
+same data (and prints the largest difference of the figures); `--reuse` keeps the rows
+of an earlier fill (a cluster left running), `--fairness-only` times just those, and
+`--profile` prints a cProfile of fairness.
 """
 
 from __future__ import annotations
