@@ -10,15 +10,27 @@ function of `jobs.monitoring.stats` is timed next to a `SELECT 1` round trip mea
 run, then the whole dashboard (figures, charts and template), the JSON API's figures and
 a Prometheus scrape (the first one of a process counts the history once). Prints a table
 and writes bench/results/dashboard.json.
+
+Fairness and its ceiling (each user's device time, a plain GROUP BY) are called in turn,
+so the ratio holds under a changing load. `--baseline CHECKOUT` loads that checkout's
+`jobs/monitoring/stats.py` beside ours and times its fairness in the same turns on the
+same data (and prints the largest difference of the figures); `--reuse` keeps the rows
+of an earlier fill (a cluster left running), `--fairness-only` times just those, and
+`--profile` prints a cProfile of fairness.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import importlib.util
+import pstats
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from bench.common import log, percentile, print_table, reset_tables, setup_django, write_results  # noqa: E402
@@ -39,6 +51,9 @@ DEVICES = 16
 RUNNING = DEVICES
 LAST_HOUR = 30_000  # 16 devices × 1,875 jobs of about 1.9 s
 QUEUED = 100_000
+CEILING = "received per user: plain SUM (fairness's ceiling)"
+FLUID = "shares: fluid fair schedule, lag"
+BASELINE = "shares: the --baseline checkout's"
 
 
 def fill(total: int, now: datetime) -> dict[str, int]:
@@ -154,6 +169,43 @@ def plain_received(now: datetime) -> None:
         cursor.fetchall()
 
 
+def filled_now() -> datetime | None:
+    """The `now` of the data already in the table (--reuse): the fill starts the running
+    jobs one second before it."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT max(started_at) FROM jobs_job WHERE status = 'running'")
+        (started,) = cursor.fetchone()
+    return None if started is None else started + timedelta(seconds=1)
+
+
+def baseline_stats(tree: str) -> ModuleType:
+    """`jobs/monitoring/stats.py` of another checkout (--baseline), loaded beside ours, so
+    the old and the new fairness run back to back on the same data."""
+    path = Path(tree) / "jobs" / "monitoring" / "stats.py"
+    spec = importlib.util.spec_from_file_location("baseline_stats", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def largest_difference(ours: list[Any], theirs: list[Any]) -> float:
+    """The largest difference of the seconds figures of two `shares` results (the same
+    rows in the same order, or inf)."""
+    key = ["pool", "user", "flagged"]
+    if [[row[k] for k in key] for row in ours] != [[row[k] for k in key] for row in theirs]:
+        return float("inf")
+    return max(
+        (
+            abs(mine[k] - other[k])
+            for mine, other in zip(ours, theirs, strict=True)
+            for k in ("received_seconds", "entitled_seconds", "lag_seconds")
+        ),
+        default=0.0,
+    )
+
+
 def select_one() -> None:
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
@@ -174,6 +226,31 @@ def timed(function: Callable[[], Any], repeats: int) -> dict[str, float]:
         "queries": len(queries.captured_queries),
         "median_ms": percentile(times, 0.5) * 1000,
         "p95_ms": percentile(times, 0.95) * 1000,
+    }
+
+
+def interleaved(
+    cases: list[tuple[str, Callable[[], Any]]], repeats: int
+) -> dict[str, dict[str, float]]:
+    """`timed` for a few functions called in turn, `repeats` rounds."""
+    captured = {}
+    for name, function in cases:
+        with CaptureQueriesContext(connection) as queries:
+            function()
+        captured[name] = len(queries.captured_queries)
+    times: dict[str, list[float]] = {name: [] for name, _ in cases}
+    for _ in range(repeats):
+        for name, function in cases:
+            started = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - started)
+    return {
+        name: {
+            "queries": captured[name],
+            "median_ms": percentile(times[name], 0.5) * 1000,
+            "p95_ms": percentile(times[name], 0.95) * 1000,
+        }
+        for name, _ in cases
     }
 
 
@@ -210,6 +287,20 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, help="runs of each query (default 30)")
     parser.add_argument("--explain", action="store_true", help="print each query's plan")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep the rows already in the table (no fill)"
+    )
+    parser.add_argument(
+        "--fairness-only", action="store_true", help="time only fairness and its ceiling"
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="CHECKOUT",
+        help="also time that checkout's fairness (its jobs/monitoring/stats.py) on the same data",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="print a cProfile of fairness (by own time)"
+    )
     options = parser.parse_args()
     if connection.vendor != "postgresql":
         print(
@@ -220,11 +311,20 @@ def main() -> int:
     rows = 200_000 if options.quick else options.rows
     repeats = options.repeats or (5 if options.quick else 30)
     call_command("migrate", verbosity=0)
-    now = timezone.now()
-    log(f"filling {rows:,} job rows")
-    started = time.monotonic()
-    filled = fill(rows, now)
-    log(f"filled {filled['jobs']:,} rows in {time.monotonic() - started:.1f}s; timing")
+    reused = filled_now() if options.reuse else None
+    if reused is not None:
+        now = reused
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM jobs_job")
+            (count,) = cursor.fetchone()
+        filled = {"jobs": count, "history": 0, "last_hour": LAST_HOUR, "queued": QUEUED}
+        log(f"reusing {count:,} rows")
+    else:
+        now = timezone.now()
+        log(f"filling {rows:,} job rows")
+        started = time.monotonic()
+        filled = fill(rows, now)
+        log(f"filled {filled['jobs']:,} rows in {time.monotonic() - started:.1f}s; timing")
 
     cases: list[tuple[str, Callable[[], Any]]] = [
         ("SELECT 1 round trip (the floor)", select_one),
@@ -235,8 +335,8 @@ def main() -> int:
         ("device_states: the Device table", stats.device_states),
         ("throughput: rates and per-minute chart", lambda: stats.throughput(now)),
         ("service_time: mean, p95 per kind", lambda: stats.service_time(now)),
-        ("received per user: plain SUM (fairness's ceiling)", lambda: plain_received(now)),
-        ("shares: fluid fair schedule, lag", lambda: stats.shares(now)),
+        (CEILING, lambda: plain_received(now)),
+        (FLUID, lambda: stats.shares(now)),
         ("idle_gaps: LAG histogram", lambda: stats.idle_gaps(now)),
         ("dashboard_stats: all of the above (/api/stats/)", lambda: stats.dashboard_stats(now)),
         (
@@ -244,17 +344,39 @@ def main() -> int:
             lambda: render_to_string("admin/zypher/dashboard_panels.html", panels_context()),
         ),
     ]
+    baseline = baseline_stats(options.baseline) if options.baseline else None
+    if baseline is not None:
+        difference = largest_difference(stats.shares(now), baseline.shares(now))
+        log(f"largest difference from the baseline's figures: {difference:.3g} s")
+        names = [name for name, _ in cases]
+        cases.insert(names.index(FLUID) + 1, (BASELINE, lambda: baseline.shares(now)))
+    if options.fairness_only:
+        keep = ("SELECT 1", "received per user", "shares")
+        cases = [case for case in cases if case[0].startswith(keep)]
     if options.explain:
-        for name, function in cases[1:-2]:
-            explain(name, function)
+        for name, function in cases:
+            if not name.startswith(("SELECT 1", "dashboard", BASELINE)):
+                explain(name, function)
+    if options.profile:
+        profile = cProfile.Profile()
+        profile.runcall(lambda: [stats.shares(now) for _ in range(5)])
+        pstats.Stats(profile).sort_stats("tottime").print_stats(25)
     results: dict[str, dict[str, float]] = {}
+    # Fairness and its ceiling take turns, so a change of the machine's load hits both.
+    together = [(name, function) for name, function in cases if name in (CEILING, FLUID, BASELINE)]
     for name, function in cases:
-        results[name] = timed(function, repeats)
+        if name in results:
+            continue
+        if name in (CEILING, FLUID, BASELINE):
+            results.update(interleaved(together, repeats))
+        else:
+            results[name] = timed(function, repeats)
         log(f"{name}: median {results[name]['median_ms']:.2f} ms")
-    metrics.collector.forget()
-    results["/metrics scrape, first of a process (counts history)"] = first_scrape()
-    metrics.exposition()
-    results["/metrics scrape, later ones"] = timed(metrics.exposition, repeats)
+    if not options.fairness_only:
+        metrics.collector.forget()
+        results["/metrics scrape, first of a process (counts history)"] = first_scrape()
+        metrics.exposition()
+        results["/metrics scrape, later ones"] = timed(metrics.exposition, repeats)
     floor = results["SELECT 1 round trip (the floor)"]["median_ms"]
     print_table(
         f"Dashboard queries with {filled['jobs']:,} job rows ({filled['queued']:,} queued, "
@@ -271,9 +393,12 @@ def main() -> int:
             for name, figures in results.items()
         ],
     )
-    ceiling = results["received per user: plain SUM (fairness's ceiling)"]["median_ms"]
-    fluid = results["shares: fluid fair schedule, lag"]["median_ms"]
+    ceiling = results[CEILING]["median_ms"]
+    fluid = results[FLUID]["median_ms"]
     print(f"fairness / plain per-user SUM (same run): {fluid / ceiling:,.1f}x (target <= 2x)")
+    if BASELINE in results:
+        old = results[BASELINE]["median_ms"]
+        print(f"baseline fairness / plain per-user SUM (same run): {old / ceiling:,.1f}x")
     path = write_results(
         "dashboard",
         {"rows": filled, "repeats": repeats, "results": results, "fairness_ratio": fluid / ceiling},
