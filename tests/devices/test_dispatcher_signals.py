@@ -51,13 +51,18 @@ def test_an_idle_dispatcher_stops_at_once(start_dispatcher):
 
 
 def test_a_running_job_gets_the_grace_period_then_goes_back_to_the_queue(start_dispatcher):
-    job = _submit("long", 60)
-    dispatcher = start_dispatcher(devices=1, ZYPHER_SHUTDOWN_GRACE_SECONDS="2")
+    # It waits the grace (load only adds to that), then gives the job back rather than
+    # waiting for it: an exit well before the 60 s job would end is an exit for the grace.
+    grace, job_seconds = 2, 60
+    job = _submit("long", job_seconds)
+    dispatcher = start_dispatcher(devices=1, ZYPHER_SHUTDOWN_GRACE_SECONDS=str(grace))
     wait_until(lambda: _running(job), 30, "the job to start")
     dispatcher.signal(signal.SIGINT)
-    status, took = _exit_within(dispatcher, 4)
-    assert status == 0 and 1.5 < took < 4, (took, dispatcher.log_text()[-2000:])
+    status, took = _exit_within(dispatcher, job_seconds / 2)
+    log = dispatcher.log_text()
+    assert status == 0 and grace * 0.75 < took < job_seconds / 2, (took, log[-2000:])
     assert Job.objects.get(pk=job.pk).status == JobStatus.QUEUED
+    assert "requeued at shutdown" in log, log[-2000:]
 
 
 def test_a_job_that_ends_within_the_grace_period_is_recorded(start_dispatcher):
