@@ -141,6 +141,18 @@ class OwnerDeactivated(Exception):
         self.username = username
 
 
+class OwnerDeleted(Exception):
+    """A submit for a user (a row read earlier, as a token's user) that was deleted before
+    the submit reached it; nothing was queued. The API answers 401 for a token's own user:
+    its credentials name no one now. A user named by a request (`NamedUser`) is never
+    gone: the submit creates it again."""
+
+    def __init__(self, username: str, user_id: int) -> None:
+        super().__init__(f"User {username!r} no longer exists; nothing was queued.")
+        self.username = username
+        self.user_id = user_id
+
+
 @dataclass(frozen=True)
 class NamedUser:
     """A user named by a request (open mode, or a token acting for its end users): found
@@ -188,10 +200,11 @@ def submit_jobs(
 
     `owner` is a user, or a `NamedUser` found or created in the same transaction.
     Returns the jobs and whether they were created now (False: the idempotency key
-    was used before and these are the jobs it created then). Raises OwnerDeactivated
-    for a deactivated user, and QueueLimitReached when the jobs would take `owner` past
-    `ZYPHER_MAX_QUEUED_PER_USER` queued (a retry of a keyed submit that was accepted
-    still answers with its jobs). On PostgreSQL all of it is one call of zypher_submit
+    was used before and these are the jobs it created then). Raises OwnerDeleted for a
+    `User` whose row is gone, OwnerDeactivated for a deactivated user, and
+    QueueLimitReached when the jobs would take `owner` past `ZYPHER_MAX_QUEUED_PER_USER`
+    queued (a retry of a keyed submit that was accepted still answers with its jobs, at
+    the cap or after a deactivation). On PostgreSQL all of it is one call of zypher_submit
     (jobs/sql/submit.sql): one round trip.
     """
     keys: list[str | None]
@@ -205,9 +218,11 @@ def submit_jobs(
         return _submit_on_postgres(owner, specs, keys, program)
     try:
         with transaction.atomic():
-            user = _owner_row(owner)
+            user, active = _owner_row(owner)
             if idempotency_key is not None and (existing := _jobs_for_keys(user, keys)):
                 return existing, False
+            if not active:
+                raise OwnerDeactivated(user.username)
             check_admission(user, len(specs))
             jobs = _new_jobs(user, specs, keys, program)
             per_pool: dict[str, list[Job]] = {}
@@ -226,24 +241,25 @@ def submit_jobs(
                 Job.objects.bulk_create(pool_jobs)
     except IntegrityError:
         # A concurrent retry with the same key won the race: answer with its jobs.
-        if idempotency_key is not None and (existing := _jobs_for_keys(_owner_row(owner), keys)):
+        if idempotency_key is not None and (existing := _jobs_for_keys(_owner_row(owner)[0], keys)):
             return existing, False
         raise
     return jobs, True
 
 
-def _owner_row(owner: User | NamedUser) -> User:
-    """The ORM path's user: a `NamedUser` is found or created; deactivated is refused.
-    A `User` is read again inside the submit's transaction, as zypher_submit reads its row:
-    the copy may predate a deactivation or a delete (which would leave jobs owned by no one)."""
+def _owner_row(owner: User | NamedUser) -> tuple[User, bool]:
+    """The ORM path's user, and whether it is active as the database holds it now (the caller
+    refuses a deactivated one after a repeated key is answered): a `NamedUser` is found or
+    created. A `User` is read again inside the submit's transaction, as zypher_submit reads
+    its row: the copy may predate a deactivation or a delete (OwnerDeleted: jobs owned by no
+    one cannot be queued)."""
     if isinstance(owner, User):
-        if not User.objects.filter(pk=owner.pk, is_active=True).exists():
-            raise OwnerDeactivated(owner.username)
-        return owner
+        active = User.objects.filter(pk=owner.pk).values_list("is_active", flat=True).first()
+        if active is None:
+            raise OwnerDeleted(owner.username, owner.pk)
+        return owner, active
     user, _ = User.objects.get_or_create(username=owner.username)
-    if not user.is_active:
-        raise OwnerDeactivated(user.username)
-    return user
+    return user, user.is_active
 
 
 def _new_jobs(
@@ -299,6 +315,9 @@ def _submit_on_postgres(
     )
     username = owner.username
     outcome, owner_id, queued = rows[0][0], rows[0][1], rows[0][2]
+    if outcome == "gone":
+        assert isinstance(owner, User)  # a name is created again, never gone
+        raise OwnerDeleted(username, owner.pk)
     if outcome == "inactive":
         raise OwnerDeactivated(username)
     if outcome == "full":

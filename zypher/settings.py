@@ -270,6 +270,10 @@ ZYPHER_DEVICE_TIMEOUT_SECONDS = float(os.environ.get("ZYPHER_DEVICE_TIMEOUT_SECO
 # A job whose result its agent holds but has not delivered keeps its lease this long after
 # it ended, then is requeued (execution is at least once).
 ZYPHER_DEVICE_UNREPORTED_SECONDS = float(os.environ.get("ZYPHER_DEVICE_UNREPORTED_SECONDS", "120"))
+# How long an agent retries a state report (run_device); a job's report has no such bound.
+ZYPHER_DEVICE_REPORT_RETRY_SECONDS = float(
+    os.environ.get("ZYPHER_DEVICE_REPORT_RETRY_SECONDS", "60")
+)
 # Signed messages older or newer than this (seconds) are refused as stale.
 ZYPHER_SIGNATURE_MAX_AGE_SECONDS = float(os.environ.get("ZYPHER_SIGNATURE_MAX_AGE_SECONDS", "30"))
 # The mock QPU's duration (agents of type qpu and simulated devices).

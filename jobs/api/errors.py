@@ -10,7 +10,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from jobs.queue import QueueLimitReached
+from jobs.queue import OwnerDeleted, QueueLimitReached
 
 # SQLSTATE 25006: the session is read-only (a database set read-only by an operator, or a
 # connection that landed on a standby after a failover). Like a lost connection, it is
@@ -50,6 +50,26 @@ def forget_connections() -> None:
         connection.close()
 
 
+def owner_deleted_response(exc: OwnerDeleted, context: dict[str, Any]) -> Response:
+    """A submit whose user was deleted after the request was authenticated (or after a
+    route read the row of the user it names). For the request's own user that is an
+    authentication failure (401): its token or session names no one now, and a retry
+    will not pass. Otherwise the named user was deleted under the request (409); sending
+    it again creates the user anew, as a name does on first use."""
+    request = context.get("request")
+    user = getattr(request, "user", None)
+    if getattr(user, "is_authenticated", False) and getattr(user, "pk", None) == exc.user_id:
+        return Response(
+            {"error": f"{exc} The credentials of this request belong to a deleted user."},
+            status=status.HTTP_401_UNAUTHORIZED,
+            headers={"WWW-Authenticate": "Token"},
+        )
+    return Response(
+        {"error": f"{exc} It was deleted while this request ran; send it again."},
+        status=status.HTTP_409_CONFLICT,
+    )
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's handler, with every `detail`-only body also given an `error` key.
 
@@ -71,6 +91,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             status=status.HTTP_429_TOO_MANY_REQUESTS,
             headers={"Retry-After": str(QUEUE_LIMIT_RETRY_AFTER_SECONDS)},
         )
+    if isinstance(exc, OwnerDeleted):
+        return owner_deleted_response(exc, context)
     response = drf_exception_handler(exc, context)
     if response is None:
         return None

@@ -1,8 +1,10 @@
--- zypher_submit: a whole submit in one call (jobs.queue.submit_jobs): find the user (by id,
--- or by name, created on first use), refuse a deactivated one, answer a repeated
--- Idempotency-Key with 'repeated', refuse a submit that would pass the per-user cap with
--- 'full' and the user's queued count, else insert and enqueue the jobs of each pool
--- ('queued', one row per job). All or nothing: one statement.
+-- zypher_submit: a whole submit in one call (jobs.queue.submit_jobs): find the user (by id:
+-- 'gone' when the row no longer exists; or by name, created on first use and created
+-- again if deleted meanwhile), answer a repeated Idempotency-Key with 'repeated' (even
+-- for a deactivated user: those jobs were accepted), refuse a deactivated user with
+-- 'inactive', refuse a submit that would pass the per-user cap with 'full' and the
+-- user's queued count, else insert and enqueue the jobs of each pool ('queued', one row
+-- per job). All or nothing: one statement.
 -- Lock order: the user's row first (FOR NO KEY UPDATE: one user's submits take turns, so
 -- the cap is exact and a deactivation lands wholly before or after a submit; a job's
 -- foreign key takes FOR KEY SHARE, which does not conflict), then per pool in id order
@@ -32,32 +34,36 @@ BEGIN
     IF p_owner_id IS NOT NULL THEN
         SELECT id, is_active INTO v_owner_id, v_active
         FROM jobs_user WHERE id = p_owner_id FOR NO KEY UPDATE;
+        IF NOT FOUND THEN  -- deleted since the caller read it: no one to queue for
+            RETURN QUERY SELECT 'gone'::text, NULL::bigint, NULL::bigint, NULL::uuid, NULL::bigint;
+            RETURN;
+        END IF;
     ELSE
-        SELECT id, is_active INTO v_owner_id, v_active
-        FROM jobs_user WHERE username = p_username FOR NO KEY UPDATE;
-        IF NOT FOUND THEN
+        -- A name is found or created; a row deleted between our look-up and our insert's
+        -- conflict is looked up (and if need be created) again.
+        LOOP
+            SELECT id, is_active INTO v_owner_id, v_active
+            FROM jobs_user WHERE username = p_username FOR NO KEY UPDATE;
+            EXIT WHEN FOUND;
             -- As the ORM's get_or_create(username=…) saves it: no usable password.
             INSERT INTO jobs_user (password, is_superuser, username, first_name, last_name,
                                    email, is_staff, is_active, date_joined, weight)
             VALUES ('', false, p_username, '', '', '', false, true, p_now, p_default_weight)
             ON CONFLICT (username) DO NOTHING
             RETURNING id, is_active INTO v_owner_id, v_active;
-            IF NOT FOUND THEN  -- a concurrent submit created it: wait for its row's lock
-                SELECT id, is_active INTO v_owner_id, v_active
-                FROM jobs_user WHERE username = p_username FOR NO KEY UPDATE;
-            END IF;
-        END IF;
+            EXIT WHEN FOUND;  -- else a concurrent submit created it: wait for its row's lock
+        END LOOP;
     END IF;
-    IF v_owner_id IS NULL OR NOT v_active THEN
-        RETURN QUERY SELECT 'inactive'::text, v_owner_id, NULL::bigint, NULL::uuid, NULL::bigint;
-        RETURN;
-    END IF;
-    -- Keys are all set or all NULL. Checked before the cap: an accepted submit's retry
-    -- answers with its jobs even at the cap.
+    -- Keys are all set or all NULL. Checked before the cap and before the user's state:
+    -- an accepted submit's retry answers with its jobs, at the cap or deactivated since.
     IF p_keys[1] IS NOT NULL AND EXISTS (
         SELECT 1 FROM jobs_job j
         WHERE j.owner_id = v_owner_id AND j.idempotency_key = ANY (p_keys)) THEN
         RETURN QUERY SELECT 'repeated'::text, v_owner_id, NULL::bigint, NULL::uuid, NULL::bigint;
+        RETURN;
+    END IF;
+    IF NOT v_active THEN
+        RETURN QUERY SELECT 'inactive'::text, v_owner_id, NULL::bigint, NULL::uuid, NULL::bigint;
         RETURN;
     END IF;
     -- Under the user's lock no other submit of theirs can add to these counters.

@@ -11,7 +11,14 @@ from rest_framework.test import APIClient
 
 from jobs.invariants import find_violations
 from jobs.models import FairShareAccount, Job, User
-from jobs.queue import JobSpec, NamedUser, OwnerDeactivated, QueueLimitReached, submit_jobs
+from jobs.queue import (
+    JobSpec,
+    NamedUser,
+    OwnerDeactivated,
+    OwnerDeleted,
+    QueueLimitReached,
+    submit_jobs,
+)
 from tests.support.api_helpers import submit
 
 pytest_plugins = ["tests.support.api_fixtures"]
@@ -37,14 +44,49 @@ def test_a_user_deactivated_after_it_was_read_is_refused_and_nothing_is_queued()
     assert not FairShareAccount.objects.exists()
 
 
-def test_a_user_deleted_after_it_was_read_is_refused_and_nothing_is_queued() -> None:
+def test_a_user_deleted_after_it_was_read_is_refused_as_gone_and_nothing_is_queued() -> None:
     hal = User.objects.create(username="hal")
     User.objects.filter(pk=hal.pk).delete()
 
-    with pytest.raises(OwnerDeactivated):
+    with pytest.raises(OwnerDeleted) as refused:  # not "deactivated": it is no one now
         submit_jobs(hal, [JobSpec("noop", 1)])
 
+    assert refused.value.user_id == hal.pk and "no longer exists" in str(refused.value)
     assert not Job.objects.exists()
+    assert not User.objects.filter(username="hal").exists()  # not created again by id
+
+
+def test_a_named_user_deleted_since_its_last_submit_is_created_again() -> None:
+    [first], _ = submit_jobs(NamedUser("hana"), [JobSpec("noop", 1)])
+    User.objects.filter(username="hana").delete()  # takes its jobs with it
+
+    [again], created = submit_jobs(NamedUser("hana"), [JobSpec("noop", 2)])
+
+    assert created and again.owner.username == "hana" and again.owner_id != first.owner_id
+    assert User.objects.get(username="hana").is_active
+    assert find_violations() == []
+
+
+def test_a_deactivated_user_retrying_an_accepted_key_gets_its_jobs_and_a_new_key_is_refused() -> (
+    None
+):
+    accepted, _ = submit_jobs(
+        NamedUser("ida"), [JobSpec("noop", 1), JobSpec("noop", 2)], idempotency_key="k"
+    )
+    ida = User.objects.get(username="ida")
+    User.objects.filter(pk=ida.pk).update(is_active=False)
+
+    for owner in (NamedUser("ida"), ida):  # by name (open mode, act-for) and by the row
+        again, created = submit_jobs(owner, [JobSpec("noop", 3)] * 2, idempotency_key="k")
+        assert not created and [job.pk for job in again] == [job.pk for job in accepted]
+        with pytest.raises(OwnerDeactivated):
+            submit_jobs(owner, [JobSpec("noop", 4)], idempotency_key="new")
+        with pytest.raises(OwnerDeactivated):
+            submit_jobs(owner, [JobSpec("noop", 5)])
+
+    assert Job.objects.count() == 2
+    assert FairShareAccount.objects.get(user=ida).queued_count == 2
+    assert find_violations() == []
 
 
 def test_a_named_deactivated_user_is_refused_and_a_new_name_is_created_once() -> None:
@@ -113,3 +155,49 @@ def test_a_submit_for_a_deactivated_user_answers_403_naming_them(api_client: API
     assert response.status_code == 403
     assert "max" in str(response.json()), response.json()
     assert not Job.objects.exists()
+
+
+@pytest.mark.usefixtures("open_mode")
+def test_a_deactivated_users_retry_over_http_answers_200_with_its_job_a_new_key_403(
+    api_client: APIClient,
+) -> None:
+    accepted = submit(api_client, {"user_id": "nia", "input": 1}, **{"Idempotency-Key": "once"})
+    assert accepted.status_code == 201, accepted.content
+    User.objects.filter(username="nia").update(is_active=False)
+
+    again = submit(api_client, {"user_id": "nia", "input": 2}, **{"Idempotency-Key": "once"})
+    new_key = submit(api_client, {"user_id": "nia", "input": 3}, **{"Idempotency-Key": "twice"})
+
+    assert again.status_code == 200, again.content
+    assert again.json()["id"] == accepted.json()["id"]
+    assert new_key.status_code == 403, new_key.content
+    assert "deactivated" in new_key.json()["error"]
+    assert Job.objects.count() == 1
+
+
+def test_a_token_user_deleted_while_its_submit_is_on_its_way_answers_401(
+    make_user: Any,
+) -> None:
+    oli = make_user("oli")
+    client = APIClient()
+    client.force_authenticate(user=oli)  # authenticated, then deleted before the submit
+    User.objects.filter(pk=oli.pk).delete()
+
+    response = submit(client, {"input": 1})
+
+    assert response.status_code == 401, response.content
+    assert "no longer exists" in response.json()["error"]
+    assert "deactivated" not in response.json()["error"]
+    assert response.headers["WWW-Authenticate"] == "Token"
+    assert not Job.objects.exists() and not User.objects.filter(username="oli").exists()
+
+
+@pytest.mark.usefixtures("open_mode")
+def test_in_open_mode_a_deleted_user_named_again_is_created_again(api_client: APIClient) -> None:
+    assert submit(api_client, {"user_id": "pat", "input": 1}).status_code == 201
+    User.objects.filter(username="pat").delete()
+
+    response = submit(api_client, {"user_id": "pat", "input": 2})
+
+    assert response.status_code == 201, response.content
+    assert Job.objects.get().owner.username == "pat"

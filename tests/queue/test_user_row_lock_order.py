@@ -22,7 +22,7 @@ from django.test import RequestFactory
 
 from jobs.invariants import find_violations
 from jobs.models import FairShareAccount, Job, User
-from jobs.queue import JobSpec, OwnerDeactivated, cancel_job, submit_jobs
+from jobs.queue import JobSpec, NamedUser, OwnerDeactivated, OwnerDeleted, cancel_job, submit_jobs
 from tests.support.processes import wait_until
 from tests.support.sessions import run_at_once, sessions_waiting_on_locks
 
@@ -79,11 +79,13 @@ def submit_one(user: User, outcomes: list[str]) -> Callable[[], None]:
             outcomes.append("queued")
         except OwnerDeactivated:
             outcomes.append("refused")
+        except OwnerDeleted:
+            outcomes.append("gone")
 
     return work
 
 
-def test_a_user_deleted_while_their_submit_waits_is_deleted_and_the_submit_refused() -> None:
+def test_a_user_deleted_while_their_submit_waits_is_deleted_and_the_submit_told_so() -> None:
     erin = ended_user("erin")
     outcomes: list[str] = []
 
@@ -93,7 +95,7 @@ def test_a_user_deleted_while_their_submit_waits_is_deleted_and_the_submit_refus
 
     assert failures == []  # no deadlock, no foreign key left dangling
     assert not User.objects.filter(username="erin").exists()
-    assert outcomes == ["refused"]
+    assert outcomes == ["gone"]  # not "deactivated": the API answers 401, no one to be
     assert not Job.objects.filter(owner_id=erin.pk).exists()
     assert find_violations() == []
 
@@ -147,4 +149,48 @@ def test_a_submit_killed_while_it_holds_the_users_row_leaves_nothing_and_the_nex
     # Its user lock went with it: the next submit is not held, and the cap counts 1.
     submit_jobs(fay, [JobSpec("noop", 4), JobSpec("noop", 5)])
     assert Job.objects.filter(owner=fay, status="queued").count() == 3
+    assert find_violations() == []
+
+
+def keyed_submit(
+    owner: User | NamedUser, key: str, outcomes: dict[str, object]
+) -> Callable[[], None]:
+    def work() -> None:
+        try:
+            jobs, created = submit_jobs(owner, [JobSpec("noop", 7)], idempotency_key=key)
+            outcomes[key] = ([job.pk for job in jobs], created)
+        except OwnerDeactivated:
+            outcomes[key] = "refused"
+
+    return work
+
+
+@pytest.mark.parametrize("by_name", [False, True])
+def test_submits_waiting_on_a_deactivation_answer_an_accepted_key_and_refuse_a_new_one(
+    by_name: bool,
+) -> None:
+    """A deactivation holds the user's row; a retry of an accepted submit and a new submit
+    wait on it. Once it commits, the retry answers with the jobs it accepted (200), the
+    new one is refused (403), and nothing more is queued."""
+    gus = User.objects.create(username="gus")
+    [accepted], _ = submit_jobs(gus, [JobSpec("noop", 1)], idempotency_key="once")
+    owner: User | NamedUser = NamedUser("gus") if by_name else gus
+    outcomes: dict[str, object] = {}
+    runners: list[threading.Thread] = []
+    failures: list[BaseException] = []
+    with transaction.atomic():
+        User.objects.filter(pk=gus.pk).update(is_active=False)  # holds the row till commit
+        for count, key in enumerate(("once", "new"), start=1):
+            work = keyed_submit(owner, key, outcomes)
+            runner = threading.Thread(target=lambda work=work: failures.extend(run_at_once([work])))
+            runner.start()
+            runners.append(runner)
+            wait_until(partial(at_least_waiting, count), 60, f"{count} to wait")
+    for runner in runners:
+        runner.join(timeout=120)
+
+    assert failures == []
+    assert outcomes == {"once": ([accepted.pk], False), "new": "refused"}
+    assert list(Job.objects.values_list("pk", flat=True)) == [accepted.pk]
+    assert FairShareAccount.objects.get(user=gus).queued_count == 1
     assert find_violations() == []

@@ -48,5 +48,6 @@ class Command(BaseCommand):
             token=options["token"],
             qpu_seconds=settings.ZYPHER_QPU_SECONDS,
             max_age=settings.ZYPHER_SIGNATURE_MAX_AGE_SECONDS,
+            report_retry_seconds=settings.ZYPHER_DEVICE_REPORT_RETRY_SECONDS,
         )
         asyncio.run(DeviceAgent(config).run())
