@@ -43,6 +43,12 @@ class Piece:
 def split_at_jumps(tck: Tck) -> list[Piece]:
     """Split where an interior knot repeats k + 1 times (the curve may be discontinuous)."""
     t, points, k = tck.t, tck.points, tck.k
+    # t does not decrease, so a run of k + 1 equal knots starts where t[i] == t[i + k]: no
+    # such run strictly inside the base interval means no jump (the usual case), without
+    # the sort and count per distinct value below.
+    runs = t[: len(t) - k][t[k:] == t[: len(t) - k]]
+    if not np.any((runs > t[k]) & (runs < t[len(points)])):
+        return [Piece(t, points, k)]
     pieces: list[Piece] = []
     while True:
         n = len(points)
@@ -85,8 +91,13 @@ def span_sample_counts(
         return starts, np.ones(len(starts), dtype=np.int64)
     second = _derivative(t[1:-1], _derivative(t, points, k), k - 1)
     norms = np.linalg.norm(second, axis=1)
-    # On span j the active second-derivative coefficients are j - k .. j - 2.
-    bounds = np.array([np.nanmax(norms[j - k : j - 1]) for j in starts])
+    # On span j the active second-derivative coefficients are j - k .. j - 2: the maximum
+    # over each window of k - 1 norms, all spans at once, one shift of the window at a time
+    # (k - 1 is at most 4; NaN norms never count).
+    norms = np.fmax(norms, -np.inf)
+    bounds = norms[starts - k]
+    for shift in range(1, k - 1):
+        bounds = np.maximum(bounds, norms[starts - k + shift])
     bounds = np.where(np.isfinite(bounds), bounds, 0.0)
     steps = np.ceil(lengths * np.sqrt(bounds / (8.0 * tolerance)))
     return starts, np.maximum(steps, 1).astype(np.int64)
@@ -119,7 +130,8 @@ def sample_curve(tck: Tck, tolerance: float = CHORD_TOLERANCE_PX) -> list[np.nda
             raise SplineInputError(
                 "c", f"this curve would need over {MAX_SAMPLES} samples to draw; simplify it."
             )
-        polylines.append(BSpline(piece.t, piece.points, piece.k)(u))
+        # The arrays are validated already: `construct_fast` skips BSpline's own checks.
+        polylines.append(BSpline.construct_fast(piece.t, piece.points, piece.k)(u))
     return polylines
 
 
