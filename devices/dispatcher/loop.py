@@ -111,6 +111,29 @@ def _finish_only(claim: ClaimedJob, **outcome: Any) -> tuple[bool, None]:
     return finish_job(claim, **outcome), None
 
 
+# Tests only: an advisory lock key. A claim that found nothing waits, in its database
+# thread, for that lock (shared) before its answer goes back to the loop, so a test that
+# holds it can deliver a NOTIFY while an empty claim is in flight (PostgreSQL).
+_TEST_CLAIM_GATE = os.environ.get("ZYPHER_TEST_CLAIM_GATE", "")
+
+
+def _claiming(function: Callable[..., R], empty: Callable[[R], bool]) -> Callable[..., R]:
+    """`function`, followed by the test gate when its claim came back empty."""
+    if not _TEST_CLAIM_GATE:
+        return function
+
+    def gated(*args: Any, **kwargs: Any) -> R:
+        answer = function(*args, **kwargs)
+        if empty(answer):
+            with connection.cursor() as cursor:
+                key = int(_TEST_CLAIM_GATE)
+                cursor.execute("SELECT pg_advisory_lock_shared(%s)", [key])
+                cursor.execute("SELECT pg_advisory_unlock_shared(%s)", [key])
+        return answer
+
+    return gated
+
+
 # After the grace period, this long to give back what is still running; then the process
 # exits even if the database never answered (the leases hand its jobs back).
 CLEANUP_SECONDS = 5.0
@@ -151,6 +174,9 @@ class Dispatcher:
         self.exit_by = math.inf
         self.failure: str | None = None  # why the dispatcher gave up (exit status 1)
         self.empty_pools: set[str] = set()
+        # Bumped by every wake: a claim that comes back empty marks its pool empty only if
+        # no wake came while it was in flight (a NOTIFY for a job its snapshot missed).
+        self.wakes = 0
         self.lease_seconds = settings.ZYPHER_LEASE_SECONDS
         self.progress = ProgressBuffer()
         self.remote = RemoteDevices(
@@ -402,8 +428,7 @@ class Dispatcher:
                         self.events.get(), timeout=settings.ZYPHER_IDLE_POLL_SECONDS
                     )
                 except TimeoutError:
-                    self.empty_pools.clear()
-                    self.remote.wake.set()
+                    self.wake()
                     continue
             try:
                 await self.handle_event(kind, payload)
@@ -414,8 +439,19 @@ class Dispatcher:
         if kind == "died":
             await self.replace_dead_worker(payload)
         elif kind == "wake":
-            self.empty_pools.clear()
-            self.remote.wake.set()
+            log.debug("woken: looking for queued work again")
+            self.wake()
+
+    def wake(self) -> None:
+        """Every pool may have work again: claims in flight must not mark one empty."""
+        self.wakes += 1
+        self.empty_pools.clear()
+        self.remote.wake.set()
+
+    def mark_empty(self, device_type: str, wakes_then: int) -> None:
+        """A claim that started at wake generation `wakes_then` found nothing."""
+        if self.wakes == wakes_then:
+            self.empty_pools.add(device_type)
 
     async def fill_idle_devices(self) -> None:
         for device in self.devices:
@@ -423,15 +459,16 @@ class Dispatcher:
                 continue
             if self.stopping:
                 return
+            wakes_then = self.wakes
             claim = await self.db(
-                claim_next,
+                _claiming(claim_next, lambda claim: claim is None),
                 device.device_type,
                 device.name,
                 claim=True,
                 executor=self.claim_threads,
             )
             if claim is None:
-                self.empty_pools.add(device.device_type)
+                self.mark_empty(device.device_type, wakes_then)
                 continue
             self.send(device, claim)
 
@@ -465,6 +502,7 @@ class Dispatcher:
         if claim is None or claim.id != outcome.job_id:
             return
         claim_next_too = not (self.stopping or device.device_type in self.empty_pools)
+        wakes_then = self.wakes
         record: Callable[..., tuple[bool, ClaimedJob | None]]
         if claim_next_too:
             record = partial(finish_and_claim_next, claim, device.name)
@@ -473,7 +511,7 @@ class Dispatcher:
         try:
             written = await self.db(
                 partial(
-                    settle_outcome,
+                    _claiming(settle_outcome, lambda written: written[1] is None),
                     record,
                     succeeded=outcome.succeeded,
                     duration=outcome.duration,
@@ -511,8 +549,8 @@ class Dispatcher:
             await self.db_before_exit(
                 release_job, next_claim.id, next_claim.fencing_token, "dispatcher stopping"
             )
-        elif not self.stopping:
-            self.empty_pools.add(device.device_type)
+        elif not self.stopping and claim_next_too:
+            self.mark_empty(device.device_type, wakes_then)
 
     async def replace_dead_worker(self, device: LocalDevice) -> None:
         process = device.process
