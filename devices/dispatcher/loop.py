@@ -95,6 +95,7 @@ class LocalDevice:
     outcomes: list[JobOutcome] = field(default_factory=list)
     # Its last outcome is being settled (and its next job claimed): not idle meanwhile.
     settling: bool = False
+    readable_at: float = 0.0  # its pipe's last outcome arrived (ZYPHER_BENCH_GAP_TRACE)
 
     @property
     def idle(self) -> bool:
@@ -132,6 +133,23 @@ def _claiming(function: Callable[..., R], empty: Callable[[R], bool]) -> Callabl
         return answer
 
     return gated
+
+
+# Bench only (bench_core's gap breakdown): a path. Each settle that sends a next job
+# records wall-clock stamps along its way (pipe readable, settle task running, database
+# thread start and end, back on the loop, order sent), written there at exit.
+_GAP_TRACE = os.environ.get("ZYPHER_BENCH_GAP_TRACE", "")
+
+
+def _stamped(function: Callable[..., R], stamps: list[float]) -> Callable[..., R]:
+    def stamped(*args: Any, **kwargs: Any) -> R:
+        stamps.append(time.time())
+        try:
+            return function(*args, **kwargs)
+        finally:
+            stamps.append(time.time())
+
+    return stamped
 
 
 # After the grace period, this long to give back what is still running; then the process
@@ -177,6 +195,7 @@ class Dispatcher:
         # Bumped by every wake: a claim that comes back empty marks its pool empty only if
         # no wake came while it was in flight (a NOTIFY for a job its snapshot missed).
         self.wakes = 0
+        self.gap_trace: list[list[float]] | None = [] if _GAP_TRACE else None
         self.lease_seconds = settings.ZYPHER_LEASE_SECONDS
         self.progress = ProgressBuffer()
         self.remote = RemoteDevices(
@@ -271,6 +290,8 @@ class Dispatcher:
         log.info("device %s (%s) started, pid %s", device.name, device.device_type, process.pid)
 
     def _on_worker_readable(self, device: LocalDevice) -> None:
+        if self.gap_trace is not None:
+            device.readable_at = time.time()
         try:
             outcome = device.connection.recv()
         except (EOFError, OSError):
@@ -367,6 +388,9 @@ class Dispatcher:
             # A call stuck in the database thread must not hold the exit (see run_dispatcher).
             self.db_thread.shutdown(wait=False, cancel_futures=True)
             self.claim_threads.shutdown(wait=False, cancel_futures=True)
+        if self.gap_trace:
+            with open(_GAP_TRACE, "w") as out:
+                out.writelines(" ".join(f"{t:.6f}" for t in row) + "\n" for row in self.gap_trace)
         if self.failure is not None:
             log.critical("dispatcher %s stopped: %s; exit status 1", self.name, self.failure)
             return 1
@@ -503,22 +527,23 @@ class Dispatcher:
             return
         claim_next_too = not (self.stopping or device.device_type in self.empty_pools)
         wakes_then = self.wakes
+        stamps = None if self.gap_trace is None else [device.readable_at, time.time()]
         record: Callable[..., tuple[bool, ClaimedJob | None]]
         if claim_next_too:
             record = partial(finish_and_claim_next, claim, device.name)
         else:
             record = partial(_finish_only, claim)
+        call = partial(
+            _claiming(settle_outcome, lambda written: written[1] is None),
+            record,
+            succeeded=outcome.succeeded,
+            duration=outcome.duration,
+            result=outcome.result,
+            error=outcome.error,
+        )
         try:
             written = await self.db(
-                partial(
-                    _claiming(settle_outcome, lambda written: written[1] is None),
-                    record,
-                    succeeded=outcome.succeeded,
-                    duration=outcome.duration,
-                    result=outcome.result,
-                    error=outcome.error,
-                ),
-                executor=self.claim_threads,
+                call if stamps is None else _stamped(call, stamps), executor=self.claim_threads
             )
         except DatabaseError as exc:
             # Not recorded (the database away past the deadline, or an error not about
@@ -538,8 +563,12 @@ class Dispatcher:
             outcome.duration,
             state,
         )
+        if stamps is not None:
+            stamps.append(time.time())
         if next_claim is not None and not self.stopping:
             sent = self.order(device, next_claim)  # first: the device starts, then we log
+            if stamps is not None and self.gap_trace is not None:
+                self.gap_trace.append([*stamps, time.time()])
             log.info(*end_line)
             if sent:
                 log_job_start(log, next_claim, device.name)
