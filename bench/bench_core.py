@@ -260,7 +260,7 @@ def gap_breakdown(
     runs = sorted(tuple(map(float, line.split()[1:])) for line in stamps.read_text().splitlines())
     starts, ends = [run[0] for run in runs], [run[1] for run in runs]
     segments: dict[str, list[float]] = {name: [] for name in GAP_SEGMENTS}
-    for line in trace.read_text().splitlines():
+    for line in trace.read_text().splitlines() if trace.exists() else []:
         points = [float(field) for field in line.split()]
         if not since <= points[0] <= until:
             continue
@@ -402,6 +402,8 @@ def print_gap(gap: dict[str, Any], rtt_ms: float) -> None:
     )
     print(f"gap during burst vs idle: {during['median_ms'] / idle['median_ms']:.2f}x")
     window_rtt = gap["idle_select_1_ms"]
+    if not gap["idle_breakdown"]:
+        return  # a dispatcher without the trace (an older commit, for a before/after run)
     print_table(
         "Where the idle gap goes (median of each part, backlog only; the parts' medians "
         "need not add up to the gap's)",
