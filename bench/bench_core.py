@@ -262,7 +262,8 @@ def gap_breakdown(
     segments: dict[str, list[float]] = {name: [] for name in GAP_SEGMENTS}
     for line in trace.read_text().splitlines() if trace.exists() else []:
         points = [float(field) for field in line.split()]
-        if not since <= points[0] <= until:
+        # (A settle retried while the database was away has more stamps: not a drain's gap.)
+        if len(points) != len(GAP_SEGMENTS) - 1 or not since <= points[0] <= until:
             continue
         ended = bisect.bisect_right(ends, points[0]) - 1  # one device: the job just ended
         following = bisect.bisect_left(starts, points[-1])
