@@ -10,6 +10,7 @@ Prints tables and writes bench/results/core.json.
 from __future__ import annotations
 
 import argparse
+import bisect
 import multiprocessing
 import os
 import sys
@@ -239,6 +240,41 @@ def gaps_from_stamps(path: Path, since: float = 0.0, until: float = float("inf")
     ]
 
 
+# Where one gap goes: between each pair of successive points, from the job's end stamp
+# (the handler) to the next job's start stamp, through the dispatcher's trace
+# (devices.dispatcher.loop, ZYPHER_BENCH_GAP_TRACE).
+GAP_SEGMENTS = [
+    "worker: handler end -> outcome on the pipe, loop sees it readable",
+    "loop: readable -> settle task running",
+    "hop: settle task -> database thread",
+    "settle-and-claim call (in the thread: Django, psycopg, PostgreSQL)",
+    "hop: database thread -> back on the loop",
+    "loop: order built and sent",
+    "worker: order on the pipe -> next handler start",
+]
+
+
+def gap_breakdown(
+    stamps: Path, trace: Path, since: float, until: float
+) -> dict[str, dict[str, float]]:
+    runs = sorted(tuple(map(float, line.split()[1:])) for line in stamps.read_text().splitlines())
+    starts, ends = [run[0] for run in runs], [run[1] for run in runs]
+    segments: dict[str, list[float]] = {name: [] for name in GAP_SEGMENTS}
+    for line in trace.read_text().splitlines() if trace.exists() else []:
+        points = [float(field) for field in line.split()]
+        # (A settle retried while the database was away has more stamps: not a drain's gap.)
+        if len(points) != len(GAP_SEGMENTS) - 1 or not since <= points[0] <= until:
+            continue
+        ended = bisect.bisect_right(ends, points[0]) - 1  # one device: the job just ended
+        following = bisect.bisect_left(starts, points[-1])
+        if ended < 0 or following >= len(starts):
+            continue
+        points = [ends[ended], *points, starts[following]]
+        for name, a, b in zip(GAP_SEGMENTS, points[:-1], points[1:], strict=True):
+            segments[name].append(b - a)
+    return {name: summary_ms(values) for name, values in segments.items() if values}
+
+
 def burst_submitter(url: str, jobs: int, worker: int, out: Any) -> None:
     try:
         out.put(burst_requests(url, jobs, worker))
@@ -270,8 +306,9 @@ def bench_gap(url: str, quick: bool) -> dict[str, Any]:
     fill_backlog(1_000, backlog, kind="stamp")
     stamps = Path(tempfile.mkdtemp(prefix="zypher-bench-")) / "stamps.log"
     stamps.touch()
+    trace = stamps.with_name("trace.log")
     connection.close()
-    env = subprocess_env(ZYPHER_BENCH_STAMPS=str(stamps))
+    env = subprocess_env(ZYPHER_BENCH_STAMPS=str(stamps), ZYPHER_BENCH_GAP_TRACE=str(trace))
     dispatcher = ServiceProcess(
         "dispatcher",
         [sys.executable, "manage.py", "run_dispatcher", "--devices", "1", "--name", "bench"],
@@ -321,6 +358,7 @@ def bench_gap(url: str, quick: bool) -> dict[str, Any]:
     idle = gaps_from_stamps(stamps, idle_from, idle_until)
     during = gaps_from_stamps(stamps, burst_from, burst_until)
     return {
+        "idle_breakdown": gap_breakdown(stamps, trace, idle_from, idle_until),
         "idle_gap": summary_ms(idle),
         "burst_gap": summary_ms(during),
         "idle_select_1_ms": summary_ms(idle_rtt)["median_ms"],
@@ -334,12 +372,59 @@ def bench_gap(url: str, quick: bool) -> dict[str, Any]:
 # --- the report ---------------------------------------------------------------------------
 
 
+def print_gap(gap: dict[str, Any], rtt_ms: float) -> None:
+    idle, during = gap["idle_gap"], gap["burst_gap"]
+    print_table(
+        "Device idle gap (end of one job to start of the next; no-op handler, 1 device). "
+        "Ceilings: SELECT 1 sampled every 20 ms during the same window (a lone round trip, "
+        "as the dispatcher's is) and in a tight loop",
+        ["phase", "gaps", "median ms", "p99 ms", "SELECT 1 sampled ms", "median RTTs"]
+        + ["p99 RTTs", "median tight-loop RTTs"],
+        [
+            [
+                phase,
+                figures["n"],
+                figures["median_ms"],
+                figures["p99_ms"],
+                window_rtt,
+                figures["median_ms"] / window_rtt,
+                figures["p99_ms"] / window_rtt,
+                figures["median_ms"] / rtt_ms,
+            ]
+            for phase, figures, window_rtt in (
+                ("backlog only", idle, gap["idle_select_1_ms"]),
+                ("during burst", during, gap["burst_select_1_ms"]),
+            )
+        ],
+    )
+    print(
+        f"burst: {gap['burst_jobs_per_s']:,.0f} jobs/s submitted in lists of 100; "
+        f"request median {gap['burst_request_ms']['median_ms']:.1f} ms, p99 {gap['burst_request_ms']['p99_ms']:.1f} ms"
+    )
+    print(f"gap during burst vs idle: {during['median_ms'] / idle['median_ms']:.2f}x")
+    window_rtt = gap["idle_select_1_ms"]
+    if not gap["idle_breakdown"]:
+        return  # a dispatcher without the trace (an older commit, for a before/after run)
+    print_table(
+        "Where the idle gap goes (median of each part, backlog only; the parts' medians "
+        "need not add up to the gap's)",
+        ["part", "median ms", "p99 ms", "lone SELECT 1 RTTs"],
+        [
+            [name, part["median_ms"], part["p99_ms"], part["median_ms"] / window_rtt]
+            for name, part in gap["idle_breakdown"].items()
+        ],
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--quick", action="store_true", help="smaller tables and shorter runs (a smoke test)"
+    )
+    parser.add_argument(
+        "--gap-only", action="store_true", help="only the device idle gap and its breakdown"
     )
     options = parser.parse_args()
     if connection.vendor != "postgresql":
@@ -355,12 +440,16 @@ def main() -> int:
     reset_tables()
     gateway, url = start_gateway(subprocess_env(), RESULTS)
     try:
-        http = bench_http(url, options.quick)
+        http = None if options.gap_only else bench_http(url, options.quick)
         gap = bench_gap(url, options.quick)
     finally:
         gateway.stop()
-    claim = bench_claim(options.quick)
+    claim = None if options.gap_only else bench_claim(options.quick)
     rtt_after = summary_ms(select_one_round_trips())
+    rtt_ms = (rtt["median_ms"] + rtt_after["median_ms"]) / 2
+    print_gap(gap, rtt_ms)
+    if http is None or claim is None:
+        return 0
 
     health, submit, bulk = http["health"], http["submit"], http["bulk"]
     print_table(
@@ -404,7 +493,6 @@ def main() -> int:
             ],
         ],
     )
-    rtt_ms = (rtt["median_ms"] + rtt_after["median_ms"]) / 2
     print_table(
         "Claim and settle transactions (in-process; each next to a SELECT 1 timed just before it)",
         ["queued jobs", "users", "claim median ms", "claim p99 ms", "settle median ms"]
@@ -424,38 +512,9 @@ def main() -> int:
     )
     keys = list(claim)
     small, large = claim[keys[0]], claim[keys[-1]]
-    idle, during = gap["idle_gap"], gap["burst_gap"]
-    print_table(
-        "Device idle gap (end of one job to start of the next; no-op handler, 1 device). "
-        "Ceilings: SELECT 1 sampled every 20 ms during the same window (a lone round trip, "
-        "as the dispatcher's is) and in a tight loop",
-        ["phase", "gaps", "median ms", "p99 ms", "SELECT 1 sampled ms", "median RTTs"]
-        + ["p99 RTTs", "median tight-loop RTTs"],
-        [
-            [
-                phase,
-                figures["n"],
-                figures["median_ms"],
-                figures["p99_ms"],
-                window_rtt,
-                figures["median_ms"] / window_rtt,
-                figures["p99_ms"] / window_rtt,
-                figures["median_ms"] / rtt_ms,
-            ]
-            for phase, figures, window_rtt in (
-                ("backlog only", idle, gap["idle_select_1_ms"]),
-                ("during burst", during, gap["burst_select_1_ms"]),
-            )
-        ],
-    )
-    print(
-        f"burst: {gap['burst_jobs_per_s']:,.0f} jobs/s submitted in lists of 100; "
-        f"request median {gap['burst_request_ms']['median_ms']:.1f} ms, p99 {gap['burst_request_ms']['p99_ms']:.1f} ms"
-    )
     print(
         f"claim, largest vs smallest case: {large['claim_median_ms'] / small['claim_median_ms']:.2f}x"
     )
-    print(f"gap during burst vs idle: {during['median_ms'] / idle['median_ms']:.2f}x")
     path = write_results(
         "core",
         {"select_1_ms": rtt_ms, "http": http, "claim": claim, "gap": gap, "quick": options.quick},

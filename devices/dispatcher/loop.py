@@ -95,6 +95,7 @@ class LocalDevice:
     outcomes: list[JobOutcome] = field(default_factory=list)
     # Its last outcome is being settled (and its next job claimed): not idle meanwhile.
     settling: bool = False
+    readable_at: float = 0.0  # its pipe's last outcome arrived (ZYPHER_BENCH_GAP_TRACE)
 
     @property
     def idle(self) -> bool:
@@ -109,6 +110,46 @@ class LocalDevice:
 def _finish_only(claim: ClaimedJob, **outcome: Any) -> tuple[bool, None]:
     """finish_job in finish_and_claim_next's shape: (accepted, no next claim)."""
     return finish_job(claim, **outcome), None
+
+
+# Tests only: an advisory lock key. A claim that found nothing waits, in its database
+# thread, for that lock (shared) before its answer goes back to the loop, so a test that
+# holds it can deliver a NOTIFY while an empty claim is in flight (PostgreSQL).
+_TEST_CLAIM_GATE = os.environ.get("ZYPHER_TEST_CLAIM_GATE", "")
+
+
+def _claiming(function: Callable[..., R], empty: Callable[[R], bool]) -> Callable[..., R]:
+    """`function`, followed by the test gate when its claim came back empty."""
+    if not _TEST_CLAIM_GATE:
+        return function
+
+    def gated(*args: Any, **kwargs: Any) -> R:
+        answer = function(*args, **kwargs)
+        if empty(answer):
+            with connection.cursor() as cursor:
+                key = int(_TEST_CLAIM_GATE)
+                cursor.execute("SELECT pg_advisory_lock_shared(%s)", [key])
+                cursor.execute("SELECT pg_advisory_unlock_shared(%s)", [key])
+        return answer
+
+    return gated
+
+
+# Bench only (bench_core's gap breakdown): a path. Each settle that sends a next job
+# records wall-clock stamps along its way (pipe readable, settle task running, database
+# thread start and end, back on the loop, order sent), written there at exit.
+_GAP_TRACE = os.environ.get("ZYPHER_BENCH_GAP_TRACE", "")
+
+
+def _stamped(function: Callable[..., R], stamps: list[float]) -> Callable[..., R]:
+    def stamped(*args: Any, **kwargs: Any) -> R:
+        stamps.append(time.time())
+        try:
+            return function(*args, **kwargs)
+        finally:
+            stamps.append(time.time())
+
+    return stamped
 
 
 # After the grace period, this long to give back what is still running; then the process
@@ -151,6 +192,10 @@ class Dispatcher:
         self.exit_by = math.inf
         self.failure: str | None = None  # why the dispatcher gave up (exit status 1)
         self.empty_pools: set[str] = set()
+        # Bumped by every wake: a claim that comes back empty marks its pool empty only if
+        # no wake came while it was in flight (a NOTIFY for a job its snapshot missed).
+        self.wakes = 0
+        self.gap_trace: list[list[float]] | None = [] if _GAP_TRACE else None
         self.lease_seconds = settings.ZYPHER_LEASE_SECONDS
         self.progress = ProgressBuffer()
         self.remote = RemoteDevices(
@@ -245,6 +290,8 @@ class Dispatcher:
         log.info("device %s (%s) started, pid %s", device.name, device.device_type, process.pid)
 
     def _on_worker_readable(self, device: LocalDevice) -> None:
+        if self.gap_trace is not None:
+            device.readable_at = time.time()
         try:
             outcome = device.connection.recv()
         except (EOFError, OSError):
@@ -341,6 +388,9 @@ class Dispatcher:
             # A call stuck in the database thread must not hold the exit (see run_dispatcher).
             self.db_thread.shutdown(wait=False, cancel_futures=True)
             self.claim_threads.shutdown(wait=False, cancel_futures=True)
+        if self.gap_trace:
+            with open(_GAP_TRACE, "w") as out:
+                out.writelines(" ".join(f"{t:.6f}" for t in row) + "\n" for row in self.gap_trace)
         if self.failure is not None:
             log.critical("dispatcher %s stopped: %s; exit status 1", self.name, self.failure)
             return 1
@@ -402,8 +452,7 @@ class Dispatcher:
                         self.events.get(), timeout=settings.ZYPHER_IDLE_POLL_SECONDS
                     )
                 except TimeoutError:
-                    self.empty_pools.clear()
-                    self.remote.wake.set()
+                    self.wake()
                     continue
             try:
                 await self.handle_event(kind, payload)
@@ -414,8 +463,19 @@ class Dispatcher:
         if kind == "died":
             await self.replace_dead_worker(payload)
         elif kind == "wake":
-            self.empty_pools.clear()
-            self.remote.wake.set()
+            log.debug("woken: looking for queued work again")
+            self.wake()
+
+    def wake(self) -> None:
+        """Every pool may have work again: claims in flight must not mark one empty."""
+        self.wakes += 1
+        self.empty_pools.clear()
+        self.remote.wake.set()
+
+    def mark_empty(self, device_type: str, wakes_then: int) -> None:
+        """A claim that started at wake generation `wakes_then` found nothing."""
+        if self.wakes == wakes_then:
+            self.empty_pools.add(device_type)
 
     async def fill_idle_devices(self) -> None:
         for device in self.devices:
@@ -423,15 +483,16 @@ class Dispatcher:
                 continue
             if self.stopping:
                 return
+            wakes_then = self.wakes
             claim = await self.db(
-                claim_next,
+                _claiming(claim_next, lambda claim: claim is None),
                 device.device_type,
                 device.name,
                 claim=True,
                 executor=self.claim_threads,
             )
             if claim is None:
-                self.empty_pools.add(device.device_type)
+                self.mark_empty(device.device_type, wakes_then)
                 continue
             self.send(device, claim)
 
@@ -465,22 +526,24 @@ class Dispatcher:
         if claim is None or claim.id != outcome.job_id:
             return
         claim_next_too = not (self.stopping or device.device_type in self.empty_pools)
+        wakes_then = self.wakes
+        stamps = None if self.gap_trace is None else [device.readable_at, time.time()]
         record: Callable[..., tuple[bool, ClaimedJob | None]]
         if claim_next_too:
             record = partial(finish_and_claim_next, claim, device.name)
         else:
             record = partial(_finish_only, claim)
+        call = partial(
+            _claiming(settle_outcome, lambda written: written[1] is None),
+            record,
+            succeeded=outcome.succeeded,
+            duration=outcome.duration,
+            result=outcome.result,
+            error=outcome.error,
+        )
         try:
             written = await self.db(
-                partial(
-                    settle_outcome,
-                    record,
-                    succeeded=outcome.succeeded,
-                    duration=outcome.duration,
-                    result=outcome.result,
-                    error=outcome.error,
-                ),
-                executor=self.claim_threads,
+                call if stamps is None else _stamped(call, stamps), executor=self.claim_threads
             )
         except DatabaseError as exc:
             # Not recorded (the database away past the deadline, or an error not about
@@ -500,8 +563,12 @@ class Dispatcher:
             outcome.duration,
             state,
         )
+        if stamps is not None:
+            stamps.append(time.time())
         if next_claim is not None and not self.stopping:
             sent = self.order(device, next_claim)  # first: the device starts, then we log
+            if stamps is not None and self.gap_trace is not None:
+                self.gap_trace.append([*stamps, time.time()])
             log.info(*end_line)
             if sent:
                 log_job_start(log, next_claim, device.name)
@@ -511,8 +578,8 @@ class Dispatcher:
             await self.db_before_exit(
                 release_job, next_claim.id, next_claim.fencing_token, "dispatcher stopping"
             )
-        elif not self.stopping:
-            self.empty_pools.add(device.device_type)
+        elif not self.stopping and claim_next_too:
+            self.mark_empty(device.device_type, wakes_then)
 
     async def replace_dead_worker(self, device: LocalDevice) -> None:
         process = device.process

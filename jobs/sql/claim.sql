@@ -3,6 +3,9 @@
 -- A sized device walks the backlogged accounts in fair order without a cap: a user with
 -- nothing that fits costs one probe of job_queued_fit (its smallest queued size), is not
 -- locked and not charged, and keeps its place for a device that fits (issue 13).
+-- The candidates are read one at a time, each the first entry past the last one in the
+-- partial index of backlogged accounts: a FOR loop over them all had the planner sort
+-- every backlogged account of the pool on each claim (issue 16).
 CREATE OR REPLACE FUNCTION zypher_claim(
     p_device_type text, p_device text, p_device_size integer, p_now timestamptz,
     p_lease_seconds double precision
@@ -14,6 +17,8 @@ CREATE OR REPLACE FUNCTION zypher_claim(
 DECLARE
     v_pool record;
     v_candidate record;
+    v_after_time double precision := '-infinity';
+    v_after_id bigint := 0;
     v_account record;
     v_job record;
     v_step record;
@@ -27,11 +32,16 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;
     END IF;
-    FOR v_candidate IN
-        SELECT a.id, a.user_id FROM jobs_fairshareaccount a
-        WHERE a.pool_id = v_pool.id AND a.queued_count > 0
-        ORDER BY a.virtual_time, a.id
     LOOP
+        SELECT a.id, a.user_id, a.virtual_time INTO v_candidate
+        FROM jobs_fairshareaccount a
+        WHERE a.pool_id = v_pool.id AND a.queued_count > 0
+          AND (a.virtual_time, a.id) > (v_after_time, v_after_id)
+        ORDER BY a.virtual_time, a.id
+        LIMIT 1;
+        EXIT WHEN NOT FOUND;
+        v_after_time := v_candidate.virtual_time;
+        v_after_id := v_candidate.id;
         IF p_device_size IS NOT NULL THEN
             PERFORM j.size FROM jobs_job j
             WHERE j.device_type = p_device_type AND j.owner_id = v_candidate.user_id
