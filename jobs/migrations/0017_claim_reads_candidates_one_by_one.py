@@ -163,5 +163,5 @@ def restore_previous(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("jobs", "0015_submit_in_one_call")]
+    dependencies = [("jobs", "0016_submit_owner_outcomes")]
     operations = [migrations.RunPython(create_functions, restore_previous)]
