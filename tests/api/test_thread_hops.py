@@ -23,7 +23,11 @@ from typing import Any
 import pytest
 from asgiref import sync
 from django.core.signals import request_started
+from django.test import Client
+from rest_framework.authtoken.models import Token
 
+from jobs.models import User
+from jobs.predict.hub import close_db_connections, submit_prediction
 from zypher.asgi import application
 
 
@@ -147,3 +151,35 @@ def test_an_async_view_runs_its_chain_on_the_event_loop(hops: Counter[str]) -> N
     status, _ = asgi_get("/predict/not-a-uuid")
     assert status == 404
     assert dict(hops) == {"log_response": 1}
+
+
+@pytest.fixture
+def closed_predict_threads(transactional_db: None) -> Iterator[None]:
+    yield
+    close_db_connections()  # the test database is dropped at the end
+
+
+def test_async_views_authenticate_by_session_and_token_on_the_hop_free_chain(
+    closed_predict_threads: None, settings: Any, hops: Counter[str]
+) -> None:
+    # /predict reads the session (the user behind a session cookie) and the token in its
+    # database threads; the middleware around it stay on the event loop.
+    settings.ZYPHER_OPEN_MODE = False
+    alice = User.objects.create_user("alice", password="x")
+    bob = User.objects.create_user("bob", password="x")
+    prediction_id = submit_prediction(alice, "x")  # queued: no device runs it
+    path = f"/predict/{prediction_id}"
+
+    def session_of(user: User) -> tuple[bytes, bytes]:
+        browser = Client()
+        browser.force_login(user)
+        return (b"cookie", f"sessionid={browser.cookies['sessionid'].value}".encode())
+
+    token = (b"authorization", f"Token {Token.objects.create(user=alice).key}".encode())
+    assert asgi_get(path)[0] == 401
+    assert asgi_get(path, headers=(session_of(bob),))[0] == 404
+    status, body = asgi_get(path, headers=(session_of(alice),))
+    assert (status, json.loads(body)) == (400, {"error": "Prediction is still being processed."})
+    assert asgi_get(path, headers=(token,))[0] == 400
+    # Only the views' own database calls and Django's log of a 4xx left the loop.
+    assert set(hops) <= {"_with_connection_hygiene", "log_response"}, dict(hops)
