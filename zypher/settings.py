@@ -55,16 +55,18 @@ INSTALLED_APPS = [
     "splines",
 ]
 
+# Django's own middleware, as subclasses that run on the event loop for `async def` views
+# and go to a thread only to touch the database (jobs.api.middleware; issue 16).
 MIDDLEWARE = [
     "jobs.api.middleware.ApiErrorMiddleware",
-    "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "jobs.api.middleware.SecurityMiddleware",
+    "jobs.api.middleware.WhiteNoiseMiddleware",
+    "jobs.api.middleware.SessionMiddleware",
+    "jobs.api.middleware.CommonMiddleware",
+    "jobs.api.middleware.CsrfViewMiddleware",
+    "jobs.api.middleware.AuthenticationMiddleware",
+    "jobs.api.middleware.MessageMiddleware",
+    "jobs.api.middleware.XFrameOptionsMiddleware",
 ]
 
 ROOT_URLCONF = "zypher.urls"
