@@ -10,7 +10,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from jobs.queue import OwnerDeactivated, OwnerDeleted, QueueLimitReached
+from jobs.queue import IdempotencyKeyMismatch, OwnerDeactivated, OwnerDeleted, QueueLimitReached
 
 # SQLSTATE 25006: the session is read-only (a database set read-only by an operator, or a
 # connection that landed on a standby after a failover). Like a lost connection, it is
@@ -104,6 +104,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     # before their submit here, not in the view: 403, as the view's own check answers.
     if isinstance(exc, OwnerDeactivated):
         return Response({"error": str(exc)}, status=status.HTTP_403_FORBIDDEN)
+    if isinstance(exc, IdempotencyKeyMismatch):
+        return Response({"error": str(exc)}, status=status.HTTP_422_UNPROCESSABLE_ENTITY)
     response = drf_exception_handler(exc, context)
     if response is None:
         return None

@@ -43,7 +43,7 @@ from jobs.predict.hub import (
     submit_prediction,
     wait_for_prediction,
 )
-from jobs.queue import OwnerDeactivated, OwnerDeleted, QueueLimitReached
+from jobs.queue import IdempotencyKeyMismatch, OwnerDeactivated, OwnerDeleted, QueueLimitReached
 
 ACCEPTED_MESSAGE = "Request received. Processing asynchronously."
 STILL_WAITING_MESSAGE = (
@@ -117,6 +117,10 @@ def _submit(request: HttpRequest, input: str, user_id: str | None, key: str | No
         return submit_prediction(owner, input, idempotency_key=key)
     except OwnerDeactivated as exc:
         raise exceptions.PermissionDenied(str(exc)) from exc
+    except IdempotencyKeyMismatch as exc:  # the key's jobs are gone, or another request's
+        refused = exceptions.APIException(str(exc))
+        refused.status_code = 422
+        raise refused from exc
     except OwnerDeleted as exc:  # the token's own user, deleted after it was authenticated
         code, text, _ = owner_deleted_answer(exc, drf_request.user)
         if code == 401:
