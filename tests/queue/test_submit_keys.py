@@ -4,16 +4,27 @@ at once with one key queue once; one user's key never reaches another's jobs."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
+from django.db import transaction
 from rest_framework.test import APIClient
 
 from jobs.invariants import find_violations
 from jobs.models import FairShareAccount, Job, User
-from jobs.queue import IdempotencyKeyMismatch, JobSpec, NamedUser, submit_jobs
+from jobs.queue import (
+    IdempotencyKeyMismatch,
+    JobSpec,
+    NamedUser,
+    QueueLimitReached,
+    cancel_job,
+    delete_users,
+    submit_jobs,
+)
 from tests.support.api_helpers import submit
-from tests.support.sessions import run_at_once
+from tests.support.processes import wait_until
+from tests.support.sessions import run_at_once, sessions_waiting_on_locks
 
 pytest_plugins = ["tests.support.api_fixtures"]
 
@@ -71,4 +82,41 @@ def test_two_submits_at_once_with_one_key_queue_once_and_users_keys_are_their_ow
     assert by_user["noa"][0][1] is True
     assert set(by_user["noa"][0][0]).isdisjoint(by_user["mia"][0][0])
     assert Job.objects.filter(owner=mia).count() == 2 and Job.objects.filter(owner=noa).count() == 2
+    assert find_violations() == []
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_two_submits_naming_a_user_being_deleted_create_it_once_under_the_cap(
+    settings: Any,
+) -> None:
+    """Both wait on the delete's row lock; once it commits, zypher_submit's look-up finds
+    no row and both insert the name: one creates it, the other waits for that row and
+    then takes its turn under its lock, where the cap (3) refuses its 2 jobs whole."""
+    settings.ZYPHER_MAX_QUEUED_PER_USER = 3
+    [old], _ = submit_jobs(NamedUser("kim"), [JobSpec("noop", 0)])
+    assert cancel_job(old)
+    outcomes: list[str] = []
+
+    def work() -> None:
+        try:
+            submit_jobs(NamedUser("kim"), [JobSpec("noop", 1)] * 2)
+            outcomes.append("queued")
+        except QueueLimitReached:
+            outcomes.append("full")
+
+    failures: list[BaseException] = []
+    runner = threading.Thread(target=lambda: failures.extend(run_at_once([work, work])))
+    with transaction.atomic():
+        assert delete_users([old.owner_id]) == []
+        runner.start()
+        wait_until(lambda: sessions_waiting_on_locks() >= 2, 60, "both submits to wait")
+    runner.join(timeout=120)
+
+    assert failures == []
+    assert sorted(outcomes) == ["full", "queued"]
+    kim = User.objects.get(username="kim")
+    assert kim.pk != old.owner_id
+    assert Job.objects.filter(owner=kim, status="queued").count() == 2
+    assert FairShareAccount.objects.get(user=kim).queued_count == 2
     assert find_violations() == []
