@@ -153,6 +153,20 @@ class OwnerDeleted(Exception):
         self.user_id = user_id
 
 
+class IdempotencyKeyMismatch(Exception):
+    """A keyed submit whose key found jobs, but not one for each job sent: the key was used
+    for another request (a batch of another size, or a single job keyed as a batch keys
+    its jobs, `k#1`). Answering with the jobs found would hand back someone else's request
+    as this one's; nothing was queued (the API answers 422)."""
+
+    def __init__(self, key: str, found: int, sent: int) -> None:
+        super().__init__(
+            f"Idempotency-Key {key!r} was used before for another request ({found} of the "
+            f"{sent} jobs sent match its jobs); nothing was queued. Send a new key."
+        )
+        self.key = key
+
+
 @dataclass(frozen=True)
 class NamedUser:
     """A user named by a request (open mode, or a token acting for its end users): found
@@ -215,12 +229,12 @@ def submit_jobs(
     else:
         keys = [f"{idempotency_key}#{index}" for index in range(len(specs))]
     if connection.vendor == "postgresql":
-        return _submit_on_postgres(owner, specs, keys, program)
+        return _submit_on_postgres(owner, specs, keys, idempotency_key, program)
     try:
         with transaction.atomic():
             user, active = _owner_row(owner)
             if idempotency_key is not None and (existing := _jobs_for_keys(user, keys)):
-                return existing, False
+                return _whole(existing, idempotency_key, keys), False
             if not active:
                 raise OwnerDeactivated(user.username)
             check_admission(user, len(specs))
@@ -242,7 +256,7 @@ def submit_jobs(
     except IntegrityError:
         # A concurrent retry with the same key won the race: answer with its jobs.
         if idempotency_key is not None and (existing := _jobs_for_keys(_owner_row(owner)[0], keys)):
-            return existing, False
+            return _whole(existing, idempotency_key, keys), False
         raise
     return jobs, True
 
@@ -287,6 +301,7 @@ def _submit_on_postgres(
     owner: User | NamedUser,
     specs: list[JobSpec],
     keys: list[str | None],
+    idempotency_key: str | None,
     program: Program | None,
 ) -> tuple[list[Job], bool]:
     """`submit_jobs` as one call of zypher_submit: user, key, cap and every pool's jobs."""
@@ -329,7 +344,8 @@ def _submit_on_postgres(
     )
     assert isinstance(user, User)
     if outcome == "repeated":
-        return _jobs_for_keys(user, keys), False
+        assert idempotency_key is not None
+        return _whole(_jobs_for_keys(user, keys), idempotency_key, keys), False
     ids = {public_id: job_id for _, _, _, public_id, job_id in rows}
     for job in jobs:
         if not by_id:
@@ -350,6 +366,13 @@ _SUBMIT_CASTS = {
     "sizes": "integer[]",
     "keys": "text[]",
 }
+
+
+def _whole(found: list[Job], key: str, keys: list[str | None]) -> list[Job]:
+    """`found`, the jobs a repeated key answers with, when there is one for each job sent."""
+    if len(found) != len(keys):
+        raise IdempotencyKeyMismatch(key, len(found), len(keys))
+    return found
 
 
 def _jobs_for_keys(owner: User, keys: list[str | None]) -> list[Job]:

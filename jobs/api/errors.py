@@ -10,7 +10,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from jobs.queue import OwnerDeleted, QueueLimitReached
+from jobs.queue import IdempotencyKeyMismatch, OwnerDeactivated, OwnerDeleted, QueueLimitReached
 
 # SQLSTATE 25006: the session is read-only (a database set read-only by an operator, or a
 # connection that landed on a standby after a failover). Like a lost connection, it is
@@ -50,24 +50,31 @@ def forget_connections() -> None:
         connection.close()
 
 
-def owner_deleted_response(exc: OwnerDeleted, context: dict[str, Any]) -> Response:
+def owner_deleted_answer(exc: OwnerDeleted, user: object) -> tuple[int, str, dict[str, str]]:
     """A submit whose user was deleted after the request was authenticated (or after a
-    route read the row of the user it names). For the request's own user that is an
-    authentication failure (401): its token or session names no one now, and a retry
-    will not pass. Otherwise the named user was deleted under the request (409); sending
-    it again creates the user anew, as a name does on first use."""
-    request = context.get("request")
-    user = getattr(request, "user", None)
+    route read the row of the user it names): status, error text and headers. For the
+    request's own `user` that is an authentication failure (401): its token or session
+    names no one now, and a retry will not pass. Otherwise the named user was deleted
+    under the request (409); sending it again creates the user anew, as a name does on
+    first use. /predict answers the same (jobs.predict.views)."""
     if getattr(user, "is_authenticated", False) and getattr(user, "pk", None) == exc.user_id:
-        return Response(
-            {"error": f"{exc} The credentials of this request belong to a deleted user."},
-            status=status.HTTP_401_UNAUTHORIZED,
-            headers={"WWW-Authenticate": "Token"},
+        return (
+            status.HTTP_401_UNAUTHORIZED,
+            f"{exc} The credentials of this request belong to a deleted user.",
+            {"WWW-Authenticate": "Token"},
         )
-    return Response(
-        {"error": f"{exc} It was deleted while this request ran; send it again."},
-        status=status.HTTP_409_CONFLICT,
+    return (
+        status.HTTP_409_CONFLICT,
+        f"{exc} It was deleted while this request ran; send it again.",
+        {},
     )
+
+
+def owner_deleted_response(exc: OwnerDeleted, context: dict[str, Any]) -> Response:
+    """`owner_deleted_answer` for a DRF view."""
+    request = context.get("request")
+    code, text, headers = owner_deleted_answer(exc, getattr(request, "user", None))
+    return Response({"error": text}, status=code, headers=headers)
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -93,6 +100,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         )
     if isinstance(exc, OwnerDeleted):
         return owner_deleted_response(exc, context)
+    # Routes that read their user's row first (`acting_user`) meet a deactivation that lands
+    # before their submit here, not in the view: 403, as the view's own check answers.
+    if isinstance(exc, OwnerDeactivated):
+        return Response({"error": str(exc)}, status=status.HTTP_403_FORBIDDEN)
+    if isinstance(exc, IdempotencyKeyMismatch):
+        return Response({"error": str(exc)}, status=status.HTTP_422_UNPROCESSABLE_ENTITY)
     response = drf_exception_handler(exc, context)
     if response is None:
         return None

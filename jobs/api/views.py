@@ -89,7 +89,7 @@ class JobListCreateView(generics.ListAPIView):
     throttle_classes = SUBMIT_THROTTLES  # POST only
 
     def get_permissions(self) -> Sequence[Any]:
-        # A submit says who it acts for last (`acting_user`), after its body is validated.
+        # A submit says who it acts for last (`acting_owner`), after its body is validated.
         return [AllowAny()] if self.request.method == "POST" else super().get_permissions()
 
     def get_queryset(self) -> QuerySet[Job]:

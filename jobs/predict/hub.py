@@ -42,7 +42,7 @@ from django.db import close_old_connections, connections
 
 from jobs.models import FINAL_STATUSES, Job, User
 from jobs.notifications import notifications
-from jobs.queue import DONE_CHANNEL, JobSpec, submit_jobs
+from jobs.queue import DONE_CHANNEL, JobSpec, NamedUser, submit_jobs
 
 log = logging.getLogger("zypher.predict")
 R = TypeVar("R")
@@ -110,7 +110,9 @@ def parse_async_mode(value: str | None) -> bool:
     )
 
 
-def submit_prediction(owner: User, input: str, *, idempotency_key: str | None = None) -> str:
+def submit_prediction(
+    owner: User | NamedUser, input: str, *, idempotency_key: str | None = None
+) -> str:
     """Queue one prediction for `owner` through the fair queue; returns its public id."""
     spec = JobSpec(kind=PREDICT_KIND, input=input, device_type=settings.ZYPHER_LOCAL_DEVICE_TYPE)
     jobs, _ = submit_jobs(owner, [spec], idempotency_key=idempotency_key)

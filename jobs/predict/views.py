@@ -25,8 +25,12 @@ from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
 
-from jobs.api.access import IdempotencyKeyTooLong, acting_user, read_idempotency_key, reader_of
-from jobs.api.errors import QUEUE_LIMIT_RETRY_AFTER_SECONDS, queue_limit_body
+from jobs.api.access import IdempotencyKeyTooLong, acting_owner, read_idempotency_key, reader_of
+from jobs.api.errors import (
+    QUEUE_LIMIT_RETRY_AFTER_SECONDS,
+    owner_deleted_answer,
+    queue_limit_body,
+)
 from jobs.api.serializers import USER_ID_PATTERN
 from jobs.api.throttles import check_submit_throttles
 from jobs.models import JobStatus
@@ -39,7 +43,7 @@ from jobs.predict.hub import (
     submit_prediction,
     wait_for_prediction,
 )
-from jobs.queue import QueueLimitReached
+from jobs.queue import IdempotencyKeyMismatch, OwnerDeactivated, OwnerDeleted, QueueLimitReached
 
 ACCEPTED_MESSAGE = "Request received. Processing asynchronously."
 STILL_WAITING_MESSAGE = (
@@ -106,8 +110,24 @@ def _drf_request(request: HttpRequest) -> Request:
 def _submit(request: HttpRequest, input: str, user_id: str | None, key: str | None) -> str:
     drf_request = _drf_request(request)
     check_submit_throttles(drf_request)
-    owner = acting_user(drf_request, user_id)
-    return submit_prediction(owner, input, idempotency_key=key)
+    # Who it acts for, as /api/jobs/ does: a named user is found or created by the submit's
+    # own call (not read first here: a delete between the two would leave no one to queue for).
+    owner = acting_owner(drf_request, user_id)
+    try:
+        return submit_prediction(owner, input, idempotency_key=key)
+    except OwnerDeactivated as exc:
+        raise exceptions.PermissionDenied(str(exc)) from exc
+    except IdempotencyKeyMismatch as exc:  # the key's jobs are gone, or another request's
+        refused = exceptions.APIException(str(exc))
+        refused.status_code = 422
+        raise refused from exc
+    except OwnerDeleted as exc:  # the token's own user, deleted after it was authenticated
+        code, text, _ = owner_deleted_answer(exc, drf_request.user)
+        if code == 401:
+            raise exceptions.AuthenticationFailed(text) from exc
+        conflict = exceptions.APIException(text)
+        conflict.status_code = code
+        raise conflict from exc
 
 
 def _read(request: HttpRequest, prediction_id: str) -> PredictionState | None:
