@@ -312,16 +312,22 @@ SPY_STAGES: list[tuple[str, str]] = [
 ]
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User plus system CPU of these processes so far (/proc), gone ones counting 0."""
-    total = 0
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User plus system CPU of each of these processes so far (/proc); gone ones left out."""
+    seconds = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
+        seconds[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return seconds
+
+
+def cpu_since(before: dict[int, float], pids: list[int]) -> float:
+    """CPU these processes used since `before`, counting those that lived throughout."""
+    now = cpu_seconds(pids)
+    return sum(now[pid] - before[pid] for pid in now.keys() & before.keys())
 
 
 def worker_pids(master: int) -> list[int]:
@@ -361,8 +367,8 @@ def spy(zypher: str, seconds: float, clients: int, master: int) -> dict[str, Any
             + after.children_system
             - before[2].children_user
             - before[2].children_system,
-            "web_workers": cpu_seconds(workers) - before[0],
-            "postgresql": cpu_seconds(backends) - before[1],
+            "web_workers": cpu_since(before[0], workers),
+            "postgresql": cpu_since(before[1], backends),
         }
         cpu[kind] = {name: 1000 * value / served for name, value in cpu[kind].items()}
         print(
