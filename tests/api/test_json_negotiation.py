@@ -20,9 +20,9 @@ def job_url() -> str:
 
 @pytest.mark.parametrize("accept", [None, "*/*", "application/json"])
 def test_a_json_client_gets_json(api_client: APIClient, job_url: str, accept: str | None) -> None:
-    headers = {} if accept is None else {"HTTP_ACCEPT": accept}
-
-    response = api_client.get(job_url, **headers)
+    response = (
+        api_client.get(job_url) if accept is None else api_client.get(job_url, HTTP_ACCEPT=accept)
+    )
 
     assert response.status_code == 200
     assert response["Content-Type"] == "application/json"
