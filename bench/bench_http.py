@@ -11,6 +11,10 @@ run, on the same server configuration (gunicorn.conf.py):
   process; `GET /api/jobs/<id>/` against reading and serialising the job in process;
 - concurrent single submits (4 client processes) against the trivial view's throughput.
 
+`--spy` records the served gunicorn workers with py-spy (a bench-only dependency) while one
+client submits, or 4 clients with `--clients 4`, and prints where a request's CPU goes in
+the worker, by stage (`SPY_STAGES`); the raw stacks go to bench/results/http_spy.txt.
+
 `--profile` runs requests through the ASGI application in this process instead: the
 thread hops per request (asgiref's sync_to_async / async_to_sync calls) and a cProfile
 breakdown of the same requests through the synchronous handler. Writes
@@ -26,11 +30,14 @@ import io
 import json
 import os
 import pstats
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 # The in-process requests of --profile submit as a named user, as the servers here do.
@@ -276,6 +283,140 @@ def profile(count: int) -> dict[str, Any]:
     return report
 
 
+# --- spy: the served worker, sampled ----------------------------------------------------
+
+# Stages of a request in the worker, each matched by a frame's text (function and file);
+# a sample counts for every stage on its stack, so the nested ones are parts of the outer.
+SPY_STAGES: list[tuple[str, str]] = [
+    ("request thread (Django's chain)", "respond (jobs/api/middleware.py"),
+    ("  middleware outside the view", "_get_response (django/core/handlers/base.py"),
+    ("    DRF dispatch", "dispatch (rest_framework/views.py"),
+    ("      initial (auth, perms, throttles, negotiation)", "initial (rest_framework/views.py"),
+    ("        content negotiation", "perform_content_negotiation (rest_framework/views.py"),
+    ("        authentication", "perform_authentication (rest_framework/views.py"),
+    ("        throttles", "check_throttles (rest_framework/views.py"),
+    ("      request.data (parse)", "data (rest_framework/request.py"),
+    ("      submit view (post)", "post (jobs/api/views.py"),
+    ("        serializer is_valid", "is_valid (rest_framework/serializers.py"),
+    ("          fields built (get_fields, deepcopy)", "fields (rest_framework/serializers.py"),
+    ("        submit_with_callbacks", "submit_with_callbacks (jobs/programs.py"),
+    ("          submit_jobs", "submit_jobs (jobs/queue.py"),
+    ("            database call (execute)", "execute (django/db/backends/utils.py"),
+    ("            pool checkout", "getconn (psycopg_pool/pool.py"),
+    ("        response serializer", "data (rest_framework/serializers.py"),
+    ("      finalize_response (render)", "finalize_response (rest_framework/views.py"),
+    ("    response render", "render (django/template/response.py"),
+    ("  request_finished (close, pool return)", "close (django/http/response.py"),
+    ("uvicorn's HTTP protocol (parse, send)", "uvicorn/protocols/http"),
+    ("Django's ASGI handler on the loop", "handle (jobs/api/middleware.py"),
+]
+
+
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User plus system CPU of each of these processes so far (/proc); gone ones left out."""
+    seconds = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        seconds[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return seconds
+
+
+def cpu_since(before: dict[int, float], pids: list[int]) -> float:
+    """CPU these processes used since `before`, counting those that lived throughout."""
+    now = cpu_seconds(pids)
+    return sum(now[pid] - before[pid] for pid in now.keys() & before.keys())
+
+
+def worker_pids(master: int) -> list[int]:
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+def postgres_pids() -> list[int]:
+    with connection.cursor() as cursor:  # every backend and PostgreSQL's own processes
+        cursor.execute("SELECT pid FROM pg_stat_activity")
+        pids = [row[0] for row in cursor.fetchall()]
+    connection.close()  # the forked clients must not share this process's connection
+    return pids
+
+
+def spy(zypher: str, seconds: float, clients: int, master: int) -> dict[str, Any]:
+    """Where a submit's time goes in the served workers, with `clients` submitting.
+
+    CPU per request from /proc, of the web workers and of PostgreSQL's processes, then
+    py-spy samples of the workers holding the GIL (Python running; waits on the socket
+    or the database release it), attributed to the stages of `SPY_STAGES`.
+    """
+    py_spy = shutil.which("py-spy", path=os.path.dirname(sys.executable)) or shutil.which("py-spy")
+    if py_spy is None:
+        raise SystemExit("--spy needs py-spy: .venv/bin/pip install py-spy (requirements.txt)")
+    http_load(zypher, "submit", 1.0, clients)  # the pools fill, the code warms
+    workers, backends = worker_pids(master), postgres_pids()
+    cpu: dict[str, dict[str, float]] = {}
+    loads: dict[str, dict[str, float]] = {}
+    for kind in ("health", "submit"):
+        before = cpu_seconds(workers), cpu_seconds(backends), os.times()
+        loads[kind] = load = http_load(zypher, kind, seconds, clients)
+        after = os.times()
+        served = load["requests_per_s"] * seconds
+        cpu[kind] = {
+            "clients": after.children_user
+            + after.children_system
+            - before[2].children_user
+            - before[2].children_system,
+            "web_workers": cpu_since(before[0], workers),
+            "postgresql": cpu_since(before[1], backends),
+        }
+        cpu[kind] = {name: 1000 * value / served for name, value in cpu[kind].items()}
+        print(
+            f"\n{kind}, {clients} client(s), no profiler: {load['requests_per_s']:.0f} req/s, "
+            f"median {load['median_ms']:.2f} ms; CPU per request: "
+            + ", ".join(f"{name} {value:.2f} ms" for name, value in cpu[kind].items())
+            + f" (of {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f})"
+        )
+    raw = RESULTS / "http_spy.txt"
+    rate = 1000
+    recorder = subprocess.Popen(
+        [py_spy, "record", "--pid", str(master), "--subprocesses", "--gil", "--nonblocking"]
+        + ["--rate", str(rate), "--format", "raw"]
+        + ["--duration", str(int(seconds) + 2), "-o", str(raw)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(1.0)  # py-spy attaches to the master and finds its workers
+    sampled = http_load(zypher, "submit", seconds, clients)
+    _, errors = recorder.communicate(timeout=seconds + 60)
+    if not raw.exists():
+        raise RuntimeError(f"py-spy wrote nothing: {errors.decode()[-2000:]}")
+    stacks: list[tuple[str, int]] = []
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        stacks.append((stack, int(count)))
+    total = sum(n for _, n in stacks)
+    # Samples over the whole recording; the requests over the load's part of it.
+    per_request = 1000 / rate / (sampled["requests_per_s"] * (int(seconds) + 2))
+    print(
+        f"py-spy (GIL held, {rate}/s): {sampled['requests_per_s']:.0f} submits/s; "
+        f"{total * per_request:.2f} ms of Python per submit (an upper bound: the recording "
+        "starts a second before the clients and ends a second after)"
+    )
+    breakdown: dict[str, float] = {}
+    for name, marker in SPY_STAGES:
+        hits = sum(n for s, n in stacks if marker in s)
+        breakdown[name.strip()] = hits * per_request
+        print(f"  {name:<56} {hits * per_request:6.2f} ms  {100 * hits / max(total, 1):5.1f}%")
+    return {
+        "clients": clients,
+        "loads": loads,
+        "cpu_ms_per_request": cpu,
+        "python_ms_per_request": total * per_request,
+        "stages_ms_per_request": breakdown,
+    }
+
+
 # --- the report ---------------------------------------------------------------------------
 
 
@@ -290,6 +431,8 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke test)")
     parser.add_argument("--profile", action="store_true", help="hops and cProfile, in process")
+    parser.add_argument("--spy", action="store_true", help="py-spy on the served workers")
+    parser.add_argument("--clients", type=int, default=1, help="--spy: client processes")
     options = parser.parse_args()
     if connection.vendor != "postgresql":
         print(
@@ -301,6 +444,14 @@ def main() -> int:
     reset_tables()
     if options.profile:
         write_results("http_profile", profile(100 if options.quick else 300))
+        return 0
+    if options.spy:
+        gateway, zypher = start_gateway(subprocess_env(), RESULTS)
+        try:
+            report = spy(zypher, 12.0, options.clients, gateway.process.pid)
+        finally:
+            gateway.stop()
+        write_results("http_spy", report)
         return 0
     load = os.getloadavg()
     rounds, count = (2, 100) if options.quick else (3, 300)

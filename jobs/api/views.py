@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -14,9 +14,10 @@ from rest_framework import exceptions, generics, status
 from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.serializers import AuthTokenSerializer
 from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import AllowAny
-from rest_framework.renderers import JSONRenderer
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
@@ -42,6 +43,7 @@ from jobs.api.serializers import (
     UserCreateSerializer,
     UserSerializer,
     UserWeightSerializer,
+    lean_submit_item,
     list_limit_error,
     user_summary,
 )
@@ -79,6 +81,30 @@ def refused_callbacks(items: list[dict[str, Any]], many: bool) -> dict[str, Any]
     return None
 
 
+class JSONClientsFirst(DefaultContentNegotiation):
+    """DRF's content negotiation, answering the common JSON client without parsing.
+
+    A client that accepts anything or JSON (`*/*`, `application/json`, no Accept header)
+    and names no format gets the first renderer, JSON, exactly as DRF's parse of the header
+    would choose; any other Accept header (a browser's, for the browsable API) or a
+    `?format=` goes through DRF's own negotiation.
+    """
+
+    def select_renderer(
+        self, request: Request, renderers: Iterable[BaseRenderer], format_suffix: str | None = None
+    ) -> tuple[BaseRenderer, str]:
+        renderers = list(renderers)
+        if (
+            format_suffix is None
+            and renderers
+            and renderers[0].media_type == "application/json"
+            and request.META.get("HTTP_ACCEPT", "*/*") in ("*/*", "application/json")
+            and self.settings.URL_FORMAT_OVERRIDE not in request.query_params
+        ):
+            return renderers[0], renderers[0].media_type
+        return super().select_renderer(request, renderers, format_suffix)
+
+
 class JobListCreateView(generics.ListAPIView):
     """List jobs (`?user_id=&status=`) or submit one (an object) or many (a list, all or nothing)."""
 
@@ -87,6 +113,7 @@ class JobListCreateView(generics.ListAPIView):
     permission_classes = JOB_READERS
     pagination_class = JobListPagination  # by cursor; `offset` for existing clients
     throttle_classes = SUBMIT_THROTTLES  # POST only
+    content_negotiation_class = JSONClientsFirst
 
     def get_permissions(self) -> Sequence[Any]:
         # A submit says who it acts for last (`acting_owner`), after its body is validated.
@@ -141,16 +168,22 @@ class JobListCreateView(generics.ListAPIView):
             raise exceptions.ValidationError(
                 {"error": "Send a JSON object (one job) or a list of them."}
             )
-        serializer = (
-            JobSubmitSerializer.bulk(request.data)
-            if many
-            else JobSubmitSerializer(data=request.data)
-        )
-        if not serializer.is_valid():
-            raise exceptions.ValidationError(
-                submit_error(serializer.errors) if many else serializer.errors
+        # A plain one-job body is validated without building the serializer's fields;
+        # anything else, and every error, goes through the serializer.
+        lean = None if many else lean_submit_item(request.data)
+        if lean is not None:
+            items = [lean]
+        else:
+            serializer = (
+                JobSubmitSerializer.bulk(request.data)
+                if many
+                else JobSubmitSerializer(data=request.data)
             )
-        items = serializer.validated_data if many else [serializer.validated_data]
+            if not serializer.is_valid():
+                raise exceptions.ValidationError(
+                    submit_error(serializer.errors) if many else serializer.errors
+                )
+            items = serializer.validated_data if many else [serializer.validated_data]
         if (refused := refused_callbacks(items, many)) is not None:
             return Response(refused, status=status.HTTP_403_FORBIDDEN)
         named = {item.get("user_id") for item in items}
@@ -179,6 +212,7 @@ class JobDetailView(generics.RetrieveAPIView):
     lookup_field = "public_id"
     lookup_url_kwarg = "job_id"
     permission_classes = JOB_READERS
+    content_negotiation_class = JSONClientsFirst
 
     def get_queryset(self) -> QuerySet[Job]:
         return visible_jobs(self.request)
