@@ -10,9 +10,10 @@ front while the walk waits on another user's account."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import pytest
-from django.db import connection, connections, transaction
+from django.db import connections, transaction
 
 from jobs.models import FairShareAccount, Job, JobStatus, User
 from jobs.queue import ClaimedJob, JobSpec, claim_next, release_job, submit_jobs
@@ -22,7 +23,9 @@ from tests.support.sessions import sessions_waiting_on_locks
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 
-def in_thread(work: list[object], function, *args) -> threading.Thread:  # type: ignore[no-untyped-def]
+def in_thread(
+    work: list[object], function: Callable[..., object], *args: object
+) -> threading.Thread:
     """`function(*args)` in a thread with its own connection; its answer (or what it
     raised) appended to `work`."""
 
@@ -63,9 +66,7 @@ def test_a_user_refunded_by_a_requeue_during_the_walk_is_not_passed_over() -> No
         wait_until(lambda: sessions_waiting_on_locks() == 1, 30, "the claim to wait on a")
         requeuer = in_thread(requeued, release_job, running.id, running.fencing_token, "lost")
         # The requeue either commits now or waits for the claim's pool lock.
-        wait_until(
-            lambda: bool(requeued) or sessions_waiting_on_locks() == 2, 30, "the requeue"
-        )
+        wait_until(lambda: bool(requeued) or sessions_waiting_on_locks() == 2, 30, "the requeue")
     claimer.join(60)
     requeuer.join(60)
     assert requeued == [JobStatus.QUEUED]
@@ -74,4 +75,3 @@ def test_a_user_refunded_by_a_requeue_during_the_walk_is_not_passed_over() -> No
     # Cancel first (the claim waited for it), then requeue and claim in either order:
     # b (0.5 or 5) comes before c (10) both ways.
     assert claim.owner == "b", f"claimed {claim.owner}'s job; b was ahead of c throughout"
-    assert connection.vendor == "postgresql"
