@@ -820,9 +820,10 @@ def release_job(
     if expired_before is not None:
         held &= Q(lease_expires_at__lt=expired_before)
     with transaction.atomic():
-        _lock_accounts(
-            FairShareAccount.objects.filter(pool_id=pool_id_for(device_type), user_id=owner_id)
-        )
+        # The pool first, as a claim holds it: the refund moves the account back in the fair
+        # order, and zypher_claim's walk (one step past the last account read) must not see
+        # an account move behind it while it runs, or it would pass over it (issue 16).
+        _lock_pool_and_account(pool_id_for(device_type), owner_id)
         job = (
             Job.objects.select_for_update(no_key=True)
             .filter(held)

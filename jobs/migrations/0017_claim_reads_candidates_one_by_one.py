@@ -21,7 +21,12 @@ FUNCTIONS = {
 -- locked and not charged, and keeps its place for a device that fits (issue 13).
 -- The candidates are read one at a time, each the first entry past the last one in the
 -- partial index of backlogged accounts: a FOR loop over them all had the planner sort
--- every backlogged account of the pool on each claim (issue 16).
+-- every backlogged account of the pool on each claim (issue 16). Each step is a statement
+-- of its own snapshot, so an account that moved back past the last one read would never
+-- be read: every change that lowers an account's virtual time (a settle, a requeue's
+-- refund) holds the pool's lock, as the claim does. Moves forward (a submit's lift) and
+-- accounts newly backlogged behind the walk are as if they came after the claim; their
+-- submit NOTIFYs.
 CREATE OR REPLACE FUNCTION zypher_claim(
     p_device_type text, p_device text, p_device_size integer, p_now timestamptz,
     p_lease_seconds double precision
