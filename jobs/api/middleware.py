@@ -261,9 +261,12 @@ class WhiteNoiseMiddleware(PlainWhiteNoiseMiddleware):
         return super().__call__(request)
 
     async def __acall__(self, request: HttpRequest) -> Any:
-        if self.autorefresh:  # a look at the disk (DEBUG)
-            return await sync_to_async(super().__call__, thread_sensitive=True)(request)
-        static_file = self.files.get(request.path_info)
+        if self.autorefresh:  # a look at the disk (DEBUG); the next layer is awaited here
+            static_file = await sync_to_async(self.find_file, thread_sensitive=True)(
+                request.path_info
+            )
+        else:
+            static_file = self.files.get(request.path_info)
         if static_file is not None:
             return await sync_to_async(self.serve, thread_sensitive=True)(static_file, request)
         return await self.get_response(request)
