@@ -6,12 +6,15 @@ DRF's, 406 included)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
+from django.test import Client
 
 from jobs.api.middleware import OneHopASGIHandler
+from jobs.models import Job, JobStatus, User
+from jobs.predict.hub import close_db_connections, completion_hub, submit_prediction
 
 
 def asgi_request(
@@ -19,6 +22,7 @@ def asgi_request(
     path: str,
     method: str = "GET",
     headers: tuple[tuple[bytes, bytes], ...] = (),
+    body: bytes = b"",
 ) -> tuple[int, bytes, dict[bytes, bytes]]:
     scope = {
         "type": "http",
@@ -40,7 +44,7 @@ def asgi_request(
         nonlocal sent
         if not sent:
             sent = True
-            return {"type": "http.request", "body": b"", "more_body": False}
+            return {"type": "http.request", "body": body, "more_body": False}
         await asyncio.sleep(3600)
         return {"type": "http.disconnect"}
 
@@ -100,3 +104,96 @@ def test_health_answers_plain_json_accept_headers_on_the_loop(accept: str | None
         200,
         b'{"status":"ok"}',
     )
+
+
+@pytest.fixture
+def closed_predict_threads(transactional_db: None) -> Iterator[None]:
+    yield
+    close_db_connections()  # the test database is dropped at the end
+
+
+def test_a_client_that_goes_away_cancels_a_waiting_predict_and_frees_its_thread(
+    closed_predict_threads: None, settings: Any
+) -> None:
+    # Django's cancel-on-disconnect, kept by the event-loop path: the waiting /predict is
+    # cancelled (the hub forgets it), nothing is sent, the job stays queued, and the
+    # request's thread goes back to the idle ones.
+    settings.ZYPHER_OPEN_MODE = True
+    application = OneHopASGIHandler()
+    body = b'{"input": "x", "user_id": "walker"}'
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/predict",
+        "raw_path": b"/predict",
+        "query_string": b"",
+        "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    sent: list[Mapping[str, Any]] = []
+
+    async def run() -> int:
+        hub = completion_hub()
+        messages = 0
+
+        async def receive() -> dict[str, Any]:
+            nonlocal messages
+            messages += 1
+            if messages == 1:
+                return {"type": "http.request", "body": body, "more_body": False}
+            while hub.waiting == 0:  # the view waits for its job: now the client leaves
+                await asyncio.sleep(0.01)
+            return {"type": "http.disconnect"}
+
+        async def send(message: Mapping[str, Any]) -> None:
+            sent.append(message)
+
+        await application(scope, receive, send)
+        return hub.waiting
+
+    assert asyncio.run(run()) == 0
+    assert sent == []
+    job = Job.objects.get(owner__username="walker")
+    assert job.status == JobStatus.QUEUED
+    assert len(application._idle_executors) == 1
+
+
+def test_a_session_post_without_a_valid_csrf_token_is_refused_on_the_loop_path(
+    closed_predict_threads: None, settings: Any
+) -> None:
+    # /predict and the job events are `async def`: CSRF for a session is checked as
+    # before (DRF's session authentication for /predict, Django's middleware for events).
+    settings.ZYPHER_OPEN_MODE = False
+    application = OneHopASGIHandler()
+    alice = User.objects.create_user("alice", password="x")
+    job_id = submit_prediction(alice, "x")
+    browser = Client()
+    browser.force_login(alice)
+    session = f"sessionid={browser.cookies['sessionid'].value}"
+    secret = "a" * 32
+    json_body = (b"content-type", b"application/json")
+
+    def post(path: str, *headers: tuple[bytes, bytes]) -> tuple[int, bytes]:
+        status, body, _ = asgi_request(application, path, "POST", headers, body=b'{"input": "x"}')
+        return status, body
+
+    assert post("/predict", (b"cookie", session.encode()), json_body) == (
+        403,
+        b'{"error": "CSRF Failed: CSRF cookie not set."}',
+    )
+    with_cookie = (b"cookie", f"{session}; csrftoken={secret}".encode())
+    status, body = post("/predict", with_cookie, json_body, (b"x-csrftoken", b"b" * 32))
+    assert status == 403 and b"incorrect" in body, body
+    evil = (b"origin", b"https://evil.example")
+    status, body = post("/predict", with_cookie, json_body, (b"x-csrftoken", secret.encode()), evil)
+    assert status == 403 and b"Origin checking failed" in body, body
+    assert post(f"/api/jobs/{job_id}/events", (b"cookie", session.encode()))[0] == 403
+    # The same request with its token passes.
+    status, body = post(
+        "/predict", with_cookie, json_body, (b"x-csrftoken", secret.encode()), (b"async-mode", b"1")
+    )
+    assert status == 202, body
