@@ -10,6 +10,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
+from django.core.signals import request_finished, request_started
+from django.dispatch import Signal
 from django.test import Client
 
 from jobs.api.middleware import OneHopASGIHandler
@@ -197,3 +199,23 @@ def test_a_session_post_without_a_valid_csrf_token_is_refused_on_the_loop_path(
         "/predict", with_cookie, json_body, (b"x-csrftoken", secret.encode()), (b"async-mode", b"1")
     )
     assert status == 202, body
+
+
+@pytest.mark.parametrize("signal", [request_started, request_finished])
+def test_async_views_answer_with_an_async_receiver_on_the_request_signals(
+    signal: Signal,
+) -> None:
+    # Django allows `async def` receivers; sent from the event loop's thread with `send`
+    # they raise (async_to_sync refuses that thread), and every async view answered 500.
+    received: list[str] = []
+
+    async def note(**kwargs: Any) -> None:
+        received.append("note")
+
+    signal.connect(note)
+    try:
+        status, body, _ = asgi_request(OneHopASGIHandler(), "/api/health/")
+    finally:
+        signal.disconnect(note)
+    assert (status, body) == (200, b'{"status":"ok"}')
+    assert received == ["note"]
