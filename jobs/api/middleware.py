@@ -29,6 +29,7 @@ from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.base import BaseHandler
 from django.core.signals import got_request_exception
+from django.dispatch import Signal
 from django.http import (
     FileResponse,
     HttpRequest,
@@ -261,9 +262,12 @@ class WhiteNoiseMiddleware(PlainWhiteNoiseMiddleware):
         return super().__call__(request)
 
     async def __acall__(self, request: HttpRequest) -> Any:
-        if self.autorefresh:  # a look at the disk (DEBUG)
-            return await sync_to_async(super().__call__, thread_sensitive=True)(request)
-        static_file = self.files.get(request.path_info)
+        if self.autorefresh:  # a look at the disk (DEBUG); the next layer is awaited here
+            static_file = await sync_to_async(self.find_file, thread_sensitive=True)(
+                request.path_info
+            )
+        else:
+            static_file = self.files.get(request.path_info)
         if static_file is not None:
             return await sync_to_async(self.serve, thread_sensitive=True)(static_file, request)
         return await self.get_response(request)
@@ -280,6 +284,12 @@ class RequestThread(ThreadPoolExecutor):
 
 
 _request_thread: contextvars.ContextVar[RequestThread] = contextvars.ContextVar("request_thread")
+
+
+def _has_async_receivers(signal: Signal, sender: Any) -> bool:
+    # Signal.send runs `async def` receivers through async_to_sync, which refuses the
+    # event loop's thread: with any connected, the signal is sent as Django sends it.
+    return signal.has_listeners(sender) and bool(signal._live_receivers(sender)[1])
 
 
 def _on_event_loop(method: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
@@ -420,7 +430,11 @@ class OneHopASGIHandler(ASGIHandler):
         except RequestAborted:
             return
         set_script_prefix(get_script_prefix(scope))
-        signals.request_started.send(sender=self.__class__, scope=scope)
+        if _has_async_receivers(signals.request_started, self.__class__):
+            # As Django sends it: the sync receivers in the request's thread.
+            await signals.request_started.asend(sender=self.__class__, scope=scope)
+        else:
+            signals.request_started.send(sender=self.__class__, scope=scope)
         request, error_response = self.create_request(scope, body_file)
         if request is None:
             assert error_response is not None
@@ -458,7 +472,9 @@ class OneHopASGIHandler(ASGIHandler):
         try:
             response = responder.result()
         except asyncio.CancelledError:
-            if _request_thread.get().used:
+            if _request_thread.get().used or _has_async_receivers(
+                signals.request_finished, self.__class__
+            ):
                 await signals.request_finished.asend(sender=self.__class__)
             else:
                 signals.request_finished.send(sender=self.__class__)
@@ -468,7 +484,9 @@ class OneHopASGIHandler(ASGIHandler):
 
     @staticmethod
     async def _finish(response: HttpResponseBase) -> None:
-        if _request_thread.get().used:
+        if _request_thread.get().used or _has_async_receivers(
+            signals.request_finished, getattr(response, "_handler_class", None)
+        ):
             await sync_to_async(response.close, thread_sensitive=True)()
         else:
             response.close()

@@ -341,7 +341,7 @@ class HealthView(APIView):
             if (
                 request.method == "GET"
                 and not request.META.get("QUERY_STRING")
-                and _takes_plain_json(request.META.get("HTTP_ACCEPT", ""))
+                and _takes_plain_json(request.META.get("HTTP_ACCEPT"))
             ):
                 response = HttpResponse(body, content_type="application/json")
                 response["Allow"] = allow
@@ -355,11 +355,14 @@ class HealthView(APIView):
         return view
 
 
-def _takes_plain_json(accept: str) -> bool:
-    # What DRF's negotiation answers with its JSONRenderer and no parameters.
-    return all(
-        part.strip() in ("", "*/*", "application/*", "application/json")
-        for part in accept.split(",")
+def _takes_plain_json(accept: str | None) -> bool:
+    # What DRF's negotiation answers with its JSONRenderer and no parameters. No header
+    # is `*/*` to DRF, but a header naming no type at all ("", ",") is its 406.
+    if accept is None:
+        return True
+    parts = [part.strip() for part in accept.split(",")]
+    return any(parts) and all(
+        part in ("", "*/*", "application/*", "application/json") for part in parts
     )
 
 
