@@ -312,14 +312,15 @@ HEALTH = {"status": "ok"}
 
 
 class HealthView(APIView):
-    """A trivial JSON view: the ceiling the benchmarks compare the API with.
+    """Whether this web process answers (no database is asked)."""
 
-    Served as an `async def` view (`as_view`): a plain `GET` that takes JSON is answered
-    on the event loop, with the bytes and headers DRF gives it, and no thread hop
-    (issue 16); anything else (the browsable API's HTML, `?format=`, OPTIONS, other
-    methods) goes to this DRF view in the request's thread. The schema and the browsable
-    API see the DRF view (the returned function carries `cls`, as DRF's does).
-    """
+    # The docstring above is what the browsable API and OPTIONS show. Served as an
+    # `async def` view (`as_view`): a plain `GET` that takes JSON is answered on the event
+    # loop, with the bytes and headers DRF gives it, and no thread hop (issue 16); anything
+    # else (the browsable API's HTML, `?format=`, OPTIONS, other methods) goes to this DRF
+    # view in the request's thread. It is also the trivial view the benchmarks compare the
+    # API with. The schema and the browsable API see the DRF view (the returned function
+    # carries `cls`, as DRF's does).
 
     authentication_classes: list[type] = []
 
