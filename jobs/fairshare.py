@@ -301,3 +301,109 @@ def fluid_shares(
             for user, rate in rates.items():
                 shares[user].entitled += rate * (high - low)
     return shares
+
+
+# --- the pairwise guarantee: what the dashboard flags -------------------------------------------
+
+
+def pair_bound(
+    longest_job: float, weight_i: float, weight_j: float, devices: int = 1, slack: float = 0.0
+) -> float:
+    """How far apart the policy may leave two users' normalised service over a stretch
+    where both had work queued: the SFQ bound C_max/w_i + C_max/w_j, times the pool's
+    number of devices (at once, each device may be running a job charged before the
+    stretch, and the start tags lag by up to one job per device), plus `slack` seconds."""
+    return max(1, devices) * (longest_job / weight_i + longest_job / weight_j) + slack
+
+
+@dataclass(frozen=True)
+class PairGap:
+    """A user's worst pair: the largest |R_u/w_u - R_v/w_v| over an interval inside a
+    stretch where both had work queued (`seconds`), that stretch's length, and the
+    `bound` it is measured against (`pair_bound`)."""
+
+    partner: Any
+    seconds: float
+    over_seconds: float
+    bound: float
+
+    @property
+    def excess(self) -> float:
+        return self.seconds - self.bound
+
+
+def pairwise_gaps(
+    spans: Iterable[JobSpan],
+    weights: Mapping[Any, float],
+    start: float,
+    end: float,
+    *,
+    devices: int = 1,
+    slack: float = 0.0,
+) -> dict[Any, PairGap]:
+    """For each user u, the pair (u, v) whose normalised gap most exceeds `pair_bound`:
+
+        D(t) = R_u[a, t] / w_u - R_v[a, t] / w_v  over each common stretch [a, b] where
+               u and v both have a job queued (in the system and not on a device),
+        gap  = max D - min D over the stretch = the largest |R_u/w_u - R_v/w_v| over any
+               interval inside it (D is linear between change points),
+
+    over [start, end], `longest_job` C_max the pool's longest run. Only users with a
+    partner appear. Quadratic in users and change points, for tests:
+    `jobs.monitoring.stats` computes the same with arrays.
+    """
+    spans = list(spans)
+    points = {start, end}
+    for span in spans:
+        points.update((span.arrived, span.left))
+        for run_start, run_end in span.runs:
+            points.update((run_start, run_end))
+    cuts = sorted(point for point in points if start <= point <= end)
+    longest = max(
+        (run_end - run_start for span in spans for run_start, run_end in span.runs), default=0.0
+    )
+    users = sorted({span.user for span in spans}, key=repr)
+    # Per segment: who has a job queued, and the device time each user receives in it.
+    queued: list[set[Any]] = []
+    served: list[dict[Any, float]] = []
+    for low, high in itertools.pairwise(cuts):
+        waiting: dict[Any, int] = {}
+        seconds: dict[Any, float] = {}
+        for span in spans:
+            if span.arrived <= low and span.left >= high and high > low:
+                waiting[span.user] = waiting.get(span.user, 0) + 1
+            for run_start, run_end in span.runs:
+                if run_start <= low and run_end >= high and high > low:
+                    waiting[span.user] = waiting.get(span.user, 0) - 1
+                    seconds[span.user] = seconds.get(span.user, 0.0) + high - low
+        queued.append({user for user, count in waiting.items() if count > 0})
+        served.append(seconds)
+    worst: dict[Any, PairGap] = {}
+    for index, first in enumerate(users):
+        for second in users[index + 1 :]:
+            bound = pair_bound(longest, weights[first], weights[second], devices, slack)
+            # The common stretches, each as D at its change points (from 0 at its start).
+            stretches: list[tuple[float, float, list[float]]] = []  # began, ended, D
+            for (low, high), both, seconds in zip(
+                itertools.pairwise(cuts), queued, served, strict=True
+            ):
+                if high <= low:
+                    continue
+                if not {first, second} <= both:
+                    continue
+                if not stretches or stretches[-1][1] < low:
+                    stretches.append((low, low, [0.0]))
+                began, _, lead = stretches[-1]
+                step = seconds.get(first, 0.0) / weights[first]
+                step -= seconds.get(second, 0.0) / weights[second]
+                lead.append(lead[-1] + step)
+                stretches[-1] = (began, high, lead)
+            best = max(
+                ((max(lead) - min(lead), ended - began) for began, ended, lead in stretches),
+                default=(0.0, 0.0),
+            )
+            for user, partner in ((first, second), (second, first)):
+                found = PairGap(partner, best[0], best[1], bound)
+                if user not in worst or found.excess > worst[user].excess:
+                    worst[user] = found
+    return worst

@@ -155,7 +155,19 @@ class UserShare(TypedDict):
     oldest_queued_age_seconds: float | None
     queued: int
     running: int
-    flagged: bool
+    flagged: bool  # some pair's normalised gap exceeds the SFQ bound (`unfair_pair`)
+    unfair_pair: UnfairPair | None
+
+
+class UnfairPair(TypedDict):
+    """Why a user is flagged: over an interval inside a stretch where it and `user` both
+    had work queued, their normalised service differed by `gap_seconds` (|R_u/w_u -
+    R_v/w_v|), more than `bound_seconds` (devices * (C_max/w_u + C_max/w_v) + slack)."""
+
+    user: str
+    gap_seconds: float
+    bound_seconds: float
+    over_seconds: float  # the length of that common stretch
 
 
 class IdleGap(TypedDict):
@@ -176,7 +188,9 @@ class PoolSummary(TypedDict):
     pool: str
     device_seconds: float
     longest_job_seconds: float
-    lag_bound_seconds: float  # |lag| beyond this is flagged
+    lag_bound_seconds: float  # 2 C_max + slack: what a fair run of users of one weight
+    # arriving with their work stays within; no bound in general, not what is flagged
+    devices: int  # the most jobs of the pool on a device at once: scales the pair bound
     jain_index: float | None
     max_normalised_gap: NormalisedGap | None
 
@@ -778,6 +792,195 @@ def _max_normalised_gap(
     return best
 
 
+@dataclass
+class _PairGap:
+    """A user's worst pair (see `_pair_gaps`)."""
+
+    partner: int
+    seconds: float
+    over_seconds: float
+    bound: float
+
+
+def _unfair_pair(pair: _PairGap | None, names: dict[int, str]) -> UnfairPair | None:
+    if pair is None:
+        return None
+    return {
+        "user": names[pair.partner],
+        "gap_seconds": pair.seconds,
+        "bound_seconds": pair.bound,
+        "over_seconds": pair.over_seconds,
+    }
+
+
+def _queued_stretches(
+    owner: np.ndarray, at: np.ndarray, moves: np.ndarray, end: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(owner, start, stop) of the maximal stretches in which a user has a job queued
+    (in the system and not on a device), from the +1/-1 changes of that count; changes at
+    one instant are summed first, so an instant's dip is no gap."""
+    if not len(owner):
+        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
+    at = np.clip(at, 0.0, end)
+    order = np.lexsort((at, owner))
+    owner, at, moves = owner[order], at[order], moves[order]
+    distinct = np.append(True, (owner[1:] != owner[:-1]) | (at[1:] != at[:-1]))
+    heads = np.flatnonzero(distinct)
+    owner, at, moves = owner[heads], at[heads], np.add.reduceat(moves, heads)
+    first = np.append(True, owner[1:] != owner[:-1])
+    total = np.cumsum(moves)
+    user_heads = np.flatnonzero(first)
+    count = total - np.repeat(
+        total[user_heads] - moves[user_heads], np.diff(np.append(user_heads, len(owner)))
+    )
+    last = np.append(owner[1:] != owner[:-1], True)
+    stop = np.where(last, end, np.append(at[1:], end))
+    waiting = (count > 0) & (stop > at)
+    # A stretch opens where waiting starts (a new user, or after a change that was not).
+    opens = waiting & (first | ~np.append(False, waiting[:-1]) | (np.append(0.0, stop[:-1]) < at))
+    starts = np.flatnonzero(opens)
+    if not len(starts):
+        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
+    label = np.cumsum(opens) - 1
+    label = label[waiting]
+    return (
+        owner[starts],
+        at[starts],
+        np.maximum.reduceat(
+            stop[waiting], np.flatnonzero(np.append(True, label[1:] != label[:-1]))
+        ),
+    )
+
+
+def _pair_gaps(
+    intervals: _PoolIntervals,
+    queued: tuple[np.ndarray, np.ndarray],
+    weights: dict[int, float],
+    received: dict[int, float],
+    end: float,
+    longest: float,
+    devices: int,
+    slack: float,
+) -> dict[int, _PairGap]:
+    """Each user's pair (u, v) whose normalised gap most exceeds `jobs.fairshare.pair_bound`
+    over a stretch where both had a job queued: max D - min D over the stretch, D(t) =
+    R_u(t)/w_u - R_v(t)/w_v (the reference is `jobs.fairshare.pairwise_gaps`), for the
+    users whose worst pair exceeds it (the flagged ones); nobody else is listed.
+
+    Exact without looking at every pair: D(b) - D(a) lies in [-dR_v/w_v, dR_u/w_u], so a
+    pair can exceed its bound only if max(R_u/w_u, R_v/w_v) over the window does; the
+    few pairs left are checked with arrays over their runs (a loop over pairs of users,
+    none over jobs).
+    """
+    came = ~np.isnan(intervals.arrived) & (intervals.arrived < end)
+    went = came & ~np.isnan(intervals.left) & (intervals.left < end)
+    run_owner, run_start, run_stop = intervals.runs(end)
+    run_start, run_stop = np.clip(run_start, 0.0, end), np.clip(run_stop, 0.0, end)
+    stopped = run_stop < end
+    queued_owner, queued_at = queued
+    owner = np.concatenate(
+        (intervals.owner[came], intervals.owner[went], queued_owner, run_owner, run_owner[stopped])
+    ).astype(np.int64)
+    at = np.concatenate(
+        (intervals.arrived[came], intervals.left[went], queued_at, run_start, run_stop[stopped])
+    )
+    moves = np.concatenate(
+        (
+            np.ones(int(came.sum())),
+            -np.ones(int(went.sum())),
+            np.ones(len(queued_at)),
+            -np.ones(len(run_start)),
+            np.ones(int(stopped.sum())),
+        )
+    ).astype(np.int64)
+    stretch_owner, stretch_start, stretch_stop = _queued_stretches(owner, at, moves, end)
+    waiting = np.unique(stretch_owner).tolist()
+    if len(waiting) < 2:
+        return {}
+    ids = np.array(waiting, dtype=np.int64)
+    weight = np.array([weights[user_id] for user_id in waiting])
+    most = np.array([received.get(user_id, 0.0) for user_id in waiting]) / weight
+    first, second = np.triu_indices(len(ids), 1)
+    bound = max(1, devices) * (longest / weight[first] + longest / weight[second]) + slack
+    maybe = np.maximum(most[first], most[second]) > bound
+    found: dict[int, _PairGap] = {}
+    if not maybe.any():
+        return found
+    stretches = {
+        user_id: (stretch_start[stretch_owner == user_id], stretch_stop[stretch_owner == user_id])
+        for user_id in np.unique(ids[np.concatenate((first[maybe], second[maybe]))]).tolist()
+    }
+    runs = _runs_of(run_owner, run_start, run_stop, list(stretches))
+    pairs = zip(first[maybe].tolist(), second[maybe].tolist(), bound[maybe].tolist(), strict=True)
+    for i, j, limit in pairs:
+        u, v = waiting[i], waiting[j]
+        gap = _pair_gap(stretches[u], stretches[v], runs[u], runs[v], weight[i], weight[j])
+        if gap is None or gap[0] <= limit:
+            continue
+        for user_id, partner in ((u, v), (v, u)):
+            known = found.get(user_id)
+            if known is None or gap[0] - limit > known.seconds - known.bound:
+                found[user_id] = _PairGap(partner, gap[0], gap[1], limit)
+    return found
+
+
+def _pair_gap(
+    stretches_u: tuple[np.ndarray, np.ndarray],
+    stretches_v: tuple[np.ndarray, np.ndarray],
+    runs_u: tuple[np.ndarray, np.ndarray],
+    runs_v: tuple[np.ndarray, np.ndarray],
+    weight_u: float,
+    weight_v: float,
+) -> tuple[float, float] | None:
+    """The largest max D - min D over the common stretches of u and v (and that stretch's
+    length up to where it is reached), D evaluated at the stretches' ends and at every
+    run boundary inside (D is linear in between)."""
+    starts_u, stops_u = stretches_u
+    starts_v, stops_v = stretches_v
+    # The common stretches: each of u's against the run of v's that overlap it.
+    lows = np.searchsorted(stops_v, starts_u, side="right")
+    highs = np.searchsorted(starts_v, stops_u, side="left")
+    counts = np.maximum(highs - lows, 0)
+    if not counts.sum():
+        return None
+    which_u = np.repeat(np.arange(len(starts_u)), counts)
+    which_v = np.repeat(lows - np.concatenate(([0], np.cumsum(counts)[:-1])), counts) + np.arange(
+        int(counts.sum())
+    )
+    common_start = np.maximum(starts_u[which_u], starts_v[which_v])
+    common_stop = np.minimum(stops_u[which_u], stops_v[which_v])
+    keep = common_stop > common_start
+    common_start, common_stop = common_start[keep], common_stop[keep]
+    if not len(common_start):
+        return None
+    bounds = np.concatenate((runs_u[0], runs_u[1], runs_v[0], runs_v[1]))
+    points = np.concatenate((common_start, common_stop, bounds))
+    piece = np.searchsorted(common_start, points, side="right") - 1
+    inside = (piece >= 0) & (points <= common_stop[np.maximum(piece, 0)])
+    points, piece = points[inside], piece[inside]
+    order = np.lexsort((points, piece))
+    points, piece = points[order], piece[order]
+    lead = _service(runs_u, points) / weight_u - _service(runs_v, points) / weight_v
+    heads = np.flatnonzero(np.append(True, piece[1:] != piece[:-1]))
+    spread = np.maximum.reduceat(lead, heads) - np.minimum.reduceat(lead, heads)
+    best = int(np.argmax(spread))
+    return float(spread[best]), float(
+        common_stop[piece[heads[best]]] - common_start[piece[heads[best]]]
+    )
+
+
+def _service(runs: tuple[np.ndarray, np.ndarray], points: np.ndarray) -> np.ndarray:
+    """Device seconds received from the window's start up to each of `points`: for each
+    point t, the sum of (t - start) over the runs begun by t minus (t - stop) over those
+    ended by t."""
+    starts, stops = np.sort(runs[0]), np.sort(runs[1])
+    begun = np.searchsorted(starts, points, side="right")
+    done = np.searchsorted(stops, points, side="right")
+    start_sums = np.concatenate(([0.0], np.cumsum(starts)))
+    stop_sums = np.concatenate(([0.0], np.cumsum(stops)))
+    return (begun - done) * points - start_sums[begun] + stop_sums[done]
+
+
 def jain_index(rows: list[UserShare], floor: float = JAIN_FLOOR_SECONDS) -> float | None:
     """Jain's index of x_u = R_u / E_u over the users entitled to more than `floor`
     seconds (1 = everyone received what the fluid schedule entitled them to)."""
@@ -921,6 +1124,17 @@ def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
         for pk, state in swept.items():
             state.received = received.get(pk, 0.0)
         bound = lag_bound(longest, settings.ZYPHER_DASHBOARD_LAG_SLACK_SECONDS)
+        devices = caps.get(pool, 1)
+        pairs = _pair_gaps(
+            intervals,
+            queued.get(pool, (np.zeros(0, np.int64), np.zeros(0))),
+            weights,
+            received,
+            end,
+            longest,
+            devices,
+            settings.ZYPHER_DASHBOARD_LAG_SLACK_SECONDS,
+        )
         device_seconds = sum(state.received for state in swept.values())
         shares_of_pool: list[UserShare] = []
         for pk, state in swept.items():
@@ -940,7 +1154,8 @@ def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
                     "oldest_queued_age_seconds": _age(now, users[pk][2]),
                     "queued": queued_count,
                     "running": running,
-                    "flagged": abs(lag) > bound,
+                    "flagged": pk in pairs,
+                    "unfair_pair": _unfair_pair(pairs.get(pk), names),
                 }
             )
         shares_of_pool.sort(key=lambda row: (-row["lag_seconds"], row["user"]))
@@ -950,6 +1165,7 @@ def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
                 "device_seconds": device_seconds,
                 "longest_job_seconds": longest,
                 "lag_bound_seconds": bound,
+                "devices": devices,
                 "jain_index": jain_index(shares_of_pool),
                 "max_normalised_gap": _max_normalised_gap(
                     swept,
