@@ -316,6 +316,24 @@ def pair_bound(
     return max(1, devices) * (longest_job / weight_i + longest_job / weight_j) + slack
 
 
+def most_at_once(spans: Iterable[JobSpan], start: float, end: float) -> int:
+    """The most runs on a device at once over [start, end]: the pool's devices as far as
+    the window shows them (what `pair_bound` scales by)."""
+    changes = sorted(
+        (max(point, start), move)
+        for span in spans
+        for run_start, run_end in span.runs
+        if run_end > start and run_start < end
+        for point, move in ((run_start, 1), (run_end, -1))
+        if point < end
+    )
+    level = most = 0
+    for _, move in changes:  # at one instant, ends (-1) come first
+        level += move
+        most = max(most, level)
+    return most
+
+
 @dataclass(frozen=True)
 class PairGap:
     """A user's worst pair: the largest |R_u/w_u - R_v/w_v| over an interval inside a
@@ -360,7 +378,13 @@ def pairwise_gaps(
             points.update((run_start, run_end))
     cuts = sorted(point for point in points if start <= point <= end)
     longest = max(
-        (run_end - run_start for span in spans for run_start, run_end in span.runs), default=0.0
+        (
+            run_end - run_start
+            for span in spans
+            for run_start, run_end in span.runs
+            if run_end > start and run_start < end
+        ),
+        default=0.0,
     )
     users = sorted({span.user for span in spans}, key=repr)
     # Per segment: who has a job queued, and the device time each user receives in it.

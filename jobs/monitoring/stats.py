@@ -859,13 +859,14 @@ def _pair_gaps(
     received: dict[int, float],
     end: float,
     longest: float,
-    devices: int,
     slack: float,
-) -> dict[int, _PairGap]:
+) -> tuple[int, dict[int, _PairGap]]:
     """Each user's pair (u, v) whose normalised gap most exceeds `jobs.fairshare.pair_bound`
     over a stretch where both had a job queued: max D - min D over the stretch, D(t) =
     R_u(t)/w_u - R_v(t)/w_v (the reference is `jobs.fairshare.pairwise_gaps`), for the
-    users whose worst pair exceeds it (the flagged ones); nobody else is listed.
+    users whose worst pair exceeds it (the flagged ones); nobody else is listed. Also
+    returns the pool's devices as the bound counts them: the most runs at once (of two
+    runs that end and begin at one instant, the end first).
 
     Exact without looking at every pair: D(b) - D(a) lies in [-dR_v/w_v, dR_u/w_u], so a
     pair can exceed its bound only if max(R_u/w_u, R_v/w_v) over the window does; the
@@ -893,19 +894,24 @@ def _pair_gaps(
             np.ones(int(stopped.sum())),
         )
     ).astype(np.int64)
+    # The devices: the most runs at once, of an end and a start at one instant the end first.
+    edges = np.concatenate((run_start, run_stop[stopped]))
+    steps = np.concatenate((np.ones(len(run_start)), -np.ones(int(stopped.sum()))))
+    level = np.cumsum(steps[np.lexsort((steps, edges))])
+    devices = max(1, int(level.max(initial=0)))
     stretch_owner, stretch_start, stretch_stop = _queued_stretches(owner, at, moves, end)
     waiting = np.unique(stretch_owner).tolist()
+    found: dict[int, _PairGap] = {}
     if len(waiting) < 2:
-        return {}
+        return devices, found
     ids = np.array(waiting, dtype=np.int64)
     weight = np.array([weights[user_id] for user_id in waiting])
     most = np.array([received.get(user_id, 0.0) for user_id in waiting]) / weight
     first, second = np.triu_indices(len(ids), 1)
-    bound = max(1, devices) * (longest / weight[first] + longest / weight[second]) + slack
+    bound = devices * (longest / weight[first] + longest / weight[second]) + slack
     maybe = np.maximum(most[first], most[second]) > bound
-    found: dict[int, _PairGap] = {}
     if not maybe.any():
-        return found
+        return devices, found
     stretches = {
         user_id: (stretch_start[stretch_owner == user_id], stretch_stop[stretch_owner == user_id])
         for user_id in np.unique(ids[np.concatenate((first[maybe], second[maybe]))]).tolist()
@@ -921,7 +927,7 @@ def _pair_gaps(
             known = found.get(user_id)
             if known is None or gap[0] - limit > known.seconds - known.bound:
                 found[user_id] = _PairGap(partner, gap[0], gap[1], limit)
-    return found
+    return devices, found
 
 
 def _pair_gap(
@@ -1124,15 +1130,13 @@ def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
         for pk, state in swept.items():
             state.received = received.get(pk, 0.0)
         bound = lag_bound(longest, settings.ZYPHER_DASHBOARD_LAG_SLACK_SECONDS)
-        devices = caps.get(pool, 1)
-        pairs = _pair_gaps(
+        devices, pairs = _pair_gaps(
             intervals,
             queued.get(pool, (np.zeros(0, np.int64), np.zeros(0))),
             weights,
             received,
             end,
             longest,
-            devices,
             settings.ZYPHER_DASHBOARD_LAG_SLACK_SECONDS,
         )
         device_seconds = sum(state.received for state in swept.values())
