@@ -21,10 +21,15 @@ fair schedule (`jobs.fairshare.fluid_shares` is the plain reference of the same 
              runs that were requeued or stopped (each job row's own run, and a JobRun row
              for each requeued attempt, the only kind the row forgets)
     lag      L_u = E_u - R_u    (positive: owed time; the lags of a pool sum to zero)
-    flagged  |L_u| > 2 * C_max + ZYPHER_DASHBOARD_LAG_SLACK_SECONDS, C_max = the pool's
-             longest run in the window: beyond what the policy itself allows
-             (`jobs.fairshare.lag_bound`) for users of one weight arriving with their
-             work; unequal weights and sporadic users can exceed it (README)
+    flagged  some v and a stretch where u and v both had a job queued (in the system,
+             not on a device) with, over an interval inside it,
+             |R_u/w_u - R_v/w_v| > M * (C_max/w_u + C_max/w_v) + ZYPHER_DASHBOARD_LAG_SLACK_SECONDS
+             (C_max: the pool's longest run in the window; M: the most of its jobs on a
+             device at once): beyond the policy's pairwise guarantee, `unfair_pair` says
+             with whom. Not |L_u|: no scheduler that learns a job's length only as it
+             ends keeps the lag within a constant (`jobs.fairshare`'s docstring); a fair
+             run of users of one weight arriving with their work stays within
+             `lag_bound_seconds` = 2 C_max + slack, which is shown for that reading
     Jain's index  (sum x_u)^2 / (k * sum x_u^2), x_u = R_u / E_u, over the k users with
              E_u > JAIN_FLOOR_SECONDS (1 = everyone got what they were entitled to)
     max normalised gap  max |R_i/w_i - R_j/w_j| over the common part of two users'

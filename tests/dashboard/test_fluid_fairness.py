@@ -103,6 +103,13 @@ def test_thirty_minutes_of_starvation_is_flagged_with_its_lag(now) -> None:
     assert rows["b"]["lag_seconds"] == pytest.approx(900, abs=0.1)
     assert rows["a"]["lag_seconds"] == pytest.approx(-900, abs=0.1)
     assert rows["a"]["flagged"] and rows["b"]["flagged"]
+    # Why: while both had work queued (until a's last job started at 1780 s), a received
+    # 1780 s and b nothing, far beyond 1 device x (20 s/1 + 20 s/1) + 1 s.
+    pair = rows["b"]["unfair_pair"]
+    assert pair is not None and pair["user"] == "a"
+    assert pair["gap_seconds"] == pytest.approx(1780, abs=0.1)
+    assert pair["bound_seconds"] == pytest.approx(41.0)
+    assert pair["over_seconds"] == pytest.approx(1780, abs=0.1)
     (pool,) = stats.pool_fairness(now)
     assert pool["lag_bound_seconds"] == pytest.approx(41.0)
     gap = pool["max_normalised_gap"]
@@ -251,6 +258,20 @@ def test_the_database_computes_the_reference_figures_on_several_devices(jobs) ->
                 continue
             assert rows[key]["entitled_seconds"] == pytest.approx(share.entitled, abs=0.02)
             assert rows[key]["received_seconds"] == pytest.approx(share.received, abs=0.02)
+        # The flags: the same users as the reference's pair check (margins over a
+        # millisecond: SQLite's julianday() is exact to about 0.1 ms).
+        gaps = pairwise_gaps(
+            spans_of_pool,
+            WEIGHTS,
+            100.0,
+            window + 100,
+            devices=most_at_once(spans_of_pool, 100.0, window + 100),
+            slack=1.0,
+        )
+        for owner, gap in gaps.items():
+            if abs(gap.excess) > 1e-3:
+                flagged = (pool, f"u{owner}") in rows and rows[pool, f"u{owner}"]["flagged"]
+                assert flagged == (gap.excess > 0), (owner, gap)
 
 
 # --- random traces served by the policy -------------------------------------------------------
