@@ -917,79 +917,120 @@ def _pair_gaps(
     maybe = np.maximum(most[first], most[second]) > bound
     if not maybe.any():
         return devices, found
-    stretches = {
-        user_id: (stretch_start[stretch_owner == user_id], stretch_stop[stretch_owner == user_id])
-        for user_id in np.unique(ids[np.concatenate((first[maybe], second[maybe]))]).tolist()
-    }
-    runs = _runs_of(run_owner, run_start, run_stop, list(stretches))
-    pairs = zip(first[maybe].tolist(), second[maybe].tolist(), bound[maybe].tolist(), strict=True)
-    for i, j, limit in pairs:
-        u, v = waiting[i], waiting[j]
-        gap = _pair_gap(stretches[u], stretches[v], runs[u], runs[v], weight[i], weight[j])
-        if gap is None or gap[0] <= limit:
-            continue
+    first, second, bound = first[maybe], second[maybe], bound[maybe]
+    spread, over = _pair_spreads(
+        first,
+        second,
+        np.searchsorted(ids, stretch_owner),
+        stretch_start,
+        stretch_stop,
+        (run_owner, run_start, run_stop),
+        ids,
+        weight,
+        end,
+    )
+    for index in np.flatnonzero(spread > bound).tolist():
+        u, v, limit = waiting[first[index]], waiting[second[index]], float(bound[index])
+        gap = float(spread[index])
         for user_id, partner in ((u, v), (v, u)):
             known = found.get(user_id)
-            if known is None or gap[0] - limit > known.seconds - known.bound:
-                found[user_id] = _PairGap(partner, gap[0], gap[1], limit)
+            if known is None or gap - limit > known.seconds - known.bound:
+                found[user_id] = _PairGap(partner, gap, float(over[index]), limit)
     return devices, found
 
 
-def _pair_gap(
-    stretches_u: tuple[np.ndarray, np.ndarray],
-    stretches_v: tuple[np.ndarray, np.ndarray],
-    runs_u: tuple[np.ndarray, np.ndarray],
-    runs_v: tuple[np.ndarray, np.ndarray],
-    weight_u: float,
-    weight_v: float,
-) -> tuple[float, float] | None:
-    """The largest max D - min D over the common stretches of u and v (and that stretch's
-    length up to where it is reached), D evaluated at the stretches' ends and at every
-    run boundary inside (D is linear in between)."""
-    starts_u, stops_u = stretches_u
-    starts_v, stops_v = stretches_v
-    # The common stretches: each of u's against the run of v's that overlap it.
-    lows = np.searchsorted(stops_v, starts_u, side="right")
-    highs = np.searchsorted(starts_v, stops_u, side="left")
-    counts = np.maximum(highs - lows, 0)
-    if not counts.sum():
-        return None
-    which_u = np.repeat(np.arange(len(starts_u)), counts)
-    which_v = np.repeat(lows - np.concatenate(([0], np.cumsum(counts)[:-1])), counts) + np.arange(
-        int(counts.sum())
-    )
-    common_start = np.maximum(starts_u[which_u], starts_v[which_v])
-    common_stop = np.minimum(stops_u[which_u], stops_v[which_v])
-    keep = common_stop > common_start
-    common_start, common_stop = common_start[keep], common_stop[keep]
-    if not len(common_start):
-        return None
-    bounds = np.concatenate((runs_u[0], runs_u[1], runs_v[0], runs_v[1]))
-    points = np.concatenate((common_start, common_stop, bounds))
-    piece = np.searchsorted(common_start, points, side="right") - 1
-    inside = (piece >= 0) & (points <= common_stop[np.maximum(piece, 0)])
-    points, piece = points[inside], piece[inside]
-    order = np.lexsort((points, piece))
-    points, piece = points[order], piece[order]
-    lead = _service(runs_u, points) / weight_u - _service(runs_v, points) / weight_v
+def _ranges(first: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """first[k], first[k] + 1, ..., first[k] + counts[k] - 1 for every k, concatenated."""
+    total = int(counts.sum())
+    starts = np.repeat(first - np.concatenate(([0], np.cumsum(counts)[:-1])), counts)
+    return starts + np.arange(total)
+
+
+def _pair_spreads(
+    first: np.ndarray,
+    second: np.ndarray,
+    stretch_rank: np.ndarray,
+    stretch_start: np.ndarray,
+    stretch_stop: np.ndarray,
+    runs: tuple[np.ndarray, np.ndarray, np.ndarray],
+    ids: np.ndarray,
+    weight: np.ndarray,
+    end: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each pair (first[p], second[p]) of user ranks (into `ids`): the largest max D -
+    min D over their common queued stretches, and that stretch's length, all pairs at
+    once. D = S_u/w_u - S_v/w_v, S the device time received since the window's start,
+    evaluated at each common stretch's ends and at every run boundary of u or v inside
+    it (D is linear in between). Per-user arrays are found by searching a key
+    rank * (end + 1) + time, sorted by user, then time."""
+    users = len(ids)
+    scale = end + 1.0
+    stretch_offset = np.searchsorted(stretch_rank, np.arange(users + 1))
+    owned = np.isin(runs[0], ids)
+    rank = np.searchsorted(ids, runs[0][owned])
+    run_start, run_stop = runs[1][owned], runs[2][owned]
+    run_offset = np.searchsorted(np.sort(rank), np.arange(users + 1))
+    by_start = np.lexsort((run_start, rank))
+    start_key = rank[by_start] * scale + run_start[by_start]
+    start_sums = np.concatenate(([0.0], np.cumsum(run_start[by_start])))
+    by_stop = np.lexsort((run_stop, rank))
+    stop_key = rank[by_stop] * scale + run_stop[by_stop]
+    stop_sums = np.concatenate(([0.0], np.cumsum(run_stop[by_stop])))
+    edge_rank = np.concatenate((rank, rank))
+    edge_at = np.concatenate((run_start, run_stop))
+    by_edge = np.lexsort((edge_at, edge_rank))
+    edge_key = edge_rank[by_edge] * scale + edge_at[by_edge]
+    edge_at = edge_at[by_edge]
+
+    def service(who: np.ndarray, at: np.ndarray) -> np.ndarray:
+        key = who * scale + at
+        begun = np.searchsorted(start_key, key, side="right")
+        done = np.searchsorted(stop_key, key, side="right")
+        base = run_offset[who]
+        return (
+            (begun - done) * at
+            - (start_sums[begun] - start_sums[base])
+            + (stop_sums[done] - stop_sums[base])
+        )
+
+    # The common stretches: every stretch of u against every stretch of v.
+    count_u = np.diff(stretch_offset)[first]
+    count_v = np.diff(stretch_offset)[second]
+    combos = count_u * count_v
+    pair = np.repeat(np.arange(len(first)), combos)
+    local = _ranges(np.zeros(len(first), np.int64), combos)
+    of_u = stretch_offset[first][pair] + local // count_v[pair]
+    of_v = stretch_offset[second][pair] + local % count_v[pair]
+    low = np.maximum(stretch_start[of_u], stretch_start[of_v])
+    high = np.minimum(stretch_stop[of_u], stretch_stop[of_v])
+    common = high > low
+    pair, low, high = pair[common], low[common], high[common]
+    spread = np.zeros(len(first))
+    over = np.zeros(len(first))
+    if not len(pair):
+        return spread, over
+    u, v = first[pair], second[pair]
+    # The points of each common stretch: its ends, then u's and v's run edges inside.
+    points_at, points_piece = [low, high], [np.arange(len(pair)), np.arange(len(pair))]
+    for who in (u, v):
+        lo = np.searchsorted(edge_key, who * scale + low, side="left")
+        hi = np.searchsorted(edge_key, who * scale + high, side="right")
+        counts = hi - lo
+        points_at.append(edge_at[_ranges(lo, counts)])
+        points_piece.append(np.repeat(np.arange(len(pair)), counts))
+    at = np.concatenate(points_at)
+    piece = np.concatenate(points_piece)
+    lead = service(u[piece], at) / weight[u[piece]] - service(v[piece], at) / weight[v[piece]]
+    order = np.argsort(piece, kind="stable")
+    piece, lead = piece[order], lead[order]
     heads = np.flatnonzero(np.append(True, piece[1:] != piece[:-1]))
-    spread = np.maximum.reduceat(lead, heads) - np.minimum.reduceat(lead, heads)
-    best = int(np.argmax(spread))
-    return float(spread[best]), float(
-        common_stop[piece[heads[best]]] - common_start[piece[heads[best]]]
-    )
-
-
-def _service(runs: tuple[np.ndarray, np.ndarray], points: np.ndarray) -> np.ndarray:
-    """Device seconds received from the window's start up to each of `points`: for each
-    point t, the sum of (t - start) over the runs begun by t minus (t - stop) over those
-    ended by t."""
-    starts, stops = np.sort(runs[0]), np.sort(runs[1])
-    begun = np.searchsorted(starts, points, side="right")
-    done = np.searchsorted(stops, points, side="right")
-    start_sums = np.concatenate(([0.0], np.cumsum(starts)))
-    stop_sums = np.concatenate(([0.0], np.cumsum(stops)))
-    return (begun - done) * points - start_sums[begun] + stop_sums[done]
+    piece_spread = np.maximum.reduceat(lead, heads) - np.minimum.reduceat(lead, heads)
+    # Each pair's widest piece (pieces are in pair order).
+    best = np.lexsort((-piece_spread, pair))
+    leads = best[np.append(True, pair[best][1:] != pair[best][:-1])]
+    spread[pair[leads]] = piece_spread[leads]
+    over[pair[leads]] = (high - low)[leads]
+    return spread, over
 
 
 def jain_index(rows: list[UserShare], floor: float = JAIN_FLOOR_SECONDS) -> float | None:
