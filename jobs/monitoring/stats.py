@@ -993,14 +993,22 @@ def _pair_spreads(
             + (stop_sums[done] - stop_sums[base])
         )
 
-    # The common stretches: every stretch of u against every stretch of v.
+    # The common stretches: each stretch of u against the run of v's that overlap it
+    # (a user's stretches are disjoint and sorted, so both keys below are sorted).
     count_u = np.diff(stretch_offset)[first]
-    count_v = np.diff(stretch_offset)[second]
-    combos = count_u * count_v
-    pair = np.repeat(np.arange(len(first)), combos)
-    local = _ranges(np.zeros(len(first), np.int64), combos)
-    of_u = stretch_offset[first][pair] + local // count_v[pair]
-    of_v = stretch_offset[second][pair] + local % count_v[pair]
+    of_u = _ranges(stretch_offset[first], count_u)
+    pair_u = np.repeat(np.arange(len(first)), count_u)
+    partner = second[pair_u] * scale
+    lo = np.searchsorted(
+        stretch_rank * scale + stretch_stop, partner + stretch_start[of_u], side="right"
+    )
+    hi = np.searchsorted(
+        stretch_rank * scale + stretch_start, partner + stretch_stop[of_u], side="left"
+    )
+    counts = np.maximum(hi - lo, 0)
+    pair = np.repeat(pair_u, counts)
+    of_u = np.repeat(of_u, counts)
+    of_v = _ranges(lo, counts)
     low = np.maximum(stretch_start[of_u], stretch_start[of_v])
     high = np.minimum(stretch_stop[of_u], stretch_stop[of_v])
     common = high > low
