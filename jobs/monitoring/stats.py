@@ -874,9 +874,9 @@ def _pair_gaps(
     runs that end and begin at one instant, the end first).
 
     Exact without looking at every pair: D(b) - D(a) lies in [-dR_v/w_v, dR_u/w_u], so a
-    pair can exceed its bound only if max(R_u/w_u, R_v/w_v) over the window does; the
-    few pairs left are checked with arrays over their runs (a loop over pairs of users,
-    none over jobs).
+    pair can exceed its bound only if one of them received more than it (over its
+    weight) within one of its own stretches; the pairs left are checked all at once
+    with arrays (`_pair_spreads`), with no loop over pairs or jobs.
     """
     came = ~np.isnan(intervals.arrived) & (intervals.arrived < end)
     went = came & ~np.isnan(intervals.left) & (intervals.left < end)
@@ -911,7 +911,14 @@ def _pair_gaps(
         return devices, found
     ids = np.array(waiting, dtype=np.int64)
     weight = np.array([weights[user_id] for user_id in waiting])
-    most = np.array([received.get(user_id, 0.0) for user_id in waiting]) / weight
+    # The most u received (over w_u) within one of its stretches: D moves by no more.
+    stretch_rank = np.searchsorted(ids, stretch_owner)
+    service = _service_by_user((run_owner, run_start, run_stop), ids, end)
+    within = (service(stretch_rank, stretch_stop) - service(stretch_rank, stretch_start)) / weight[
+        stretch_rank
+    ]
+    most = np.zeros(len(ids))
+    np.maximum.at(most, stretch_rank, within)
     first, second = np.triu_indices(len(ids), 1)
     bound = devices * (longest / weight[first] + longest / weight[second]) + slack
     maybe = np.maximum(most[first], most[second]) > bound
@@ -921,7 +928,7 @@ def _pair_gaps(
     spread, over = _pair_spreads(
         first,
         second,
-        np.searchsorted(ids, stretch_owner),
+        stretch_rank,
         stretch_start,
         stretch_stop,
         (run_owner, run_start, run_stop),
@@ -946,6 +953,40 @@ def _ranges(first: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return starts + np.arange(total)
 
 
+def _service_by_user(
+    runs: tuple[np.ndarray, np.ndarray, np.ndarray], ids: np.ndarray, end: float
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """S(rank, t): the device seconds the user of rank `rank` (into `ids`) received from
+    the window's start to t, for arrays of both: for each, the sum of (t - start) over the
+    runs begun by t minus (t - stop) over those ended by t, found by searching the key
+    rank * (end + 1) + time in the runs sorted by user, then time."""
+    users = len(ids)
+    scale = end + 1.0
+    owned = np.isin(runs[0], ids)
+    rank = np.searchsorted(ids, runs[0][owned])
+    run_start, run_stop = runs[1][owned], runs[2][owned]
+    run_offset = np.searchsorted(np.sort(rank), np.arange(users + 1))
+    by_start = np.lexsort((run_start, rank))
+    start_key = rank[by_start] * scale + run_start[by_start]
+    start_sums = np.concatenate(([0.0], np.cumsum(run_start[by_start])))
+    by_stop = np.lexsort((run_stop, rank))
+    stop_key = rank[by_stop] * scale + run_stop[by_stop]
+    stop_sums = np.concatenate(([0.0], np.cumsum(run_stop[by_stop])))
+
+    def service(who: np.ndarray, at: np.ndarray) -> np.ndarray:
+        key = who * scale + at
+        begun = np.searchsorted(start_key, key, side="right")
+        done = np.searchsorted(stop_key, key, side="right")
+        base = run_offset[who]
+        return (
+            (begun - done) * at
+            - (start_sums[begun] - start_sums[base])
+            + (stop_sums[done] - stop_sums[base])
+        )
+
+    return service
+
+
 def _pair_spreads(
     first: np.ndarray,
     second: np.ndarray,
@@ -966,32 +1007,14 @@ def _pair_spreads(
     users = len(ids)
     scale = end + 1.0
     stretch_offset = np.searchsorted(stretch_rank, np.arange(users + 1))
+    service = _service_by_user(runs, ids, end)
     owned = np.isin(runs[0], ids)
     rank = np.searchsorted(ids, runs[0][owned])
-    run_start, run_stop = runs[1][owned], runs[2][owned]
-    run_offset = np.searchsorted(np.sort(rank), np.arange(users + 1))
-    by_start = np.lexsort((run_start, rank))
-    start_key = rank[by_start] * scale + run_start[by_start]
-    start_sums = np.concatenate(([0.0], np.cumsum(run_start[by_start])))
-    by_stop = np.lexsort((run_stop, rank))
-    stop_key = rank[by_stop] * scale + run_stop[by_stop]
-    stop_sums = np.concatenate(([0.0], np.cumsum(run_stop[by_stop])))
     edge_rank = np.concatenate((rank, rank))
-    edge_at = np.concatenate((run_start, run_stop))
+    edge_at = np.concatenate((runs[1][owned], runs[2][owned]))
     by_edge = np.lexsort((edge_at, edge_rank))
     edge_key = edge_rank[by_edge] * scale + edge_at[by_edge]
     edge_at = edge_at[by_edge]
-
-    def service(who: np.ndarray, at: np.ndarray) -> np.ndarray:
-        key = who * scale + at
-        begun = np.searchsorted(start_key, key, side="right")
-        done = np.searchsorted(stop_key, key, side="right")
-        base = run_offset[who]
-        return (
-            (begun - done) * at
-            - (start_sums[begun] - start_sums[base])
-            + (stop_sums[done] - stop_sums[base])
-        )
 
     # The common stretches: each stretch of u against the run of v's that overlap it
     # (a user's stretches are disjoint and sorted, so both keys below are sorted).
