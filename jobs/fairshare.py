@@ -56,13 +56,18 @@ next (as SFQ does: the newcomer is lifted to v, below b), it leaves b (C - delta
 lag per cycle, for ever: each newcomer leaves with -(C - delta)/2 and nothing gives it
 back. Served after b's next job, the newcomer's lag grows instead, and a C chosen after
 the decision defeats any rule (`tests/dashboard/test_lag_has_no_bound.py` runs the first
-case through `FairQueue`). So the dashboard shows the lags and flags pairs:
+case through `FairQueue`). So a large lag alone may be the reference's artefact; a large
+lag where the policy's own pairwise guarantee also failed is real unfairness (a
+30-minute starvation breaks both). The dashboard flags the two together (`flagged_users`):
 
-    flagged u  <=>  some v and a stretch where u and v both had a job queued (in the
+    flagged u  <=>  |L_u| > lag_bound(C_max, slack)  and
+                    some v and a stretch where u and v both had a job queued (in the
                     system and not on a device) over which, for some interval inside,
                     | R_u / w_u - R_v / w_v |  >  M * (C_max / w_u + C_max / w_v) + slack
 
-(`pairwise_gaps`, `pair_bound`), M the most jobs of the pool on a device at once. With
+(`pairwise_gaps`, `pair_bound`), M the most jobs of the pool on a device at once. The
+lag test comes first and is cheap: the pair check then runs only for the few users past
+it, against every other user, not for every pair. With
 one device this is the SFQ guarantee above. With several it is not: jobs charged before
 the stretch still run, and on two devices three users of one weight can end 7/6 of the
 unscaled bound apart (random searches reached 1.75 on two devices, 1.9 on three); scaled
@@ -446,3 +451,37 @@ def pairwise_gaps(
                 if user not in worst or found.excess > worst[user].excess:
                     worst[user] = found
     return worst
+
+
+def flagged_users(
+    spans: Iterable[JobSpan],
+    weights: Mapping[Any, float],
+    start: float,
+    end: float,
+    *,
+    devices: int = 1,
+    slack: float = 0.0,
+) -> dict[Any, PairGap]:
+    """The users the dashboard flags, each with its worst pair: |L_u| beyond
+    `lag_bound` (of the longest run in the window, plus `slack`) and, with some v, the
+    pairwise guarantee broken (`pairwise_gaps` beyond `pair_bound`). Either alone is not
+    enough: the lag has no constant bound under any non-clairvoyant policy (the
+    counterexample above), and a pair can drift past its bound while every lag stays
+    within a job or two of the fluid schedule."""
+    spans = list(spans)
+    longest = max(
+        (
+            run_end - run_start
+            for span in spans
+            for run_start, run_end in span.runs
+            if run_end > start and run_start < end
+        ),
+        default=0.0,
+    )
+    shares = fluid_shares(spans, weights, start, end)
+    gaps = pairwise_gaps(spans, weights, start, end, devices=devices, slack=slack)
+    return {
+        user: gap
+        for user, gap in gaps.items()
+        if gap.excess > 0 and user in shares and abs(shares[user].lag) > lag_bound(longest, slack)
+    }

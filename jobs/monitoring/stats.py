@@ -21,15 +21,18 @@ fair schedule (`jobs.fairshare.fluid_shares` is the plain reference of the same 
              runs that were requeued or stopped (each job row's own run, and a JobRun row
              for each requeued attempt, the only kind the row forgets)
     lag      L_u = E_u - R_u    (positive: owed time; the lags of a pool sum to zero)
-    flagged  some v and a stretch where u and v both had a job queued (in the system,
-             not on a device) with, over an interval inside it,
-             |R_u/w_u - R_v/w_v| > M * (C_max/w_u + C_max/w_v) + ZYPHER_DASHBOARD_LAG_SLACK_SECONDS
-             (C_max: the pool's longest run in the window; M: the most of its jobs on a
-             device at once): beyond the policy's pairwise guarantee, `unfair_pair` says
-             with whom. Not |L_u|: no scheduler that learns a job's length only as it
-             ends keeps the lag within a constant (`jobs.fairshare`'s docstring); a fair
-             run of users of one weight arriving with their work stays within
-             `lag_bound_seconds` = 2 C_max + slack, which is shown for that reading
+    flagged  |L_u| > lag_bound_seconds = 2 C_max + ZYPHER_DASHBOARD_LAG_SLACK_SECONDS
+             (C_max: the pool's longest run in the window) AND some v and a stretch
+             where u and v both had a job queued (in the system, not on a device)
+             with, over an interval inside it,
+             |R_u/w_u - R_v/w_v| > M * (C_max/w_u + C_max/w_v) + slack
+             (M: the most of the pool's jobs on a device at once), `unfair_pair` says
+             with whom (`jobs.fairshare.flagged_users` is the reference). A large lag
+             alone can be the fluid reference's artefact: no scheduler that learns a
+             job's length only as it ends keeps it within a constant (`jobs.fairshare`'s
+             docstring); a large lag where the policy's own pairwise guarantee also
+             failed is real unfairness, and a starved user breaks both. The lag test is
+             cheap and comes first: the pair check runs only for the users past it
     Jain's index  (sum x_u)^2 / (k * sum x_u^2), x_u = R_u / E_u, over the k users with
              E_u > JAIN_FLOOR_SECONDS (1 = everyone got what they were entitled to)
     max normalised gap  max |R_i/w_i - R_j/w_j| over the common part of two users'
@@ -160,7 +163,7 @@ class UserShare(TypedDict):
     oldest_queued_age_seconds: float | None
     queued: int
     running: int
-    flagged: bool  # some pair's normalised gap exceeds the SFQ bound (`unfair_pair`)
+    flagged: bool  # |lag| beyond lag_bound_seconds and a pair beyond its bound (`unfair_pair`)
     unfair_pair: UnfairPair | None
 
 
@@ -194,7 +197,7 @@ class PoolSummary(TypedDict):
     device_seconds: float
     longest_job_seconds: float
     lag_bound_seconds: float  # 2 C_max + slack: what a fair run of users of one weight
-    # arriving with their work stays within; no bound in general, not what is flagged
+    # arriving with their work stays within; no bound in general, so flagged only with a pair
     devices: int  # the most jobs of the pool on a device at once: scales the pair bound
     jain_index: float | None
     max_normalised_gap: NormalisedGap | None
@@ -861,22 +864,25 @@ def _pair_gaps(
     intervals: _PoolIntervals,
     queued: tuple[np.ndarray, np.ndarray],
     weights: dict[int, float],
-    received: dict[int, float],
     end: float,
     longest: float,
     slack: float,
+    suspects: set[int] | None = None,
 ) -> tuple[int, dict[int, _PairGap]]:
     """Each user's pair (u, v) whose normalised gap most exceeds `jobs.fairshare.pair_bound`
     over a stretch where both had a job queued: max D - min D over the stretch, D(t) =
     R_u(t)/w_u - R_v(t)/w_v (the reference is `jobs.fairshare.pairwise_gaps`), for the
-    users whose worst pair exceeds it (the flagged ones); nobody else is listed. Also
-    returns the pool's devices as the bound counts them: the most runs at once (of two
-    runs that end and begin at one instant, the end first).
+    `suspects` (all users if None) whose worst pair, against any other user, exceeds it;
+    nobody else is listed. Also returns the pool's devices as the bound counts them: the
+    most runs at once (of two runs that end and begin at one instant, the end first).
 
-    Exact without looking at every pair: D(b) - D(a) lies in [-dR_v/w_v, dR_u/w_u], so a
-    pair can exceed its bound only if one of them received more than it (over its
-    weight) within one of its own stretches; the pairs left are checked all at once
-    with arrays (`_pair_spreads`), with no loop over pairs or jobs.
+    The dashboard passes as suspects only the users whose |lag| is beyond the lag bound
+    (`jobs.fairshare.flagged_users`): in a fair run nobody or a few, so the pairs checked
+    are a few times the users, not their square. Exact among those pairs: D(b) - D(a)
+    lies in [-dR_v/w_v, dR_u/w_u], so a pair can exceed its bound only if one of them
+    received more than it (over its weight) within one of its own stretches; the pairs
+    left are checked all at once with arrays (`_pair_spreads`), with no loop over pairs
+    or jobs.
     """
     came = ~np.isnan(intervals.arrived) & (intervals.arrived < end)
     went = came & ~np.isnan(intervals.left) & (intervals.left < end)
@@ -904,9 +910,11 @@ def _pair_gaps(
     steps = np.concatenate((np.ones(len(run_start)), -np.ones(int(stopped.sum()))))
     level = np.cumsum(steps[np.lexsort((steps, edges))])
     devices = max(1, int(level.max(initial=0)))
+    found: dict[int, _PairGap] = {}
+    if suspects is not None and not suspects:
+        return devices, found
     stretch_owner, stretch_start, stretch_stop = _queued_stretches(owner, at, moves, end)
     waiting = np.unique(stretch_owner).tolist()
-    found: dict[int, _PairGap] = {}
     if len(waiting) < 2:
         return devices, found
     ids = np.array(waiting, dtype=np.int64)
@@ -919,7 +927,16 @@ def _pair_gaps(
     ]
     most = np.zeros(len(ids))
     np.maximum.at(most, stretch_rank, within)
-    first, second = np.triu_indices(len(ids), 1)
+    if suspects is None:
+        first, second = np.triu_indices(len(ids), 1)
+    else:
+        # Each suspect against every other user; a pair of two suspects once.
+        suspect = np.isin(ids, np.array(sorted(suspects), dtype=np.int64))
+        ranks = np.flatnonzero(suspect)
+        first = np.repeat(ranks, len(ids))
+        second = np.tile(np.arange(len(ids)), len(ranks))
+        keep = (second != first) & (~suspect[second] | (second > first))
+        first, second = first[keep], second[keep]
     bound = devices * (longest / weight[first] + longest / weight[second]) + slack
     maybe = np.maximum(most[first], most[second]) > bound
     if not maybe.any():
@@ -940,6 +957,8 @@ def _pair_gaps(
         u, v, limit = waiting[first[index]], waiting[second[index]], float(bound[index])
         gap = float(spread[index])
         for user_id, partner in ((u, v), (v, u)):
+            if suspects is not None and user_id not in suspects:
+                continue
             known = found.get(user_id)
             if known is None or gap - limit > known.seconds - known.bound:
                 found[user_id] = _PairGap(partner, gap, float(over[index]), limit)
@@ -1207,14 +1226,18 @@ def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
         for pk, state in swept.items():
             state.received = received.get(pk, 0.0)
         bound = lag_bound(longest, settings.ZYPHER_DASHBOARD_LAG_SLACK_SECONDS)
+        # Flagged: the lag beyond its bound and the pairwise guarantee broken (see the
+        # module docstring); the pair check runs only for users past the first test.
         devices, pairs = _pair_gaps(
             intervals,
             queued.get(pool, (np.zeros(0, np.int64), np.zeros(0))),
             weights,
-            received,
             end,
             longest,
             settings.ZYPHER_DASHBOARD_LAG_SLACK_SECONDS,
+            suspects={
+                pk for pk, state in swept.items() if abs(state.entitled - state.received) > bound
+            },
         )
         device_seconds = sum(state.received for state in swept.values())
         shares_of_pool: list[UserShare] = []

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from jobs.fairshare import (
     FairQueue,
     JobSpan,
+    flagged_users,
     fluid_shares,
     lag_bound,
     most_at_once,
@@ -258,20 +259,27 @@ def test_the_database_computes_the_reference_figures_on_several_devices(jobs) ->
                 continue
             assert rows[key]["entitled_seconds"] == pytest.approx(share.entitled, abs=0.02)
             assert rows[key]["received_seconds"] == pytest.approx(share.received, abs=0.02)
-        # The flags: the same users as the reference's pair check (margins over a
-        # millisecond: SQLite's julianday() is exact to about 0.1 ms).
+        # The flags: the same users as the reference's rule, |lag| beyond the lag bound
+        # and a pair beyond its bound (margins over a millisecond on both: SQLite's
+        # julianday() is exact to about 0.1 ms).
+        devices = most_at_once(spans_of_pool, 100.0, window + 100)
         gaps = pairwise_gaps(
-            spans_of_pool,
-            WEIGHTS,
-            100.0,
-            window + 100,
-            devices=most_at_once(spans_of_pool, 100.0, window + 100),
-            slack=1.0,
+            spans_of_pool, WEIGHTS, 100.0, window + 100, devices=devices, slack=1.0
+        )
+        flagged_by_reference = flagged_users(
+            spans_of_pool, WEIGHTS, 100.0, window + 100, devices=devices, slack=1.0
+        )
+        longest = max(
+            (stop - start for span in spans_of_pool for start, stop in span.runs if stop > 100.0),
+            default=0.0,
         )
         for owner, gap in gaps.items():
-            if abs(gap.excess) > 1e-3:
+            lag_margin = (
+                abs(reference[owner].lag) - lag_bound(longest, 1.0) if owner in reference else -1.0
+            )
+            if abs(gap.excess) > 1e-3 and abs(lag_margin) > 1e-3:
                 flagged = (pool, f"u{owner}") in rows and rows[pool, f"u{owner}"]["flagged"]
-                assert flagged == (gap.excess > 0), (owner, gap)
+                assert flagged == (owner in flagged_by_reference), (owner, gap, lag_margin)
 
 
 # --- random traces served by the policy -------------------------------------------------------
@@ -475,11 +483,15 @@ def serve_on_devices(
 
 
 def pair_sweep(
-    spans: list[JobSpan], weights: dict[int, float], end: float, slack: float = 0.0
+    spans: list[JobSpan],
+    weights: dict[int, float],
+    end: float,
+    slack: float = 0.0,
+    suspects: set[int] | None = None,
 ) -> tuple[int, dict[int, stats._PairGap]]:
     """The dashboard's pair check (`stats._pair_gaps`) over spans of one run at most, as
     the database rows would give them: spans with a run as intervals (still running at
-    `end`: no end), the others as queued jobs."""
+    `end`: no end), the others as queued jobs; for `suspects` only (None: everyone)."""
     ran = [span for span in spans if span.runs]
     waiting = [span for span in spans if not span.runs]
     intervals = stats._PoolIntervals(
@@ -492,14 +504,8 @@ def pair_sweep(
         np.array([span.user for span in waiting], dtype=np.int64),
         np.array([span.arrived for span in waiting], dtype=float),
     )
-    received: dict[int, float] = {}
-    for span in ran:
-        ((start, stop),) = span.runs
-        received[span.user] = received.get(span.user, 0.0) + max(
-            0.0, min(stop, end) - max(start, 0.0)
-        )
     longest = max((stop - start for span in ran for start, stop in span.runs), default=0.0)
-    return stats._pair_gaps(intervals, queued, weights, received, end, longest, slack)
+    return stats._pair_gaps(intervals, queued, weights, end, longest, slack, suspects)
 
 
 DEVICE_SETS = [(None,), (None, None), (None, None, None), (None,) * 5, (3, None), (1, 2, None)]
@@ -627,3 +633,15 @@ def test_the_dashboard_flags_the_same_pairs_as_the_reference_on_any_schedule(tra
         found = flagged[user]
         assert found.seconds - found.bound == pytest.approx(reference[user].excess, abs=1e-6)
         assert found.bound == pytest.approx(reference[user].bound)
+    # The flag itself: the pair check run only for the users whose |lag| is beyond the
+    # lag bound (as the dashboard does) flags the users `flagged_users` flags.
+    shares = fluid_shares(spans, MANY_WEIGHTS, 0.0, end)
+    limit = lag_bound(max(stop - start for span in spans for start, stop in span.runs), 0.5)
+    suspects = {user for user, share in shares.items() if abs(share.lag) > limit}
+    _, suspected = pair_sweep(spans, MANY_WEIGHTS, end, slack=0.5, suspects=suspects)
+    expected = flagged_users(spans, MANY_WEIGHTS, 0.0, end, devices=devices, slack=0.5)
+    assert set(suspected) <= suspects
+    assert set(expected) & clear == set(suspected) & clear
+    for user in set(suspected) & clear:
+        found = suspected[user]
+        assert found.seconds - found.bound == pytest.approx(reference[user].excess, abs=1e-6)

@@ -1,6 +1,7 @@
-"""Why the dashboard flags pairs, not lags (issue 13): measured against the fluid fair
+"""Why the dashboard does not flag a lag alone (issue 13): measured against the fluid fair
 schedule over the users actually waiting, a user's lag grows without bound under the real
-policy (`jobs.fairshare.FairQueue`), while the pairwise SFQ guarantee holds throughout.
+policy (`jobs.fairshare.FairQueue`), while the pairwise SFQ guarantee holds throughout, so
+a flag needs both (`jobs.fairshare.flagged_users`).
 
 One device; b always has work queued; just before each of b's jobs ends a fresh user of
 the same weight arrives with one job of the same length C. The policy lifts the newcomer
@@ -20,7 +21,14 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from jobs.fairshare import FairQueue, JobSpan, fluid_shares, lag_bound, pairwise_gaps
+from jobs.fairshare import (
+    FairQueue,
+    JobSpan,
+    flagged_users,
+    fluid_shares,
+    lag_bound,
+    pairwise_gaps,
+)
 from jobs.models import Job, JobStatus, User
 from jobs.monitoring import stats
 
@@ -71,6 +79,8 @@ def test_under_the_policy_the_lag_grows_with_every_cycle_while_the_pairwise_boun
     gaps = pairwise_gaps(spans, weights, 0.0, end)
     assert all(gap.seconds <= gap.bound for gap in gaps.values()), gaps
     assert gaps["b"].seconds == pytest.approx(DELTA)
+    # So the flag (lag beyond its bound and a pair beyond its own) spares b.
+    assert flagged_users(spans, weights, 0.0, end) == {}
 
 
 @pytest.mark.django_db
