@@ -928,6 +928,7 @@ def _pair_gaps(
     most = np.zeros(len(ids))
     np.maximum.at(most, stretch_rank, within)
     if suspects is None:
+        suspect = np.ones(len(ids), bool)
         first, second = np.triu_indices(len(ids), 1)
     else:
         # Each suspect against every other user; a pair of two suspects once.
@@ -943,11 +944,9 @@ def _pair_gaps(
         return devices, found
     first, second, bound = first[maybe], second[maybe], bound[maybe]
     spread, over = _pair_spreads(
-        first,
-        second,
-        stretch_rank,
-        stretch_start,
-        stretch_stop,
+        (first, second, bound),
+        suspect,
+        (stretch_rank, stretch_start, stretch_stop),
         (run_owner, run_start, run_stop),
         ids,
         weight,
@@ -1007,22 +1006,29 @@ def _service_by_user(
 
 
 def _pair_spreads(
-    first: np.ndarray,
-    second: np.ndarray,
-    stretch_rank: np.ndarray,
-    stretch_start: np.ndarray,
-    stretch_stop: np.ndarray,
+    pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
+    wanted: np.ndarray,
+    stretches: tuple[np.ndarray, np.ndarray, np.ndarray],
     runs: tuple[np.ndarray, np.ndarray, np.ndarray],
     ids: np.ndarray,
     weight: np.ndarray,
     end: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """For each pair (first[p], second[p]) of user ranks (into `ids`): the largest max D -
-    min D over their common queued stretches, and that stretch's length, all pairs at
-    once. D = S_u/w_u - S_v/w_v, S the device time received since the window's start,
-    evaluated at each common stretch's ends and at every run boundary of u or v inside
-    it (D is linear in between). Per-user arrays are found by searching a key
-    rank * (end + 1) + time, sorted by user, then time."""
+    """For each pair (first[p], second[p]) of user ranks (into `ids`), with its `bound`:
+    the largest max D - min D over their common queued stretches, and that stretch's
+    length, all pairs at once, exact wherever it can be the worst pair of a `wanted` user
+    that exceeds its bound (elsewhere it may be less). D = S_u/w_u - S_v/w_v, S the
+    device time received since the window's start, evaluated at each common stretch's
+    ends and at every run boundary of u or v inside it (D is linear in between).
+
+    Pruned first by each common stretch's ends alone: its spread lies between
+    |dS_u/w_u - dS_v/w_v| and max(dS_u/w_u, dS_v/w_v), so a stretch whose upper figure
+    is within the bound, or below the lower figure another stretch already gives every
+    wanted user of the pair, cannot be that worst pair and is not evaluated point by
+    point. Per-user arrays are found by searching a key rank * (end + 1) + time, sorted by
+    user, then time."""
+    first, second, bound = pairs
+    stretch_rank, stretch_start, stretch_stop = stretches
     users = len(ids)
     scale = end + 1.0
     stretch_offset = np.searchsorted(stretch_rank, np.arange(users + 1))
@@ -1060,6 +1066,21 @@ def _pair_spreads(
     if not len(pair):
         return spread, over
     u, v = first[pair], second[pair]
+    # Each common stretch's excess lies in [lower, upper] (from its ends alone); keep
+    # those whose upper can beat the best lower of a wanted user of the pair.
+    moved_u = (service(u, high) - service(u, low)) / weight[u]
+    moved_v = (service(v, high) - service(v, low)) / weight[v]
+    upper = np.maximum(moved_u, moved_v) - bound[pair]
+    lower = np.abs(moved_u - moved_v) - bound[pair]
+    best = np.full(users, -np.inf)
+    np.maximum.at(best, u, lower)
+    np.maximum.at(best, v, lower)
+    best[~wanted] = np.inf
+    tolerance = 1e-9 * (1.0 + np.abs(upper))
+    keep = (upper > 0) & ((upper + tolerance >= best[u]) | (upper + tolerance >= best[v]))
+    pair, low, high, u, v = pair[keep], low[keep], high[keep], u[keep], v[keep]
+    if not len(pair):
+        return spread, over
     # The points of each common stretch: its ends, then u's and v's run edges inside.
     points_at, points_piece = [low, high], [np.arange(len(pair)), np.arange(len(pair))]
     for who in (u, v):
