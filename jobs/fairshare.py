@@ -66,9 +66,9 @@ lag where the policy's own pairwise guarantee also failed is real unfairness (a
                     | R_u / w_u - R_v / w_v |  >  M * (C_max / w_u + C_max / w_v) + slack
 
 (`pairwise_gaps`, `pair_bound`), M the most jobs of the pool on a device at once. The
-lag test comes first and is cheap: the pair check then runs only for the few users past
-it, against every other user, not for every pair. With
-one device this is the SFQ guarantee above. With several it is not: jobs charged before
+lag test comes first and is cheap: the pair check then runs only for the users past it
+(in a fair run nobody or a few), against every other user. With one device the pair
+bound is the SFQ guarantee above. With several it is not: jobs charged before
 the stretch still run, and on two devices three users of one weight can end 7/6 of the
 unscaled bound apart (random searches reached 1.75 on two devices, 1.9 on three); scaled
 by M it held on every trace the property tests tried (unequal weights, users coming and
