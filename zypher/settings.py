@@ -299,8 +299,8 @@ ZYPHER_CALLBACK_BACKOFF_SECONDS = float(os.environ.get("ZYPHER_CALLBACK_BACKOFF_
 # --- dashboard ---
 # How often the dashboard re-renders its panels in the open page (seconds).
 ZYPHER_DASHBOARD_REFRESH_SECONDS = float(os.environ.get("ZYPHER_DASHBOARD_REFRESH_SECONDS", "3"))
-# A user's lag behind the fluid fair schedule is flagged beyond twice the pool's longest job
-# in the window plus this many seconds (jobs.monitoring.stats; it replaces the share alert).
+# Slack of the dashboard's fairness flag: a pair of users whose normalised service drew apart
+# beyond devices x (C_max/w_u + C_max/w_v) plus this many seconds (jobs.monitoring.stats).
 ZYPHER_DASHBOARD_LAG_SLACK_SECONDS = float(
     os.environ.get("ZYPHER_DASHBOARD_LAG_SLACK_SECONDS", "1.0")
 )

@@ -21,10 +21,18 @@ fair schedule (`jobs.fairshare.fluid_shares` is the plain reference of the same 
              runs that were requeued or stopped (each job row's own run, and a JobRun row
              for each requeued attempt, the only kind the row forgets)
     lag      L_u = E_u - R_u    (positive: owed time; the lags of a pool sum to zero)
-    flagged  |L_u| > 2 * C_max + ZYPHER_DASHBOARD_LAG_SLACK_SECONDS, C_max = the pool's
-             longest run in the window: beyond what the policy itself allows
-             (`jobs.fairshare.lag_bound`) for users of one weight arriving with their
-             work; unequal weights and sporadic users can exceed it (README)
+    flagged  |L_u| > lag_bound_seconds = 2 C_max + ZYPHER_DASHBOARD_LAG_SLACK_SECONDS
+             (C_max: the pool's longest run in the window) AND some v and a stretch
+             where u and v both had a job queued (in the system, not on a device)
+             with, over an interval inside it,
+             |R_u/w_u - R_v/w_v| > M * (C_max/w_u + C_max/w_v) + slack
+             (M: the most of the pool's jobs on a device at once), `unfair_pair` says
+             with whom (`jobs.fairshare.flagged_users` is the reference). A large lag
+             alone can be the fluid reference's artefact: no scheduler that learns a
+             job's length only as it ends keeps it within a constant (`jobs.fairshare`'s
+             docstring); a large lag where the policy's own pairwise guarantee also
+             failed is real unfairness, and a starved user breaks both. The lag test is
+             cheap and comes first: the pair check runs only for the users past it
     Jain's index  (sum x_u)^2 / (k * sum x_u^2), x_u = R_u / E_u, over the k users with
              E_u > JAIN_FLOOR_SECONDS (1 = everyone got what they were entitled to)
     max normalised gap  max |R_i/w_i - R_j/w_j| over the common part of two users'
@@ -157,7 +165,19 @@ class UserShare(TypedDict):
     oldest_queued_age_seconds: float | None
     queued: int
     running: int
-    flagged: bool
+    flagged: bool  # |lag| beyond lag_bound_seconds and a pair beyond its bound (`unfair_pair`)
+    unfair_pair: UnfairPair | None
+
+
+class UnfairPair(TypedDict):
+    """Why a user is flagged: over an interval inside a stretch where it and `user` both
+    had work queued, their normalised service differed by `gap_seconds` (|R_u/w_u -
+    R_v/w_v|), more than `bound_seconds` (devices * (C_max/w_u + C_max/w_v) + slack)."""
+
+    user: str
+    gap_seconds: float
+    bound_seconds: float
+    over_seconds: float  # the length of that common stretch
 
 
 class IdleGap(TypedDict):
@@ -178,7 +198,9 @@ class PoolSummary(TypedDict):
     pool: str
     device_seconds: float
     longest_job_seconds: float
-    lag_bound_seconds: float  # |lag| beyond this is flagged
+    lag_bound_seconds: float  # 2 C_max + slack: what a fair run of users of one weight
+    # arriving with their work stays within; no bound in general, so flagged only with a pair
+    devices: int  # the most jobs of the pool on a device at once: scales the pair bound
     jain_index: float | None
     max_normalised_gap: NormalisedGap | None
 
@@ -861,6 +883,310 @@ def _max_normalised_gap(
     return best
 
 
+@dataclass
+class _PairGap:
+    """A user's worst pair (see `_pair_gaps`)."""
+
+    partner: int
+    seconds: float
+    over_seconds: float
+    bound: float
+
+
+def _unfair_pair(pair: _PairGap | None, names: dict[int, str]) -> UnfairPair | None:
+    if pair is None:
+        return None
+    return {
+        "user": names[pair.partner],
+        "gap_seconds": pair.seconds,
+        "bound_seconds": pair.bound,
+        "over_seconds": pair.over_seconds,
+    }
+
+
+def _queued_stretches(
+    owner: np.ndarray, at: np.ndarray, moves: np.ndarray, end: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(owner, start, stop) of the maximal stretches in which a user has a job queued
+    (in the system and not on a device), from the +1/-1 changes of that count; changes at
+    one instant are summed first, so an instant's dip is no gap."""
+    if not len(owner):
+        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
+    at = np.clip(at, 0.0, end)
+    order = np.lexsort((at, owner))
+    owner, at, moves = owner[order], at[order], moves[order]
+    distinct = np.append(True, (owner[1:] != owner[:-1]) | (at[1:] != at[:-1]))
+    heads = np.flatnonzero(distinct)
+    owner, at, moves = owner[heads], at[heads], np.add.reduceat(moves, heads)
+    first = np.append(True, owner[1:] != owner[:-1])
+    total = np.cumsum(moves)
+    user_heads = np.flatnonzero(first)
+    count = total - np.repeat(
+        total[user_heads] - moves[user_heads], np.diff(np.append(user_heads, len(owner)))
+    )
+    last = np.append(owner[1:] != owner[:-1], True)
+    stop = np.where(last, end, np.append(at[1:], end))
+    waiting = (count > 0) & (stop > at)
+    # A stretch opens where waiting starts (a new user, or after a change that was not).
+    opens = waiting & (first | ~np.append(False, waiting[:-1]) | (np.append(0.0, stop[:-1]) < at))
+    starts = np.flatnonzero(opens)
+    if not len(starts):
+        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
+    label = np.cumsum(opens) - 1
+    label = label[waiting]
+    return (
+        owner[starts],
+        at[starts],
+        np.maximum.reduceat(
+            stop[waiting], np.flatnonzero(np.append(True, label[1:] != label[:-1]))
+        ),
+    )
+
+
+def _pair_gaps(
+    intervals: _PoolIntervals,
+    queued: tuple[np.ndarray, np.ndarray],
+    weights: dict[int, float],
+    end: float,
+    longest: float,
+    slack: float,
+    suspects: set[int] | None = None,
+) -> tuple[int, dict[int, _PairGap]]:
+    """Each user's pair (u, v) whose normalised gap most exceeds `jobs.fairshare.pair_bound`
+    over a stretch where both had a job queued: max D - min D over the stretch, D(t) =
+    R_u(t)/w_u - R_v(t)/w_v (the reference is `jobs.fairshare.pairwise_gaps`), for the
+    `suspects` (all users if None) whose worst pair, against any other user, exceeds it;
+    nobody else is listed. Also returns the pool's devices as the bound counts them: the
+    most runs at once (of two runs that end and begin at one instant, the end first).
+
+    The dashboard passes as suspects only the users whose |lag| is beyond the lag bound
+    (`jobs.fairshare.flagged_users`): in a fair run nobody or a few, so the pairs checked
+    are a few times the users, not their square. Exact among those pairs: D(b) - D(a)
+    lies in [-dR_v/w_v, dR_u/w_u], so a pair can exceed its bound only if one of them
+    received more than it (over its weight) within one of its own stretches; the pairs
+    left are checked all at once with arrays (`_pair_spreads`), with no loop over pairs
+    or jobs.
+    """
+    came = ~np.isnan(intervals.arrived) & (intervals.arrived < end)
+    went = came & ~np.isnan(intervals.left) & (intervals.left < end)
+    run_owner, run_start, run_stop = intervals.runs(end)
+    run_start, run_stop = np.clip(run_start, 0.0, end), np.clip(run_stop, 0.0, end)
+    stopped = run_stop < end
+    queued_owner, queued_at = queued
+    owner = np.concatenate(
+        (intervals.owner[came], intervals.owner[went], queued_owner, run_owner, run_owner[stopped])
+    ).astype(np.int64)
+    at = np.concatenate(
+        (intervals.arrived[came], intervals.left[went], queued_at, run_start, run_stop[stopped])
+    )
+    moves = np.concatenate(
+        (
+            np.ones(int(came.sum())),
+            -np.ones(int(went.sum())),
+            np.ones(len(queued_at)),
+            -np.ones(len(run_start)),
+            np.ones(int(stopped.sum())),
+        )
+    ).astype(np.int64)
+    # The devices: the most runs at once, of an end and a start at one instant the end first.
+    edges = np.concatenate((run_start, run_stop[stopped]))
+    steps = np.concatenate((np.ones(len(run_start)), -np.ones(int(stopped.sum()))))
+    level = np.cumsum(steps[np.lexsort((steps, edges))])
+    devices = max(1, int(level.max(initial=0)))
+    found: dict[int, _PairGap] = {}
+    if suspects is not None and not suspects:
+        return devices, found
+    stretch_owner, stretch_start, stretch_stop = _queued_stretches(owner, at, moves, end)
+    waiting = np.unique(stretch_owner).tolist()
+    if len(waiting) < 2:
+        return devices, found
+    ids = np.array(waiting, dtype=np.int64)
+    weight = np.array([weights[user_id] for user_id in waiting])
+    # The most u received (over w_u) within one of its stretches: D moves by no more.
+    stretch_rank = np.searchsorted(ids, stretch_owner)
+    service = _service_by_user((run_owner, run_start, run_stop), ids, end)
+    within = (service(stretch_rank, stretch_stop) - service(stretch_rank, stretch_start)) / weight[
+        stretch_rank
+    ]
+    most = np.zeros(len(ids))
+    np.maximum.at(most, stretch_rank, within)
+    if suspects is None:
+        suspect = np.ones(len(ids), bool)
+        first, second = np.triu_indices(len(ids), 1)
+    else:
+        # Each suspect against every other user; a pair of two suspects once.
+        suspect = np.isin(ids, np.array(sorted(suspects), dtype=np.int64))
+        ranks = np.flatnonzero(suspect)
+        first = np.repeat(ranks, len(ids))
+        second = np.tile(np.arange(len(ids)), len(ranks))
+        keep = (second != first) & (~suspect[second] | (second > first))
+        first, second = first[keep], second[keep]
+    bound = devices * (longest / weight[first] + longest / weight[second]) + slack
+    maybe = np.maximum(most[first], most[second]) > bound
+    if not maybe.any():
+        return devices, found
+    first, second, bound = first[maybe], second[maybe], bound[maybe]
+    spread, over = _pair_spreads(
+        (first, second, bound),
+        suspect,
+        (stretch_rank, stretch_start, stretch_stop),
+        (run_owner, run_start, run_stop),
+        ids,
+        weight,
+        end,
+    )
+    for index in np.flatnonzero(spread > bound).tolist():
+        u, v, limit = waiting[first[index]], waiting[second[index]], float(bound[index])
+        gap = float(spread[index])
+        for user_id, partner in ((u, v), (v, u)):
+            if suspects is not None and user_id not in suspects:
+                continue
+            known = found.get(user_id)
+            if known is None or gap - limit > known.seconds - known.bound:
+                found[user_id] = _PairGap(partner, gap, float(over[index]), limit)
+    return devices, found
+
+
+def _ranges(first: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """first[k], first[k] + 1, ..., first[k] + counts[k] - 1 for every k, concatenated."""
+    total = int(counts.sum())
+    starts = np.repeat(first - np.concatenate(([0], np.cumsum(counts)[:-1])), counts)
+    return starts + np.arange(total)
+
+
+def _service_by_user(
+    runs: tuple[np.ndarray, np.ndarray, np.ndarray], ids: np.ndarray, end: float
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """S(rank, t): the device seconds the user of rank `rank` (into `ids`) received from
+    the window's start to t, for arrays of both: for each, the sum of (t - start) over the
+    runs begun by t minus (t - stop) over those ended by t, found by searching the key
+    rank * (end + 1) + time in the runs sorted by user, then time."""
+    users = len(ids)
+    scale = end + 1.0
+    owned = np.isin(runs[0], ids)
+    rank = np.searchsorted(ids, runs[0][owned])
+    run_start, run_stop = runs[1][owned], runs[2][owned]
+    run_offset = np.searchsorted(np.sort(rank), np.arange(users + 1))
+    by_start = np.lexsort((run_start, rank))
+    start_key = rank[by_start] * scale + run_start[by_start]
+    start_sums = np.concatenate(([0.0], np.cumsum(run_start[by_start])))
+    by_stop = np.lexsort((run_stop, rank))
+    stop_key = rank[by_stop] * scale + run_stop[by_stop]
+    stop_sums = np.concatenate(([0.0], np.cumsum(run_stop[by_stop])))
+
+    def service(who: np.ndarray, at: np.ndarray) -> np.ndarray:
+        key = who * scale + at
+        begun = np.searchsorted(start_key, key, side="right")
+        done = np.searchsorted(stop_key, key, side="right")
+        base = run_offset[who]
+        return (
+            (begun - done) * at
+            - (start_sums[begun] - start_sums[base])
+            + (stop_sums[done] - stop_sums[base])
+        )
+
+    return service
+
+
+def _pair_spreads(
+    pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
+    wanted: np.ndarray,
+    stretches: tuple[np.ndarray, np.ndarray, np.ndarray],
+    runs: tuple[np.ndarray, np.ndarray, np.ndarray],
+    ids: np.ndarray,
+    weight: np.ndarray,
+    end: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each pair (first[p], second[p]) of user ranks (into `ids`), with its `bound`:
+    the largest max D - min D over their common queued stretches, and that stretch's
+    length, all pairs at once, exact wherever it can be the worst pair of a `wanted` user
+    that exceeds its bound (elsewhere it may be less). D = S_u/w_u - S_v/w_v, S the
+    device time received since the window's start, evaluated at each common stretch's
+    ends and at every run boundary of u or v inside it (D is linear in between).
+
+    Pruned first by each common stretch's ends alone: its spread lies between
+    |dS_u/w_u - dS_v/w_v| and max(dS_u/w_u, dS_v/w_v), so a stretch whose upper figure
+    is within the bound, or below the lower figure another stretch already gives every
+    wanted user of the pair, cannot be that worst pair and is not evaluated point by
+    point. Per-user arrays are found by searching a key rank * (end + 1) + time, sorted by
+    user, then time."""
+    first, second, bound = pairs
+    stretch_rank, stretch_start, stretch_stop = stretches
+    users = len(ids)
+    scale = end + 1.0
+    stretch_offset = np.searchsorted(stretch_rank, np.arange(users + 1))
+    service = _service_by_user(runs, ids, end)
+    owned = np.isin(runs[0], ids)
+    rank = np.searchsorted(ids, runs[0][owned])
+    edge_rank = np.concatenate((rank, rank))
+    edge_at = np.concatenate((runs[1][owned], runs[2][owned]))
+    by_edge = np.lexsort((edge_at, edge_rank))
+    edge_key = edge_rank[by_edge] * scale + edge_at[by_edge]
+    edge_at = edge_at[by_edge]
+
+    # The common stretches: each stretch of u against the run of v's that overlap it
+    # (a user's stretches are disjoint and sorted, so both keys below are sorted).
+    count_u = np.diff(stretch_offset)[first]
+    of_u = _ranges(stretch_offset[first], count_u)
+    pair_u = np.repeat(np.arange(len(first)), count_u)
+    partner = second[pair_u] * scale
+    lo = np.searchsorted(
+        stretch_rank * scale + stretch_stop, partner + stretch_start[of_u], side="right"
+    )
+    hi = np.searchsorted(
+        stretch_rank * scale + stretch_start, partner + stretch_stop[of_u], side="left"
+    )
+    counts = np.maximum(hi - lo, 0)
+    pair = np.repeat(pair_u, counts)
+    of_u = np.repeat(of_u, counts)
+    of_v = _ranges(lo, counts)
+    low = np.maximum(stretch_start[of_u], stretch_start[of_v])
+    high = np.minimum(stretch_stop[of_u], stretch_stop[of_v])
+    common = high > low
+    pair, low, high = pair[common], low[common], high[common]
+    spread = np.zeros(len(first))
+    over = np.zeros(len(first))
+    if not len(pair):
+        return spread, over
+    u, v = first[pair], second[pair]
+    # Each common stretch's excess lies in [lower, upper] (from its ends alone); keep
+    # those whose upper can beat the best lower of a wanted user of the pair.
+    moved_u = (service(u, high) - service(u, low)) / weight[u]
+    moved_v = (service(v, high) - service(v, low)) / weight[v]
+    upper = np.maximum(moved_u, moved_v) - bound[pair]
+    lower = np.abs(moved_u - moved_v) - bound[pair]
+    best = np.full(users, -np.inf)
+    np.maximum.at(best, u, lower)
+    np.maximum.at(best, v, lower)
+    best[~wanted] = np.inf
+    tolerance = 1e-9 * (1.0 + np.abs(upper))
+    keep = (upper > 0) & ((upper + tolerance >= best[u]) | (upper + tolerance >= best[v]))
+    pair, low, high, u, v = pair[keep], low[keep], high[keep], u[keep], v[keep]
+    if not len(pair):
+        return spread, over
+    # The points of each common stretch: its ends, then u's and v's run edges inside.
+    points_at, points_piece = [low, high], [np.arange(len(pair)), np.arange(len(pair))]
+    for who in (u, v):
+        lo = np.searchsorted(edge_key, who * scale + low, side="left")
+        hi = np.searchsorted(edge_key, who * scale + high, side="right")
+        counts = hi - lo
+        points_at.append(edge_at[_ranges(lo, counts)])
+        points_piece.append(np.repeat(np.arange(len(pair)), counts))
+    at = np.concatenate(points_at)
+    piece = np.concatenate(points_piece)
+    lead = service(u[piece], at) / weight[u[piece]] - service(v[piece], at) / weight[v[piece]]
+    order = np.argsort(piece, kind="stable")
+    piece, lead = piece[order], lead[order]
+    heads = np.flatnonzero(np.append(True, piece[1:] != piece[:-1]))
+    piece_spread = np.maximum.reduceat(lead, heads) - np.minimum.reduceat(lead, heads)
+    # Each pair's widest piece (pieces are in pair order).
+    best = np.lexsort((-piece_spread, pair))
+    leads = best[np.append(True, pair[best][1:] != pair[best][:-1])]
+    spread[pair[leads]] = piece_spread[leads]
+    over[pair[leads]] = (high - low)[leads]
+    return spread, over
+
+
 def jain_index(rows: list[UserShare], floor: float = JAIN_FLOOR_SECONDS) -> float | None:
     """Jain's index of x_u = R_u / E_u over the users entitled to more than `floor`
     seconds (1 = everyone received what the fluid schedule entitled them to)."""
@@ -1011,6 +1337,19 @@ def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
         for pk, state in swept.items():
             state.received = received.get(pk, 0.0)
         bound = lag_bound(longest, settings.ZYPHER_DASHBOARD_LAG_SLACK_SECONDS)
+        # Flagged: the lag beyond its bound and the pairwise guarantee broken (see the
+        # module docstring); the pair check runs only for users past the first test.
+        devices, pairs = _pair_gaps(
+            intervals,
+            queued.get(pool, (np.zeros(0, np.int64), np.zeros(0))),
+            weights,
+            end,
+            longest,
+            settings.ZYPHER_DASHBOARD_LAG_SLACK_SECONDS,
+            suspects={
+                pk for pk, state in swept.items() if abs(state.entitled - state.received) > bound
+            },
+        )
         device_seconds = sum(state.received for state in swept.values())
         shares_of_pool: list[UserShare] = []
         for pk, state in swept.items():
@@ -1030,7 +1369,8 @@ def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
                     "oldest_queued_age_seconds": _age(now, users[pk][2]),
                     "queued": queued_count,
                     "running": running,
-                    "flagged": abs(lag) > bound,
+                    "flagged": pk in pairs,
+                    "unfair_pair": _unfair_pair(pairs.get(pk), names),
                 }
             )
         shares_of_pool.sort(key=lambda row: (-row["lag_seconds"], row["user"]))
@@ -1040,6 +1380,7 @@ def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
                 "device_seconds": device_seconds,
                 "longest_job_seconds": longest,
                 "lag_bound_seconds": bound,
+                "devices": devices,
                 "jain_index": jain_index(shares_of_pool),
                 "max_normalised_gap": _max_normalised_gap(
                     swept,
