@@ -1005,9 +1005,9 @@ def _pair_gaps(
     # The most u received (over w_u) within one of its stretches: D moves by no more.
     stretch_rank = np.searchsorted(ids, stretch_owner)
     service = _service_by_user((run_owner, run_start, run_stop), ids, end)
-    within = (service(stretch_rank, stretch_stop) - service(stretch_rank, stretch_start)) / weight[
-        stretch_rank
-    ]
+    at_start = service(stretch_rank, stretch_start)
+    at_stop = service(stretch_rank, stretch_stop)
+    within = (at_stop - at_start) / weight[stretch_rank]
     most = np.zeros(len(ids))
     np.maximum.at(most, stretch_rank, within)
     if suspects is None:
@@ -1029,11 +1029,9 @@ def _pair_gaps(
     spread, over = _pair_spreads(
         (first, second, bound),
         suspect,
-        (stretch_rank, stretch_start, stretch_stop),
-        (run_owner, run_start, run_stop),
-        ids,
+        (stretch_rank, stretch_start, stretch_stop, at_start, at_stop),
+        service,
         weight,
-        end,
     )
     for index in np.flatnonzero(spread > bound).tolist():
         u, v, limit = waiting[first[index]], waiting[second[index]], float(bound[index])
@@ -1054,48 +1052,68 @@ def _ranges(first: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return starts + np.arange(total)
 
 
+@dataclass
+class _Service:
+    """S(rank, t): the device seconds the user of rank `rank` (into the users' ids)
+    received from the window's start to t, for arrays of both. S is linear between the
+    user's run edges, so it is kept at each edge (`at_edge`) with its slope after it (the
+    user's runs on a device there), and S(t) is one search for the last edge by t, of the
+    key rank * (end + 1) + time in the edges sorted by user, then time (`edge_key`)."""
+
+    scale: float
+    edge_rank: np.ndarray
+    edge_at: np.ndarray
+    edge_key: np.ndarray
+    at_edge: np.ndarray
+    slope: np.ndarray
+
+    def __call__(self, who: np.ndarray, at: np.ndarray) -> np.ndarray:
+        last = np.searchsorted(self.edge_key, who * self.scale + at, side="right") - 1
+        return self.at_edge[last] + self.slope[last] * (at - self.edge_at[last])
+
+
 def _service_by_user(
     runs: tuple[np.ndarray, np.ndarray, np.ndarray], ids: np.ndarray, end: float
-) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """S(rank, t): the device seconds the user of rank `rank` (into `ids`) received from
-    the window's start to t, for arrays of both: for each, the sum of (t - start) over the
-    runs begun by t minus (t - stop) over those ended by t, found by searching the key
-    rank * (end + 1) + time in the runs sorted by user, then time."""
-    users = len(ids)
+) -> _Service:
+    """The device time each user (of rank into `ids`) received by any time (`_Service`)."""
     scale = end + 1.0
     owned = np.isin(runs[0], ids)
     rank = np.searchsorted(ids, runs[0][owned])
     run_start, run_stop = runs[1][owned], runs[2][owned]
-    run_offset = np.searchsorted(np.sort(rank), np.arange(users + 1))
     by_start = np.lexsort((run_start, rank))
     start_key = rank[by_start] * scale + run_start[by_start]
     start_sums = np.concatenate(([0.0], np.cumsum(run_start[by_start])))
     by_stop = np.lexsort((run_stop, rank))
     stop_key = rank[by_stop] * scale + run_stop[by_stop]
     stop_sums = np.concatenate(([0.0], np.cumsum(run_stop[by_stop])))
-
-    def service(who: np.ndarray, at: np.ndarray) -> np.ndarray:
-        key = who * scale + at
-        begun = np.searchsorted(start_key, key, side="right")
-        done = np.searchsorted(stop_key, key, side="right")
-        base = run_offset[who]
-        return (
-            (begun - done) * at
-            - (start_sums[begun] - start_sums[base])
-            + (stop_sums[done] - stop_sums[base])
-        )
-
-    return service
+    run_offset = np.searchsorted(np.sort(rank), np.arange(len(ids) + 1))
+    # Each user's edges open with one before the window (S = 0 there), so the last edge
+    # by any time in the window is always the user's own.
+    edge_rank = np.concatenate((np.arange(len(ids)), rank, rank))
+    edge_at = np.concatenate((np.full(len(ids), -0.5), run_start, run_stop))
+    by_edge = np.lexsort((edge_at, edge_rank))
+    edge_rank, edge_at = edge_rank[by_edge], edge_at[by_edge]
+    edge_key = edge_rank * scale + edge_at
+    # At each edge: the runs begun minus those ended by then (the slope after it), and S
+    # as the sum of (t - start) over the runs begun minus (t - stop) over those ended.
+    begun = np.searchsorted(start_key, edge_key, side="right")
+    done = np.searchsorted(stop_key, edge_key, side="right")
+    base = run_offset[edge_rank]
+    slope = begun - done
+    at_edge = (
+        slope * edge_at
+        - (start_sums[begun] - start_sums[base])
+        + (stop_sums[done] - stop_sums[base])
+    )
+    return _Service(scale, edge_rank, edge_at, edge_key, at_edge, slope)
 
 
 def _pair_spreads(
     pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
     wanted: np.ndarray,
-    stretches: tuple[np.ndarray, np.ndarray, np.ndarray],
-    runs: tuple[np.ndarray, np.ndarray, np.ndarray],
-    ids: np.ndarray,
+    stretches: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    service: _Service,
     weight: np.ndarray,
-    end: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each pair (first[p], second[p]) of user ranks (into `ids`), with its `bound`:
     the largest max D - min D over their common queued stretches, and that stretch's
@@ -1111,18 +1129,10 @@ def _pair_spreads(
     point. Per-user arrays are found by searching a key rank * (end + 1) + time, sorted by
     user, then time."""
     first, second, bound = pairs
-    stretch_rank, stretch_start, stretch_stop = stretches
-    users = len(ids)
-    scale = end + 1.0
+    stretch_rank, stretch_start, stretch_stop, at_start, at_stop = stretches
+    users = len(weight)
+    scale = service.scale
     stretch_offset = np.searchsorted(stretch_rank, np.arange(users + 1))
-    service = _service_by_user(runs, ids, end)
-    owned = np.isin(runs[0], ids)
-    rank = np.searchsorted(ids, runs[0][owned])
-    edge_rank = np.concatenate((rank, rank))
-    edge_at = np.concatenate((runs[1][owned], runs[2][owned]))
-    by_edge = np.lexsort((edge_at, edge_rank))
-    edge_key = edge_rank[by_edge] * scale + edge_at[by_edge]
-    edge_at = edge_at[by_edge]
 
     # The common stretches: each stretch of u against the run of v's that overlap it
     # (a user's stretches are disjoint and sorted, so both keys below are sorted).
@@ -1144,15 +1154,26 @@ def _pair_spreads(
     high = np.minimum(stretch_stop[of_u], stretch_stop[of_v])
     common = high > low
     pair, low, high = pair[common], low[common], high[common]
+    of_u, of_v = of_u[common], of_v[common]
     spread = np.zeros(len(first))
     over = np.zeros(len(first))
     if not len(pair):
         return spread, over
     u, v = first[pair], second[pair]
     # Each common stretch's excess lies in [lower, upper] (from its ends alone); keep
-    # those whose upper can beat the best lower of a wanted user of the pair.
-    moved_u = (service(u, high) - service(u, low)) / weight[u]
-    moved_v = (service(v, high) - service(v, low)) / weight[v]
+    # those whose upper can beat the best lower of a wanted user of the pair. Each end is
+    # one of the two users' own stretch ends, where S is known: only the other's is
+    # searched.
+    ends = []
+    for at, own_at, known in ((low, stretch_start, at_start), (high, stretch_stop, at_stop)):
+        of_u_end = at == own_at[of_u]
+        other = service(np.where(of_u_end, v, u), at)
+        ends.append(
+            (np.where(of_u_end, known[of_u], other), np.where(of_u_end, other, known[of_v]))
+        )
+    (u_low, v_low), (u_high, v_high) = ends
+    moved_u = (u_high - u_low) / weight[u]
+    moved_v = (v_high - v_low) / weight[v]
     upper = np.maximum(moved_u, moved_v) - bound[pair]
     lower = np.abs(moved_u - moved_v) - bound[pair]
     best = np.full(users, -np.inf)
@@ -1164,17 +1185,23 @@ def _pair_spreads(
     pair, low, high, u, v = pair[keep], low[keep], high[keep], u[keep], v[keep]
     if not len(pair):
         return spread, over
-    # The points of each common stretch: its ends, then u's and v's run edges inside.
-    points_at, points_piece = [low, high], [np.arange(len(pair)), np.arange(len(pair))]
-    for who in (u, v):
-        lo = np.searchsorted(edge_key, who * scale + low, side="left")
-        hi = np.searchsorted(edge_key, who * scale + high, side="right")
+    # The points of each common stretch: its ends, then u's and v's run edges inside (at
+    # its own edge a user's S is known; only the other's is searched).
+    pieces = np.arange(len(pair))
+    points_lead = [service(u, at) / weight[u] - service(v, at) / weight[v] for at in (low, high)]
+    points_piece = [pieces, pieces]
+    for who, other, sign in ((u, v, 1.0), (v, u, -1.0)):
+        lo = np.searchsorted(service.edge_key, who * scale + low, side="left")
+        hi = np.searchsorted(service.edge_key, who * scale + high, side="right")
         counts = hi - lo
-        points_at.append(edge_at[_ranges(lo, counts)])
-        points_piece.append(np.repeat(np.arange(len(pair)), counts))
-    at = np.concatenate(points_at)
+        edge = _ranges(lo, counts)
+        of = np.repeat(pieces, counts)
+        own = service.at_edge[edge] / weight[who[of]]
+        theirs = service(other[of], service.edge_at[edge]) / weight[other[of]]
+        points_lead.append(own - theirs if sign > 0 else theirs - own)
+        points_piece.append(of)
+    lead = np.concatenate(points_lead)
     piece = np.concatenate(points_piece)
-    lead = service(u[piece], at) / weight[u[piece]] - service(v[piece], at) / weight[v[piece]]
     order = np.argsort(piece, kind="stable")
     piece, lead = piece[order], lead[order]
     heads = np.flatnonzero(np.append(True, piece[1:] != piece[:-1]))
