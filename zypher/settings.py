@@ -69,6 +69,10 @@ MIDDLEWARE = [
     "jobs.api.middleware.XFrameOptionsMiddleware",
 ]
 
+# Django looks for its middleware by path; ours extend them (jobs.api.middleware), so
+# jobs/checks.py runs those checks again through the subclasses (as zypher.security.W00x).
+SILENCED_SYSTEM_CHECKS = ["security.W001", "security.W002", "security.W003"]
+
 ROOT_URLCONF = "zypher.urls"
 WSGI_APPLICATION = "zypher.wsgi.application"
 

@@ -44,6 +44,21 @@ def test_check_deploy_passes_with_production_settings():
     assert "no issues" in result.stdout
 
 
+def test_check_deploy_sees_the_security_settings_through_our_middleware_subclasses():
+    # Django finds its middleware by path; ours are subclasses (jobs/checks.py runs the
+    # checks that depend on them again): without that, HSTS off would pass unseen.
+    result = run_django(
+        {**SAFE, "ZYPHER_HSTS_SECONDS": "0"},
+        "manage.py",
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
+    )
+    assert result.returncode != 0
+    assert "security.W004" in result.stderr
+
+
 def test_the_web_server_refuses_to_start_with_unsafe_production_settings():
     unsafe = {**SAFE, "DJANGO_DEBUG": "1", "DJANGO_ALLOWED_HOSTS": "*"}
     result = run_django(unsafe, "-c", "import zypher.asgi")
