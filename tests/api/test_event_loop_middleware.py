@@ -17,48 +17,7 @@ from django.test import Client
 from jobs.api.middleware import OneHopASGIHandler
 from jobs.models import Job, JobStatus, User
 from jobs.predict.hub import close_db_connections, completion_hub, submit_prediction
-
-
-def asgi_request(
-    application: OneHopASGIHandler,
-    path: str,
-    method: str = "GET",
-    headers: tuple[tuple[bytes, bytes], ...] = (),
-    body: bytes = b"",
-) -> tuple[int, bytes, dict[bytes, bytes]]:
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "headers": [(b"host", b"127.0.0.1"), *headers],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
-    answer: dict[str, Any] = {"body": b"", "headers": {}}
-    sent = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await asyncio.sleep(3600)
-        return {"type": "http.disconnect"}
-
-    async def send(message: Mapping[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            answer["status"] = message["status"]
-            answer["headers"] = {name.lower(): value for name, value in message["headers"]}
-        elif message["type"] == "http.response.body":
-            answer["body"] += message.get("body", b"")
-
-    asyncio.run(application(scope, receive, send))
-    return answer["status"], answer["body"], answer["headers"]
+from tests.support.asgi import asgi_request
 
 
 def test_async_views_answer_with_whitenoise_autorefresh_on(settings: Any) -> None:

@@ -13,11 +13,10 @@ and the close stay on the loop when the request used no thread.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -28,6 +27,7 @@ from rest_framework.authtoken.models import Token
 
 from jobs.models import User
 from jobs.predict.hub import close_db_connections, submit_prediction
+from tests.support.asgi import asgi_request as support_asgi_request
 from zypher.asgi import application
 
 
@@ -56,39 +56,7 @@ def asgi_get(
 def asgi_request(
     path: str, query: bytes = b"", headers: tuple[tuple[bytes, bytes], ...] = ()
 ) -> tuple[int, bytes, dict[bytes, bytes]]:
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": query,
-        "headers": [(b"host", b"127.0.0.1"), *headers],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
-    answer: dict[str, Any] = {"body": b"", "headers": {}}
-    sent = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await asyncio.sleep(3600)
-        return {"type": "http.disconnect"}
-
-    async def send(message: Mapping[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            answer["status"] = message["status"]
-            answer["headers"] = {name.lower(): value for name, value in message["headers"]}
-        elif message["type"] == "http.response.body":
-            answer["body"] += message.get("body", b"")
-
-    asyncio.run(application(scope, receive, send))
-    return answer["status"], answer["body"], answer["headers"]
+    return support_asgi_request(application, path, headers=headers, query=query)
 
 
 def test_a_request_to_a_synchronous_view_runs_its_whole_chain_in_one_hop(
