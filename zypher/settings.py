@@ -132,13 +132,11 @@ elif env_bool("ZYPHER_DB_POOL", False):
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool refuses persistent connections
     # Health check: Django's (an empty query, one round trip, on every checkout), which
     # the web server's entry point (zypher/asgi.py) narrows to connections idle over 5 s
-    # or whose socket shows the server ended them (jobs.api.connection_check); `reset`
-    # notes when each connection was given back.
-    from jobs.api.connection_check import note_return
-
+    # or whose socket shows the server ended them (jobs.api.connection_check), and
+    # notes there when each connection was given back. No `reset` callback: with one,
+    # psycopg-pool hands every return to its worker thread.
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-        "reset": note_return,
         "min_size": int(os.environ.get("ZYPHER_DB_POOL_MIN_SIZE", "2")),
         "max_size": int(os.environ.get("ZYPHER_DB_POOL_MAX_SIZE", "10")),
         "timeout": float(os.environ.get("ZYPHER_DB_POOL_TIMEOUT", "3")),

@@ -24,9 +24,21 @@ from psycopg_pool import ConnectionPool
 RECENT_SECONDS = 5.0
 
 
-def note_return(connection: Connection[object]) -> None:
-    """The pool's `reset` callback: remember when the connection was given back."""
-    connection._zypher_returned_at = time.monotonic()  # type: ignore[attr-defined]
+def note_returns(pool: ConnectionPool) -> None:
+    """Remember when each connection is given back, in the thread that gives it back.
+
+    psycopg-pool's `reset` callback could do it, but a pool with a `reset` hands every
+    return to its worker thread: one more thread wake-up per request, and the connection
+    is not back in the pool until that thread has run. Django gives a connection back
+    through `connection._pool.putconn`, so an attribute of the pool catches every return.
+    """
+    give_back = pool.putconn
+
+    def putconn(connection: Connection[object]) -> None:
+        connection._zypher_returned_at = time.monotonic()  # type: ignore[attr-defined]
+        give_back(connection)
+
+    pool.putconn = putconn  # type: ignore[method-assign]
 
 
 def check_connection(connection: Connection[object]) -> None:
@@ -60,5 +72,6 @@ def install_pool_check() -> bool:
     pool = getattr(connections["default"], "pool", None)
     if pool is None:
         return False
+    note_returns(pool)
     pool._check = check_connection
     return True

@@ -15,7 +15,7 @@ import pytest
 from django.db import connection
 from psycopg_pool import ConnectionPool
 
-from jobs.api.connection_check import check_connection, note_return
+from jobs.api.connection_check import check_connection, note_returns
 from tests.support.processes import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
@@ -36,10 +36,10 @@ def pool() -> Iterator[ConnectionPool[psycopg.Connection[object]]]:
         min_size=1,
         max_size=1,
         check=check_connection,
-        reset=note_return,
         kwargs={"autocommit": True},
         timeout=10,
     ) as opened:
+        note_returns(opened)
         yield opened
 
 
@@ -73,3 +73,16 @@ def test_a_connection_the_server_ended_is_replaced_not_handed_out(pool: Connecti
     with pool.connection() as handed_out:
         assert handed_out.execute("SELECT 1").fetchone() == (1,)
         assert handed_out.info.backend_pid != pid
+
+
+def test_a_connection_is_back_in_the_pool_when_the_request_gives_it_back(
+    pool: ConnectionPool,
+) -> None:
+    # The return runs in the thread that gives the connection back (no `reset`, which
+    # would hand it to the pool's worker thread), so the next request finds it at once.
+    for _ in range(20):
+        connection = pool.getconn()
+        assert pool.get_stats()["pool_available"] == 0
+        pool.putconn(connection)
+        assert pool.get_stats()["pool_available"] == 1
+        assert connection._zypher_returned_at > 0  # type: ignore[attr-defined]
