@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import select
 import time
+from typing import Any
 
 from django.db import connections
 from psycopg import Connection
@@ -24,7 +25,7 @@ from psycopg_pool import ConnectionPool
 RECENT_SECONDS = 5.0
 
 
-def note_returns(pool: ConnectionPool) -> None:
+def note_returns(pool: ConnectionPool[Any]) -> None:
     """Remember when each connection is given back, in the thread that gives it back.
 
     psycopg-pool's `reset` callback could do it, but a pool with a `reset` hands every
@@ -34,11 +35,11 @@ def note_returns(pool: ConnectionPool) -> None:
     """
     give_back = pool.putconn
 
-    def putconn(connection: Connection[object]) -> None:
-        connection._zypher_returned_at = time.monotonic()  # type: ignore[attr-defined]
+    def putconn(connection: Any) -> None:
+        connection._zypher_returned_at = time.monotonic()
         give_back(connection)
 
-    pool.putconn = putconn  # type: ignore[method-assign]
+    pool.putconn = putconn  # type: ignore[method-assign,assignment]
 
 
 def check_connection(connection: Connection[object]) -> None:
