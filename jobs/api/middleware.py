@@ -23,6 +23,7 @@ from django.contrib.auth.middleware import (
     AuthenticationMiddleware as DjangoAuthenticationMiddleware,
 )
 from django.contrib.messages.middleware import MessageMiddleware as DjangoMessageMiddleware
+from django.contrib.messages.storage import default_storage
 from django.contrib.sessions.middleware import SessionMiddleware as DjangoSessionMiddleware
 from django.core import signals
 from django.core.exceptions import RequestAborted
@@ -44,6 +45,7 @@ from django.middleware.csrf import CsrfViewMiddleware as DjangoCsrfViewMiddlewar
 from django.middleware.security import SecurityMiddleware as DjangoSecurityMiddleware
 from django.urls import Resolver404, get_resolver, set_script_prefix
 from django.utils.deprecation import MiddlewareMixin
+from django.utils.functional import SimpleLazyObject, empty
 from whitenoise.middleware import (  # type: ignore[import-untyped]
     WhiteNoiseMiddleware as PlainWhiteNoiseMiddleware,
 )
@@ -214,11 +216,30 @@ class SessionMiddleware(EventLoopMiddleware, DjangoSessionMiddleware):
 
 
 class MessageMiddleware(EventLoopMiddleware, DjangoMessageMiddleware):
-    """Messages neither read nor added are not stored (the fallback store is the session)."""
+    """Messages neither read nor added are not stored (the fallback store is the session).
+
+    The storage is built when first touched: the API never touches it, and building it
+    (a cookie signer and the fallback's two stores) was ~0.04 ms of every request.
+    """
+
+    def process_request(self, request: HttpRequest) -> None:
+        request._messages = SimpleLazyObject(lambda: default_storage(request))  # type: ignore[attr-defined]
+
+    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        if _untouched(getattr(request, "_messages", None)):
+            return response  # nothing read or added: nothing to store
+        return super().process_response(request, response)
 
     def response_needs_thread(self, request: HttpRequest, response: HttpResponseBase) -> bool:
         storage = getattr(request, "_messages", None)
-        return storage is not None and bool(storage.used or storage.added_new)
+        if storage is None or _untouched(storage):
+            return False
+        return bool(storage.used or storage.added_new)
+
+
+def _untouched(storage: object) -> bool:
+    # isinstance looks at the proxy's own type; `_wrapped` is read without building it.
+    return isinstance(storage, SimpleLazyObject) and storage._wrapped is empty  # type: ignore[attr-defined]
 
 
 class CsrfViewMiddleware(EventLoopMiddleware, DjangoCsrfViewMiddleware):
@@ -289,7 +310,9 @@ _request_thread: contextvars.ContextVar[RequestThread] = contextvars.ContextVar(
 def _has_async_receivers(signal: Signal, sender: Any) -> bool:
     # Signal.send runs `async def` receivers through async_to_sync, which refuses the
     # event loop's thread: with any connected, the signal is sent as Django sends it.
-    return signal.has_listeners(sender) and bool(signal._live_receivers(sender)[1])
+    # Asked of every receiver, whatever its sender: a look at a short list, where asking
+    # for `sender`'s live receivers cost ~0.03 ms a request (a lock, weak references).
+    return any(is_async for _key, _receiver, is_async in signal.receivers)
 
 
 def _on_event_loop(method: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
