@@ -26,6 +26,7 @@ def through_middleware(
     request.COOKIES.update(cookies or {})
     SessionMiddleware(lambda r: HttpResponse()).process_request(request)
     response = MessageMiddleware(view)(request)
+    assert isinstance(response, HttpResponse)
     return request, response
 
 
