@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from django.urls import clear_script_prefix, set_script_prefix
 from rest_framework.test import APIClient
 
 from jobs.models import FairShareAccount, Job, JobStatus
@@ -19,6 +20,24 @@ def queued_count(username: str, device_type: str = "cpu") -> int:
     return FairShareAccount.objects.get(
         user__username=username, pool__device_type=device_type
     ).queued_count
+
+
+def test_each_job_of_a_list_gets_the_absolute_url_of_its_own_detail(
+    api_client: APIClient,
+) -> None:
+    # Served under a prefix (a proxy's sub-path): every URL carries it.
+    set_script_prefix("/gateway/")
+    try:
+        response = submit(api_client, [{"user_id": "alice", "input": n} for n in range(3)])
+    finally:
+        clear_script_prefix()
+
+    assert response.status_code == 201
+    jobs = response.json()
+    assert [job["url"] for job in jobs] == [
+        f"http://testserver/gateway/api/jobs/{job['id']}/" for job in jobs
+    ]
+    assert len({job["id"] for job in jobs}) == 3
 
 
 def test_a_submitted_job_is_queued_with_a_uuid_and_a_url_to_its_detail(
