@@ -80,7 +80,8 @@ def test_the_agent_keeps_answering_ping_while_a_calculate_5_runs(start_agent):
         started = time.monotonic()
         ping = agent.command("ping")
         assert ping.status == 200 and isinstance(ping.body["result"], int)
-        assert time.monotonic() - started < 0.5
+        # Answered while the 5 s calculation runs, not after it.
+        assert time.monotonic() - started < 2
         time.sleep(0.2)
     assert "five-seconds-done" not in agent.log()
     assert agent.command("status").body["result"]["calculations"] == 1

@@ -173,7 +173,7 @@ def test_a_silently_dead_listener_is_noticed_and_replaced(hub_tuned: None) -> No
 
     async def scenario() -> float:
         hub = completion_hub()
-        assert await latency_after_the_job_ends(first) < 0.5
+        assert await latency_after_the_job_ends(first) < 10  # NOTIFY, not the re-read
         [backend] = await run_in_db_thread(listener_pids)
         os.kill(backend, signal.SIGSTOP)  # the socket stays open; nothing answers
         try:
@@ -188,8 +188,9 @@ def test_a_silently_dead_listener_is_noticed_and_replaced(hub_tuned: None) -> No
 
     latency = asyncio.run(scenario())
     print(f"waiter returned {latency:.2f}s after its job ended, listener frozen")
-    # Ping interval + ping timeout + the poll; without the ping: the 30 s safety re-read.
-    assert latency < 3
+    # Ping interval + ping timeout + the poll (about 2 s); without the ping: the 30 s
+    # safety re-read. The bound tells them apart with room for a loaded machine.
+    assert latency < 10
 
 
 @pytest.mark.postgres
