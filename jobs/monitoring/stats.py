@@ -1008,31 +1008,29 @@ def _pair_gaps(
     at_start = service(stretch_rank, stretch_start)
     at_stop = service(stretch_rank, stretch_stop)
     within = (at_stop - at_start) / weight[stretch_rank]
-    most = np.zeros(len(ids))
-    np.maximum.at(most, stretch_rank, within)
+    # The most u can gain on anyone over an interval inside one of its stretches (D moves
+    # by at most dS_u/w_u, and dS_u <= the length times u's most runs at once).
+    rate = np.zeros(len(ids))
+    np.maximum.at(rate, service.edge_rank, service.slope.astype(float))
+    rate /= weight
     if suspects is None:
         suspect = np.ones(len(ids), bool)
-        first, second = np.triu_indices(len(ids), 1)
     else:
-        # Each suspect against every other user; a pair of two suspects once.
         suspect = np.isin(ids, np.array(sorted(suspects), dtype=np.int64))
-        ranks = np.flatnonzero(suspect)
-        first = np.repeat(ranks, len(ids))
-        second = np.tile(np.arange(len(ids)), len(ranks))
-        keep = (second != first) & (~suspect[second] | (second > first))
-        first, second = first[keep], second[keep]
-    bound = devices * (longest / weight[first] + longest / weight[second]) + slack
-    maybe = np.maximum(most[first], most[second]) > bound
-    if not maybe.any():
-        return devices, found
-    first, second, bound = first[maybe], second[maybe], bound[maybe]
-    spread, over = _pair_spreads(
-        (first, second, bound),
-        suspect,
-        (stretch_rank, stretch_start, stretch_stop, at_start, at_stop),
-        service,
+    candidates = _common_candidates(
+        (stretch_rank, stretch_start, stretch_stop, within),
+        rate,
         weight,
+        suspect,
+        (devices, longest, slack),
     )
+    if candidates is None:
+        return devices, found
+    first, second, bound, spread, over = _pair_spreads(
+        candidates, suspect, (stretch_start, stretch_stop, at_start, at_stop), service, weight
+    )
+    # Pairs in (first, second) order, first < second, as `jobs.fairshare.pairwise_gaps`
+    # visits them: of two pairs exceeding by the same amount, the first is kept.
     for index in np.flatnonzero(spread > bound).tolist():
         u, v, limit = waiting[first[index]], waiting[second[index]], float(bound[index])
         gap = float(spread[index])
@@ -1043,6 +1041,72 @@ def _pair_gaps(
             if known is None or gap - limit > known.seconds - known.bound:
                 found[user_id] = _PairGap(partner, gap, float(over[index]), limit)
     return devices, found
+
+
+# Candidate stretches are paired in blocks of about this many (heavy x long) cells.
+_BLOCK_CELLS = 1 << 22
+
+
+def _common_candidates(
+    stretches: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    rate: np.ndarray,
+    weight: np.ndarray,
+    wanted: np.ndarray,
+    scale: tuple[int, float, float],
+) -> tuple[np.ndarray, ...] | None:
+    """The common stretches (u, v, u's stretch, v's stretch, low, high, bound; u < v) of
+    two users, one of them `wanted`, over which D can move by more than the pair's bound,
+    found without pairing every user with every other.
+
+    Over an interval inside a common stretch D moves by at most max(dS_u/w_u, dS_v/w_v),
+    and dS_u/w_u is at most both u's own stretch's `within` and the interval's length
+    times `rate` (u's most runs at once over w_u). So one of the two stretches must be
+    *heavy* (its `within` beyond the least bound its owner can have with anyone) and
+    the common part longer than that least bound over its owner's rate: only heavy
+    stretches are paired, with the stretches of other users long enough, in blocks."""
+    rank, start, stop, within = stretches
+    devices, longest, slack = scale
+    tolerance = 1e-9
+    # As `jobs.fairshare.pair_bound` computes it, to the last bit.
+    least_bound = devices * (longest / weight + longest / weight.max()) + slack
+    floor = least_bound[rank] * (1 - tolerance) - tolerance
+    heavy = np.flatnonzero((within > floor) & (rate[rank] > 0))
+    if not len(heavy):
+        return None
+    shortest = floor[heavy] / rate[rank[heavy]]  # the least common length that can count
+    longish = np.flatnonzero(stop - start > shortest.min())
+    step = max(1, _BLOCK_CELLS // max(1, len(longish)))
+    found_h: list[np.ndarray] = []
+    found_s: list[np.ndarray] = []
+    for block in range(0, len(heavy), step):
+        h = heavy[block : block + step]
+        common = np.minimum(stop[h][:, None], stop[longish][None, :]) - np.maximum(
+            start[h][:, None], start[longish][None, :]
+        )
+        near = (common > np.maximum(shortest[block : block + step], 0.0)[:, None]) & (
+            rank[h][:, None] != rank[longish][None, :]
+        )
+        rows, columns = np.nonzero(near)
+        found_h.append(h[rows])
+        found_s.append(longish[columns])
+    of_h, of_s = np.concatenate(found_h), np.concatenate(found_s)
+    # A pair of two heavy stretches is found from both: keep one (u's stretch first).
+    u_first = rank[of_h] < rank[of_s]
+    of_u, of_v = np.where(u_first, of_h, of_s), np.where(u_first, of_s, of_h)
+    key = np.unique(of_u * len(rank) + of_v)
+    of_u, of_v = key // len(rank), key % len(rank)
+    u, v = rank[of_u], rank[of_v]
+    low = np.maximum(start[of_u], start[of_v])
+    high = np.minimum(stop[of_u], stop[of_v])
+    bound = devices * (longest / weight[u] + longest / weight[v]) + slack
+    length = high - low
+    upper = np.maximum(
+        np.minimum(within[of_u], length * rate[u]), np.minimum(within[of_v], length * rate[v])
+    )
+    keep = (wanted[u] | wanted[v]) & (upper >= bound * (1 - tolerance) - tolerance)
+    if not keep.any():
+        return None
+    return tuple(array[keep] for array in (u, v, of_u, of_v, low, high, bound))
 
 
 def _ranges(first: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -1109,18 +1173,19 @@ def _service_by_user(
 
 
 def _pair_spreads(
-    pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
+    candidates: tuple[np.ndarray, ...],
     wanted: np.ndarray,
-    stretches: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    stretches: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     service: _Service,
     weight: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """For each pair (first[p], second[p]) of user ranks (into `ids`), with its `bound`:
-    the largest max D - min D over their common queued stretches, and that stretch's
-    length, all pairs at once, exact wherever it can be the worst pair of a `wanted` user
-    that exceeds its bound (elsewhere it may be less). D = S_u/w_u - S_v/w_v, S the
-    device time received since the window's start, evaluated at each common stretch's
-    ends and at every run boundary of u or v inside it (D is linear in between).
+) -> tuple[np.ndarray, ...]:
+    """The pairs (first, second) of user ranks (into `ids`) among the common stretches
+    of `_common_candidates`, each with its bound, the largest max D - min D over those
+    stretches and that stretch's length (of equal spreads, the longest), all at once,
+    exact wherever it can be the worst pair of a `wanted` user that exceeds its bound
+    (elsewhere it may be less). D = S_u/w_u - S_v/w_v, S the device time received since
+    the window's start, evaluated at each common stretch's ends and at every run boundary
+    of u or v inside it (D is linear in between).
 
     Pruned first by each common stretch's ends alone: its spread lies between
     |dS_u/w_u - dS_v/w_v| and max(dS_u/w_u, dS_v/w_v), so a stretch whose upper figure
@@ -1128,38 +1193,16 @@ def _pair_spreads(
     wanted user of the pair, cannot be that worst pair and is not evaluated point by
     point. Per-user arrays are found by searching a key rank * (end + 1) + time, sorted by
     user, then time."""
-    first, second, bound = pairs
-    stretch_rank, stretch_start, stretch_stop, at_start, at_stop = stretches
+    u, v, of_u, of_v, low, high, _ = candidates
+    stretch_start, stretch_stop, at_start, at_stop = stretches
     users = len(weight)
     scale = service.scale
-    stretch_offset = np.searchsorted(stretch_rank, np.arange(users + 1))
-
-    # The common stretches: each stretch of u against the run of v's that overlap it
-    # (a user's stretches are disjoint and sorted, so both keys below are sorted).
-    count_u = np.diff(stretch_offset)[first]
-    of_u = _ranges(stretch_offset[first], count_u)
-    pair_u = np.repeat(np.arange(len(first)), count_u)
-    partner = second[pair_u] * scale
-    lo = np.searchsorted(
-        stretch_rank * scale + stretch_stop, partner + stretch_start[of_u], side="right"
-    )
-    hi = np.searchsorted(
-        stretch_rank * scale + stretch_start, partner + stretch_stop[of_u], side="left"
-    )
-    counts = np.maximum(hi - lo, 0)
-    pair = np.repeat(pair_u, counts)
-    of_u = np.repeat(of_u, counts)
-    of_v = _ranges(lo, counts)
-    low = np.maximum(stretch_start[of_u], stretch_start[of_v])
-    high = np.minimum(stretch_stop[of_u], stretch_stop[of_v])
-    common = high > low
-    pair, low, high = pair[common], low[common], high[common]
-    of_u, of_v = of_u[common], of_v[common]
+    pair_key, pair = np.unique(u * users + v, return_inverse=True)
+    first, second = pair_key // users, pair_key % users
+    bound = np.zeros(len(pair_key))
+    bound[pair] = candidates[6]
     spread = np.zeros(len(first))
     over = np.zeros(len(first))
-    if not len(pair):
-        return spread, over
-    u, v = first[pair], second[pair]
     # Each common stretch's excess lies in [lower, upper] (from its ends alone); keep
     # those whose upper can beat the best lower of a wanted user of the pair. Each end is
     # one of the two users' own stretch ends, where S is known: only the other's is
@@ -1184,7 +1227,7 @@ def _pair_spreads(
     keep = (upper > 0) & ((upper + tolerance >= best[u]) | (upper + tolerance >= best[v]))
     pair, low, high, u, v = pair[keep], low[keep], high[keep], u[keep], v[keep]
     if not len(pair):
-        return spread, over
+        return first, second, bound, spread, over
     # The points of each common stretch: its ends, then u's and v's run edges inside (at
     # its own edge a user's S is known; only the other's is searched).
     pieces = np.arange(len(pair))
@@ -1206,12 +1249,12 @@ def _pair_spreads(
     piece, lead = piece[order], lead[order]
     heads = np.flatnonzero(np.append(True, piece[1:] != piece[:-1]))
     piece_spread = np.maximum.reduceat(lead, heads) - np.minimum.reduceat(lead, heads)
-    # Each pair's widest piece (pieces are in pair order).
-    best = np.lexsort((-piece_spread, pair))
+    # Each pair's widest piece (of equal ones the longest, as the reference picks).
+    best = np.lexsort((-(high - low), -piece_spread, pair))
     leads = best[np.append(True, pair[best][1:] != pair[best][:-1])]
     spread[pair[leads]] = piece_spread[leads]
     over[pair[leads]] = (high - low)[leads]
-    return spread, over
+    return first, second, bound, spread, over
 
 
 def jain_index(rows: list[UserShare], floor: float = JAIN_FLOOR_SECONDS) -> float | None:
