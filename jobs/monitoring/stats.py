@@ -1090,11 +1090,15 @@ def _common_candidates(
         found_h.append(h[rows])
         found_s.append(longish[columns])
     of_h, of_s = np.concatenate(found_h), np.concatenate(found_s)
-    # A pair of two heavy stretches is found from both: keep one (u's stretch first).
+    # A pair of two heavy stretches long enough is found from both: kept from the first.
+    common = np.minimum(stop[of_h], stop[of_s]) - np.maximum(start[of_h], start[of_s])
+    place = np.full(len(rank), -1)
+    place[heavy] = np.arange(len(heavy))
+    twice = (place[of_s] >= 0) & (common > np.maximum(shortest[np.maximum(place[of_s], 0)], 0.0))
+    once = ~twice | (of_h < of_s)
+    of_h, of_s = of_h[once], of_s[once]
     u_first = rank[of_h] < rank[of_s]
     of_u, of_v = np.where(u_first, of_h, of_s), np.where(u_first, of_s, of_h)
-    key = np.unique(of_u * len(rank) + of_v)
-    of_u, of_v = key // len(rank), key % len(rank)
     u, v = rank[of_u], rank[of_v]
     low = np.maximum(start[of_u], start[of_v])
     high = np.minimum(stop[of_u], stop[of_v])
@@ -1228,6 +1232,22 @@ def _pair_spreads(
     pair, low, high, u, v = pair[keep], low[keep], high[keep], u[keep], v[keep]
     if not len(pair):
         return first, second, bound, spread, over
+    # Then by grids, coarse, then finer: D at the grid's times inside each stretch (and
+    # its ends) gives a lower figure; between two of them S_u and S_v only grow, so D
+    # lies between S_u(a)/w_u - S_v(b)/w_v and S_u(b)/w_u - S_v(a)/w_v: an upper one.
+    ends = (u_low[keep], u_high[keep], v_low[keep], v_high[keep])
+    for blocks in _GRID_BLOCKS:
+        lower, upper = _grid_excess((u, v, low, high, bound[pair]), ends, service, weight, blocks)
+        best = np.full(users, -np.inf)
+        np.maximum.at(best, u, lower)
+        np.maximum.at(best, v, lower)
+        best[~wanted] = np.inf
+        tolerance = 1e-9 * (1.0 + np.abs(upper))
+        keep = (upper > 0) & ((upper + tolerance >= best[u]) | (upper + tolerance >= best[v]))
+        pair, low, high, u, v = pair[keep], low[keep], high[keep], u[keep], v[keep]
+        ends = tuple(end[keep] for end in ends)
+        if not len(pair):
+            return first, second, bound, spread, over
     # The points of each common stretch: its ends, then u's and v's run edges inside (at
     # its own edge a user's S is known; only the other's is searched).
     pieces = np.arange(len(pair))
@@ -1255,6 +1275,58 @@ def _pair_spreads(
     spread[pair[leads]] = piece_spread[leads]
     over[pair[leads]] = (high - low)[leads]
     return first, second, bound, spread, over
+
+
+# The grids of `_grid_excess`, coarse, then finer: this many blocks over the window.
+_GRID_BLOCKS = (16, 128)
+# Stretches are compared on a grid in chunks of this many.
+_GRID_CHUNK = 1 << 14
+
+
+def _grid_excess(
+    pieces: tuple[np.ndarray, ...],
+    ends: tuple[np.ndarray, ...],
+    service: _Service,
+    weight: np.ndarray,
+    blocks: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A lower and an upper figure of each common stretch's excess (max D - min D minus
+    the bound) from S at `blocks` + 1 times over the window (one search per user and
+    time, not per stretch): the grid's times clipped to the stretch, so the first and
+    last are its ends (`ends`: S_u and S_v at its start, then at its end, known)."""
+    u, v, low, high, bound = pieces
+    ends_u = (ends[0] / weight[u], ends[1] / weight[u])
+    ends_v = (ends[2] / weight[v], ends[3] / weight[v])
+    grid = np.linspace(0.0, service.scale - 1.0, blocks + 1)
+    users, row = np.unique(np.concatenate((u, v)), return_inverse=True)
+    at_grid = (
+        service(np.repeat(users, len(grid)), np.tile(grid, len(users))).reshape(
+            len(users), len(grid)
+        )
+        / weight[users][:, None]
+    )
+    row_u, row_v = row[: len(u)], row[len(u) :]
+    lower = np.empty(len(u))
+    upper = np.empty(len(u))
+    for chunk in range(0, len(u), _GRID_CHUNK):
+        part = slice(chunk, chunk + _GRID_CHUNK)
+        before = grid[None, :] <= low[part][:, None]
+        after = grid[None, :] >= high[part][:, None]
+        values = []
+        for rows, (at_low, at_high) in ((row_u, ends_u), (row_v, ends_v)):
+            inner = at_grid[rows[part]]
+            values.append(
+                np.where(
+                    before, at_low[part][:, None], np.where(after, at_high[part][:, None], inner)
+                )
+            )
+        x_u, x_v = values
+        lead = x_u - x_v
+        lower[part] = lead.max(axis=1) - lead.min(axis=1)
+        upper[part] = (x_u[:, 1:] - x_v[:, :-1]).max(axis=1) - (x_u[:, :-1] - x_v[:, 1:]).min(
+            axis=1
+        )
+    return lower - bound, upper - bound
 
 
 def jain_index(rows: list[UserShare], floor: float = JAIN_FLOOR_SECONDS) -> float | None:
