@@ -837,50 +837,88 @@ def _water_fill(
     return theta, extra
 
 
-def _runs_of(
-    owners: np.ndarray, starts: np.ndarray, stops: np.ndarray, user_ids: list[int]
-) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """The runs (starts, stops in seconds after the window's start) of a few users."""
-    chosen = np.isin(owners, user_ids)
-    owners, starts, stops = owners[chosen], starts[chosen], stops[chosen]
-    return {user_id: (starts[owners == user_id], stops[owners == user_id]) for user_id in user_ids}
-
-
-def _received_between(runs: tuple[np.ndarray, np.ndarray], low: float, high: float) -> float:
-    starts, stops = runs
-    return float(np.maximum(0.0, np.minimum(stops, high) - np.maximum(starts, low)).sum())
+# The exact largest normalised gap starts from this many users who received most over
+# their weight within their longest stay, each against everyone (`_max_normalised_gap`).
+_GAP_SEED_USERS = 8
 
 
 def _max_normalised_gap(
     users: dict[int, _Waiting],
     names: dict[int, str],
     longest_job: float,
-    pool_runs: tuple[np.ndarray, np.ndarray, np.ndarray],
-    limit: int = 20,
+    service: _Service,
 ) -> NormalisedGap | None:
-    """The largest |R_i/w_i - R_j/w_j| over the common part of two users' longest stretches
-    in the system, among the `limit` users entitled to most; with the SFQ bound beside it."""
-    chosen = sorted(users.items(), key=lambda item: -item[1].entitled)[:limit]
-    runs = _runs_of(*pool_runs, [user_id for user_id, _ in chosen])
-    best: NormalisedGap | None = None
-    for index, (first_id, first) in enumerate(chosen):
-        for second_id, second in chosen[index + 1 :]:
-            low = max(first.longest[0], second.longest[0])
-            high = min(first.longest[1], second.longest[1])
-            if high <= low:
-                continue
-            gap = abs(
-                _received_between(runs[first_id], low, high) / first.weight
-                - _received_between(runs[second_id], low, high) / second.weight
+    """The largest |R_i/w_i - R_j/w_j| over the common part of two users' longest stays
+    in the system, over every pair of the pool's users (of equal gaps, the pair first in
+    user id order), with the SFQ bound beside it.
+
+    Exact without evaluating every pair: over the common part, R_i/w_i is at most what i
+    received over weight within its whole stay (`within`), so the gap is at most the
+    larger `within` of the two. The users of largest `within` against everyone give a
+    gap G; only users whose `within` reaches G can be in a larger pair, and only those
+    are paired with everyone too. S is known at a user's own stay ends, so a pair costs two
+    searches. `service` is S of the users in id order."""
+    if len(users) < 2:
+        return None
+    ids = np.array(sorted(users), dtype=np.int64)
+    weight = np.array([users[pk].weight for pk in ids.tolist()])
+    stay = np.array([users[pk].longest for pk in ids.tolist()], dtype=float).reshape(-1, 2)
+    begins, ends = stay[:, 0], stay[:, 1]
+    rank = np.arange(len(ids))
+    at_begin, at_end = service(rank, begins) / weight, service(rank, ends) / weight
+    within = at_end - at_begin
+
+    def gaps(i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        low, high = np.maximum(begins[i], begins[j]), np.minimum(ends[i], ends[j])
+        moved = []
+        for who in (i, j):
+            at_low = np.where(low == begins[who], at_begin[who], 0.0)
+            at_high = np.where(high == ends[who], at_end[who], 0.0)
+            searched_low = low != begins[who]
+            searched_high = high != ends[who]
+            at_low[searched_low] = (
+                service(who[searched_low], low[searched_low]) / weight[who[searched_low]]
             )
-            if best is None or gap > best["seconds"]:
-                best = {
-                    "users": [names[first_id], names[second_id]],
-                    "seconds": gap,
-                    "over_seconds": high - low,
-                    "bound_seconds": longest_job / first.weight + longest_job / second.weight,
-                }
-    return best
+            at_high[searched_high] = (
+                service(who[searched_high], high[searched_high]) / weight[who[searched_high]]
+            )
+            moved.append(at_high - at_low)
+        gap = np.where(high > low, np.abs(moved[0] - moved[1]), -np.inf)
+        return gap, high - low
+
+    def against_everyone(rows: np.ndarray, done: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The pairs (lower rank, higher rank) of `rows` with every user, each once and
+        none with a user of `done` (already paired with everyone), with their gaps."""
+        first = np.repeat(rows, len(ids))
+        second = np.tile(rank, len(rows))
+        in_rows = np.zeros(len(ids), bool)
+        in_rows[rows] = True
+        keep = (second != first) & ~done[second] & (~in_rows[second] | (second > first))
+        first, second = first[keep], second[keep]
+        first, second = np.minimum(first, second), np.maximum(first, second)
+        return (first, second, *gaps(first, second))
+
+    # The users who received most over weight within their stays, against everyone,
+    # then everyone else whose `within` reaches the gap found.
+    done = np.zeros(len(ids), bool)
+    seeds = np.sort(np.argsort(-within, kind="stable")[:_GAP_SEED_USERS])
+    found = [against_everyone(seeds, done)]
+    done[seeds] = True
+    seed_best = float(found[0][2].max(initial=-np.inf))
+    reach = within >= seed_best - 1e-9 * (1.0 + abs(seed_best))
+    found.append(against_everyone(np.flatnonzero(reach & ~done), done))
+    first, second, gap, over = (np.concatenate(column) for column in zip(*found, strict=True))
+    if not len(gap) or gap.max() == -np.inf:
+        return None
+    order = np.lexsort((second, first, -gap))
+    best = order[0]
+    i, j = int(first[best]), int(second[best])
+    return {
+        "users": [names[int(ids[i])], names[int(ids[j])]],
+        "seconds": float(gap[best]),
+        "over_seconds": float(over[best]),
+        "bound_seconds": float(longest_job / weight[i] + longest_job / weight[j]),
+    }
 
 
 @dataclass
@@ -951,6 +989,7 @@ def _pair_gaps(
     longest: float,
     slack: float,
     suspects: set[int] | None = None,
+    shared: tuple[np.ndarray, _Service] | None = None,
 ) -> tuple[int, dict[int, _PairGap]]:
     """Each user's pair (u, v) whose normalised gap most exceeds `jobs.fairshare.pair_bound`
     over a stretch where both had a job queued: max D - min D over the stretch, D(t) =
@@ -997,14 +1036,18 @@ def _pair_gaps(
     if suspects is not None and not suspects:
         return devices, found
     stretch_owner, stretch_start, stretch_stop = _queued_stretches(owner, at, moves, end)
-    waiting = np.unique(stretch_owner).tolist()
-    if len(waiting) < 2:
+    if len(np.unique(stretch_owner)) < 2:
         return devices, found
-    ids = np.array(waiting, dtype=np.int64)
+    # S of every user (the caller's, with its users' ids, when it has every one waiting).
+    if shared is None or not np.isin(stretch_owner, shared[0]).all():
+        ids = np.unique(stretch_owner)
+        service = _service_by_user((run_owner, run_start, run_stop), ids, end)
+    else:
+        ids, service = shared
+    waiting = ids.tolist()
     weight = np.array([weights[user_id] for user_id in waiting])
     # The most u received (over w_u) within one of its stretches: D moves by no more.
     stretch_rank = np.searchsorted(ids, stretch_owner)
-    service = _service_by_user((run_owner, run_start, run_stop), ids, end)
     at_start = service(stretch_rank, stretch_start)
     at_stop = service(stretch_rank, stretch_stop)
     within = (at_stop - at_start) / weight[stretch_rank]
@@ -1235,9 +1278,11 @@ def _pair_spreads(
     # Then by grids, coarse, then finer: D at the grid's times inside each stretch (and
     # its ends) gives a lower figure; between two of them S_u and S_v only grow, so D
     # lies between S_u(a)/w_u - S_v(b)/w_v and S_u(b)/w_u - S_v(a)/w_v: an upper one.
-    ends = (u_low[keep], u_high[keep], v_low[keep], v_high[keep])
+    at_ends: tuple[np.ndarray, ...] = (u_low[keep], u_high[keep], v_low[keep], v_high[keep])
     for blocks in _GRID_BLOCKS:
-        lower, upper = _grid_excess((u, v, low, high, bound[pair]), ends, service, weight, blocks)
+        lower, upper = _grid_excess(
+            (u, v, low, high, bound[pair]), at_ends, service, weight, blocks
+        )
         best = np.full(users, -np.inf)
         np.maximum.at(best, u, lower)
         np.maximum.at(best, v, lower)
@@ -1245,7 +1290,7 @@ def _pair_spreads(
         tolerance = 1e-9 * (1.0 + np.abs(upper))
         keep = (upper > 0) & ((upper + tolerance >= best[u]) | (upper + tolerance >= best[v]))
         pair, low, high, u, v = pair[keep], low[keep], high[keep], u[keep], v[keep]
-        ends = tuple(end[keep] for end in ends)
+        at_ends = tuple(value[keep] for value in at_ends)
         if not len(pair):
             return first, second, bound, spread, over
     # The points of each common stretch: its ends, then u's and v's run edges inside (at
@@ -1479,6 +1524,11 @@ def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
         for pk, state in swept.items():
             state.received = received.get(pk, 0.0)
         bound = lag_bound(longest, settings.ZYPHER_DASHBOARD_LAG_SLACK_SECONDS)
+        # S, each user's device time by any time, for the pair check and the largest gap.
+        ids = np.array(sorted(swept), dtype=np.int64)
+        service = _service_by_user(
+            (run_owner, np.clip(run_start, 0.0, end), np.clip(run_stop, 0.0, end)), ids, end
+        )
         # Flagged: the lag beyond its bound and the pairwise guarantee broken (see the
         # module docstring); the pair check runs only for users past the first test.
         devices, pairs = _pair_gaps(
@@ -1491,6 +1541,7 @@ def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
             suspects={
                 pk for pk, state in swept.items() if abs(state.entitled - state.received) > bound
             },
+            shared=(ids, service),
         )
         device_seconds = sum(state.received for state in swept.values())
         shares_of_pool: list[UserShare] = []
@@ -1528,7 +1579,7 @@ def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
                     swept,
                     names,
                     longest,
-                    (run_owner, run_start, run_stop),
+                    service,
                 ),
                 "shares": shares_of_pool,
             }
