@@ -36,7 +36,7 @@ fair schedule (`jobs.fairshare.fluid_shares` is the plain reference of the same 
     Jain's index  (sum x_u)^2 / (k * sum x_u^2), x_u = R_u / E_u, over the k users with
              E_u > JAIN_FLOOR_SECONDS (1 = everyone got what they were entitled to)
     max normalised gap  max |R_i/w_i - R_j/w_j| over the common part of two users'
-             longest stretches in the system (the 20 most entitled users of the pool),
+             longest stretches in the system (every pair of the pool's users, exact),
              beside the SFQ bound C_max/w_i + C_max/w_j for one device
 
 No loop over jobs or change points: two plain queries and array arithmetic. One
@@ -999,12 +999,15 @@ def _pair_gaps(
     most runs at once (of two runs that end and begin at one instant, the end first).
 
     The dashboard passes as suspects only the users whose |lag| is beyond the lag bound
-    (`jobs.fairshare.flagged_users`): in a fair run nobody or a few, so the pairs checked
-    are a few times the users, not their square. Exact among those pairs: D(b) - D(a)
-    lies in [-dR_v/w_v, dR_u/w_u], so a pair can exceed its bound only if one of them
-    received more than it (over its weight) within one of its own stretches; the pairs
-    left are checked all at once with arrays (`_pair_spreads`), with no loop over pairs
-    or jobs.
+    (`jobs.fairshare.flagged_users`): in a fair run nobody or a few. Exact, and without
+    pairing every suspect with every user: D(b) - D(a) lies in [-dR_v/w_v, dR_u/w_u], so a
+    pair can exceed its bound only over a common stretch inside a *heavy* stretch of one
+    of them (one within which it received more than the bound, over its weight), and
+    long enough for its runs at once to deliver that (`_common_candidates`). Those common
+    stretches are narrowed by figures of their excess from their ends, then from S on a
+    coarse and a finer grid (`_grid_excess`), and the few left are evaluated at every run
+    edge of the pair (`_pair_spreads`); all with arrays, no loop over pairs or jobs.
+    `shared`: the users' ids and their `_Service`, when the caller has it already.
     """
     came = ~np.isnan(intervals.arrived) & (intervals.arrived < end)
     went = came & ~np.isnan(intervals.left) & (intervals.left < end)
