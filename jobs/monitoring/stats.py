@@ -1341,34 +1341,32 @@ def _grid_excess(
     """A lower and an upper figure of each common stretch's excess (max D - min D minus
     the bound) from S at `blocks` + 1 times over the window (one search per user and
     time, not per stretch): the grid's times clipped to the stretch, so the first and
-    last are its ends (`ends`: S_u and S_v at its start, then at its end, known)."""
+    last are its ends (`ends`: S_u and S_v at its start, then at its end, known). As S
+    only grows, S at a clipped time is S at the grid time clipped to S at the ends."""
     u, v, low, high, bound = pieces
-    ends_u = (ends[0] / weight[u], ends[1] / weight[u])
-    ends_v = (ends[2] / weight[v], ends[3] / weight[v])
     grid = np.linspace(0.0, service.scale - 1.0, blocks + 1)
-    users, row = np.unique(np.concatenate((u, v)), return_inverse=True)
+    present = np.zeros(len(weight), bool)
+    present[u] = present[v] = True
+    users = np.flatnonzero(present)
+    row = np.cumsum(present) - 1
     at_grid = (
         service(np.repeat(users, len(grid)), np.tile(grid, len(users))).reshape(
             len(users), len(grid)
         )
         / weight[users][:, None]
     )
-    row_u, row_v = row[: len(u)], row[len(u) :]
     lower = np.empty(len(u))
     upper = np.empty(len(u))
     for chunk in range(0, len(u), _GRID_CHUNK):
         part = slice(chunk, chunk + _GRID_CHUNK)
-        before = grid[None, :] <= low[part][:, None]
-        after = grid[None, :] >= high[part][:, None]
-        values = []
-        for rows, (at_low, at_high) in ((row_u, ends_u), (row_v, ends_v)):
-            inner = at_grid[rows[part]]
-            values.append(
-                np.where(
-                    before, at_low[part][:, None], np.where(after, at_high[part][:, None], inner)
-                )
+        x_u, x_v = (
+            np.clip(
+                at_grid[row[who[part]]],
+                (at_low[part] / weight[who[part]])[:, None],
+                (at_high[part] / weight[who[part]])[:, None],
             )
-        x_u, x_v = values
+            for who, at_low, at_high in ((u, ends[0], ends[1]), (v, ends[2], ends[3]))
+        )
         lead = x_u - x_v
         lower[part] = lead.max(axis=1) - lead.min(axis=1)
         upper[part] = (x_u[:, 1:] - x_v[:, :-1]).max(axis=1) - (x_u[:, :-1] - x_v[:, 1:]).min(
