@@ -351,6 +351,14 @@ def main() -> int:
         log(f"largest difference from the baseline's figures: {difference:.3g} s")
         flags = [sum(row["flagged"] for row in rows) for rows in (ours, theirs)]
         log(f"users flagged: {flags[0]} here, {flags[1]} by the baseline")
+        pairs = [
+            [(row["user"], row["flagged"], row["unfair_pair"]) for row in rows]
+            for rows in (ours, theirs)
+        ]
+        log(f"the same users flagged with the same unfair pairs: {pairs[0] == pairs[1]}")
+        for pool, other in zip(stats.pool_fairness(now), baseline.pool_fairness(now), strict=True):
+            gaps = [figures["max_normalised_gap"] for figures in (pool, other)]
+            log(f"{pool['pool']}: largest normalised gap {gaps[0]}, the baseline's {gaps[1]}")
         names = [name for name, _ in cases]
         cases.insert(names.index(FLUID) + 1, (BASELINE, lambda: baseline.shares(now)))
     if options.fairness_only:

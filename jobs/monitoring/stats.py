@@ -36,7 +36,7 @@ fair schedule (`jobs.fairshare.fluid_shares` is the plain reference of the same 
     Jain's index  (sum x_u)^2 / (k * sum x_u^2), x_u = R_u / E_u, over the k users with
              E_u > JAIN_FLOOR_SECONDS (1 = everyone got what they were entitled to)
     max normalised gap  max |R_i/w_i - R_j/w_j| over the common part of two users'
-             longest stretches in the system (the 20 most entitled users of the pool),
+             longest stretches in the system (every pair of the pool's users, exact),
              beside the SFQ bound C_max/w_i + C_max/w_j for one device
 
 No loop over jobs or change points: two plain queries and array arithmetic. One
@@ -837,50 +837,88 @@ def _water_fill(
     return theta, extra
 
 
-def _runs_of(
-    owners: np.ndarray, starts: np.ndarray, stops: np.ndarray, user_ids: list[int]
-) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """The runs (starts, stops in seconds after the window's start) of a few users."""
-    chosen = np.isin(owners, user_ids)
-    owners, starts, stops = owners[chosen], starts[chosen], stops[chosen]
-    return {user_id: (starts[owners == user_id], stops[owners == user_id]) for user_id in user_ids}
-
-
-def _received_between(runs: tuple[np.ndarray, np.ndarray], low: float, high: float) -> float:
-    starts, stops = runs
-    return float(np.maximum(0.0, np.minimum(stops, high) - np.maximum(starts, low)).sum())
+# The exact largest normalised gap starts from this many users who received most over
+# their weight within their longest stay, each against everyone (`_max_normalised_gap`).
+_GAP_SEED_USERS = 8
 
 
 def _max_normalised_gap(
     users: dict[int, _Waiting],
     names: dict[int, str],
     longest_job: float,
-    pool_runs: tuple[np.ndarray, np.ndarray, np.ndarray],
-    limit: int = 20,
+    service: _Service,
 ) -> NormalisedGap | None:
-    """The largest |R_i/w_i - R_j/w_j| over the common part of two users' longest stretches
-    in the system, among the `limit` users entitled to most; with the SFQ bound beside it."""
-    chosen = sorted(users.items(), key=lambda item: -item[1].entitled)[:limit]
-    runs = _runs_of(*pool_runs, [user_id for user_id, _ in chosen])
-    best: NormalisedGap | None = None
-    for index, (first_id, first) in enumerate(chosen):
-        for second_id, second in chosen[index + 1 :]:
-            low = max(first.longest[0], second.longest[0])
-            high = min(first.longest[1], second.longest[1])
-            if high <= low:
-                continue
-            gap = abs(
-                _received_between(runs[first_id], low, high) / first.weight
-                - _received_between(runs[second_id], low, high) / second.weight
+    """The largest |R_i/w_i - R_j/w_j| over the common part of two users' longest stays
+    in the system, over every pair of the pool's users (of equal gaps, the pair first in
+    user id order), with the SFQ bound beside it.
+
+    Exact without evaluating every pair: over the common part, R_i/w_i is at most what i
+    received over weight within its whole stay (`within`), so the gap is at most the
+    larger `within` of the two. The users of largest `within` against everyone give a
+    gap G; only users whose `within` reaches G can be in a larger pair, and only those
+    are paired with everyone too. S is known at a user's own stay ends, so a pair costs two
+    searches. `service` is S of the users in id order."""
+    if len(users) < 2:
+        return None
+    ids = np.array(sorted(users), dtype=np.int64)
+    weight = np.array([users[pk].weight for pk in ids.tolist()])
+    stay = np.array([users[pk].longest for pk in ids.tolist()], dtype=float).reshape(-1, 2)
+    begins, ends = stay[:, 0], stay[:, 1]
+    rank = np.arange(len(ids))
+    at_begin, at_end = service(rank, begins) / weight, service(rank, ends) / weight
+    within = at_end - at_begin
+
+    def gaps(i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        low, high = np.maximum(begins[i], begins[j]), np.minimum(ends[i], ends[j])
+        moved = []
+        for who in (i, j):
+            at_low = np.where(low == begins[who], at_begin[who], 0.0)
+            at_high = np.where(high == ends[who], at_end[who], 0.0)
+            searched_low = low != begins[who]
+            searched_high = high != ends[who]
+            at_low[searched_low] = (
+                service(who[searched_low], low[searched_low]) / weight[who[searched_low]]
             )
-            if best is None or gap > best["seconds"]:
-                best = {
-                    "users": [names[first_id], names[second_id]],
-                    "seconds": gap,
-                    "over_seconds": high - low,
-                    "bound_seconds": longest_job / first.weight + longest_job / second.weight,
-                }
-    return best
+            at_high[searched_high] = (
+                service(who[searched_high], high[searched_high]) / weight[who[searched_high]]
+            )
+            moved.append(at_high - at_low)
+        gap = np.where(high > low, np.abs(moved[0] - moved[1]), -np.inf)
+        return gap, high - low
+
+    def against_everyone(rows: np.ndarray, done: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The pairs (lower rank, higher rank) of `rows` with every user, each once and
+        none with a user of `done` (already paired with everyone), with their gaps."""
+        first = np.repeat(rows, len(ids))
+        second = np.tile(rank, len(rows))
+        in_rows = np.zeros(len(ids), bool)
+        in_rows[rows] = True
+        keep = (second != first) & ~done[second] & (~in_rows[second] | (second > first))
+        first, second = first[keep], second[keep]
+        first, second = np.minimum(first, second), np.maximum(first, second)
+        return (first, second, *gaps(first, second))
+
+    # The users who received most over weight within their stays, against everyone,
+    # then everyone else whose `within` reaches the gap found.
+    done = np.zeros(len(ids), bool)
+    seeds = np.sort(np.argsort(-within, kind="stable")[:_GAP_SEED_USERS])
+    found = [against_everyone(seeds, done)]
+    done[seeds] = True
+    seed_best = float(found[0][2].max(initial=-np.inf))
+    reach = within >= seed_best - 1e-9 * (1.0 + abs(seed_best))
+    found.append(against_everyone(np.flatnonzero(reach & ~done), done))
+    first, second, gap, over = (np.concatenate(column) for column in zip(*found, strict=True))
+    if not len(gap) or gap.max() == -np.inf:
+        return None
+    order = np.lexsort((second, first, -gap))
+    best = order[0]
+    i, j = int(first[best]), int(second[best])
+    return {
+        "users": [names[int(ids[i])], names[int(ids[j])]],
+        "seconds": float(gap[best]),
+        "over_seconds": float(over[best]),
+        "bound_seconds": float(longest_job / weight[i] + longest_job / weight[j]),
+    }
 
 
 @dataclass
@@ -951,6 +989,7 @@ def _pair_gaps(
     longest: float,
     slack: float,
     suspects: set[int] | None = None,
+    shared: tuple[np.ndarray, _Service] | None = None,
 ) -> tuple[int, dict[int, _PairGap]]:
     """Each user's pair (u, v) whose normalised gap most exceeds `jobs.fairshare.pair_bound`
     over a stretch where both had a job queued: max D - min D over the stretch, D(t) =
@@ -960,12 +999,15 @@ def _pair_gaps(
     most runs at once (of two runs that end and begin at one instant, the end first).
 
     The dashboard passes as suspects only the users whose |lag| is beyond the lag bound
-    (`jobs.fairshare.flagged_users`): in a fair run nobody or a few, so the pairs checked
-    are a few times the users, not their square. Exact among those pairs: D(b) - D(a)
-    lies in [-dR_v/w_v, dR_u/w_u], so a pair can exceed its bound only if one of them
-    received more than it (over its weight) within one of its own stretches; the pairs
-    left are checked all at once with arrays (`_pair_spreads`), with no loop over pairs
-    or jobs.
+    (`jobs.fairshare.flagged_users`): in a fair run nobody or a few. Exact, and without
+    pairing every suspect with every user: D(b) - D(a) lies in [-dR_v/w_v, dR_u/w_u], so a
+    pair can exceed its bound only over a common stretch inside a *heavy* stretch of one
+    of them (one within which it received more than the bound, over its weight), and
+    long enough for its runs at once to deliver that (`_common_candidates`). Those common
+    stretches are narrowed by figures of their excess from their ends, then from S on a
+    coarse and a finer grid (`_grid_excess`), and the few left are evaluated at every run
+    edge of the pair (`_pair_spreads`); all with arrays, no loop over pairs or jobs.
+    `shared`: the users' ids and their `_Service`, when the caller has it already.
     """
     came = ~np.isnan(intervals.arrived) & (intervals.arrived < end)
     went = came & ~np.isnan(intervals.left) & (intervals.left < end)
@@ -997,42 +1039,44 @@ def _pair_gaps(
     if suspects is not None and not suspects:
         return devices, found
     stretch_owner, stretch_start, stretch_stop = _queued_stretches(owner, at, moves, end)
-    waiting = np.unique(stretch_owner).tolist()
-    if len(waiting) < 2:
+    if len(np.unique(stretch_owner)) < 2:
         return devices, found
-    ids = np.array(waiting, dtype=np.int64)
+    # S of every user (the caller's, with its users' ids, when it has every one waiting).
+    if shared is None or not np.isin(stretch_owner, shared[0]).all():
+        ids = np.unique(stretch_owner)
+        service = _service_by_user((run_owner, run_start, run_stop), ids, end)
+    else:
+        ids, service = shared
+    waiting = ids.tolist()
     weight = np.array([weights[user_id] for user_id in waiting])
     # The most u received (over w_u) within one of its stretches: D moves by no more.
     stretch_rank = np.searchsorted(ids, stretch_owner)
-    service = _service_by_user((run_owner, run_start, run_stop), ids, end)
     at_start = service(stretch_rank, stretch_start)
     at_stop = service(stretch_rank, stretch_stop)
     within = (at_stop - at_start) / weight[stretch_rank]
-    most = np.zeros(len(ids))
-    np.maximum.at(most, stretch_rank, within)
+    # The most u can gain on anyone over an interval inside one of its stretches (D moves
+    # by at most dS_u/w_u, and dS_u <= the length times u's most runs at once).
+    rate = np.zeros(len(ids))
+    np.maximum.at(rate, service.edge_rank, service.slope.astype(float))
+    rate /= weight
     if suspects is None:
         suspect = np.ones(len(ids), bool)
-        first, second = np.triu_indices(len(ids), 1)
     else:
-        # Each suspect against every other user; a pair of two suspects once.
         suspect = np.isin(ids, np.array(sorted(suspects), dtype=np.int64))
-        ranks = np.flatnonzero(suspect)
-        first = np.repeat(ranks, len(ids))
-        second = np.tile(np.arange(len(ids)), len(ranks))
-        keep = (second != first) & (~suspect[second] | (second > first))
-        first, second = first[keep], second[keep]
-    bound = devices * (longest / weight[first] + longest / weight[second]) + slack
-    maybe = np.maximum(most[first], most[second]) > bound
-    if not maybe.any():
-        return devices, found
-    first, second, bound = first[maybe], second[maybe], bound[maybe]
-    spread, over = _pair_spreads(
-        (first, second, bound),
-        suspect,
-        (stretch_rank, stretch_start, stretch_stop, at_start, at_stop),
-        service,
+    candidates = _common_candidates(
+        (stretch_rank, stretch_start, stretch_stop, within),
+        rate,
         weight,
+        suspect,
+        (devices, longest, slack),
     )
+    if candidates is None:
+        return devices, found
+    first, second, bound, spread, over = _pair_spreads(
+        candidates, suspect, (stretch_start, stretch_stop, at_start, at_stop), service, weight
+    )
+    # Pairs in (first, second) order, first < second, as `jobs.fairshare.pairwise_gaps`
+    # visits them: of two pairs exceeding by the same amount, the first is kept.
     for index in np.flatnonzero(spread > bound).tolist():
         u, v, limit = waiting[first[index]], waiting[second[index]], float(bound[index])
         gap = float(spread[index])
@@ -1043,6 +1087,76 @@ def _pair_gaps(
             if known is None or gap - limit > known.seconds - known.bound:
                 found[user_id] = _PairGap(partner, gap, float(over[index]), limit)
     return devices, found
+
+
+# Candidate stretches are paired in blocks of about this many (heavy x long) cells.
+_BLOCK_CELLS = 1 << 22
+
+
+def _common_candidates(
+    stretches: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    rate: np.ndarray,
+    weight: np.ndarray,
+    wanted: np.ndarray,
+    scale: tuple[int, float, float],
+) -> tuple[np.ndarray, ...] | None:
+    """The common stretches (u, v, u's stretch, v's stretch, low, high, bound; u < v) of
+    two users, one of them `wanted`, over which D can move by more than the pair's bound,
+    found without pairing every user with every other.
+
+    Over an interval inside a common stretch D moves by at most max(dS_u/w_u, dS_v/w_v),
+    and dS_u/w_u is at most both u's own stretch's `within` and the interval's length
+    times `rate` (u's most runs at once over w_u). So one of the two stretches must be
+    *heavy* (its `within` beyond the least bound its owner can have with anyone) and
+    the common part longer than that least bound over its owner's rate: only heavy
+    stretches are paired, with the stretches of other users long enough, in blocks."""
+    rank, start, stop, within = stretches
+    devices, longest, slack = scale
+    tolerance = 1e-9
+    # As `jobs.fairshare.pair_bound` computes it, to the last bit.
+    least_bound = devices * (longest / weight + longest / weight.max()) + slack
+    floor = least_bound[rank] * (1 - tolerance) - tolerance
+    heavy = np.flatnonzero((within > floor) & (rate[rank] > 0))
+    if not len(heavy):
+        return None
+    shortest = floor[heavy] / rate[rank[heavy]]  # the least common length that can count
+    longish = np.flatnonzero(stop - start > shortest.min())
+    step = max(1, _BLOCK_CELLS // max(1, len(longish)))
+    found_h: list[np.ndarray] = []
+    found_s: list[np.ndarray] = []
+    for block in range(0, len(heavy), step):
+        h = heavy[block : block + step]
+        common = np.minimum(stop[h][:, None], stop[longish][None, :]) - np.maximum(
+            start[h][:, None], start[longish][None, :]
+        )
+        near = (common > np.maximum(shortest[block : block + step], 0.0)[:, None]) & (
+            rank[h][:, None] != rank[longish][None, :]
+        )
+        rows, columns = np.nonzero(near)
+        found_h.append(h[rows])
+        found_s.append(longish[columns])
+    of_h, of_s = np.concatenate(found_h), np.concatenate(found_s)
+    # A pair of two heavy stretches long enough is found from both: kept from the first.
+    common = np.minimum(stop[of_h], stop[of_s]) - np.maximum(start[of_h], start[of_s])
+    place = np.full(len(rank), -1)
+    place[heavy] = np.arange(len(heavy))
+    twice = (place[of_s] >= 0) & (common > np.maximum(shortest[np.maximum(place[of_s], 0)], 0.0))
+    once = ~twice | (of_h < of_s)
+    of_h, of_s = of_h[once], of_s[once]
+    u_first = rank[of_h] < rank[of_s]
+    of_u, of_v = np.where(u_first, of_h, of_s), np.where(u_first, of_s, of_h)
+    u, v = rank[of_u], rank[of_v]
+    low = np.maximum(start[of_u], start[of_v])
+    high = np.minimum(stop[of_u], stop[of_v])
+    bound = devices * (longest / weight[u] + longest / weight[v]) + slack
+    length = high - low
+    upper = np.maximum(
+        np.minimum(within[of_u], length * rate[u]), np.minimum(within[of_v], length * rate[v])
+    )
+    keep = (wanted[u] | wanted[v]) & (upper >= bound * (1 - tolerance) - tolerance)
+    if not keep.any():
+        return None
+    return tuple(array[keep] for array in (u, v, of_u, of_v, low, high, bound))
 
 
 def _ranges(first: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -1109,18 +1223,19 @@ def _service_by_user(
 
 
 def _pair_spreads(
-    pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
+    candidates: tuple[np.ndarray, ...],
     wanted: np.ndarray,
-    stretches: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    stretches: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     service: _Service,
     weight: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """For each pair (first[p], second[p]) of user ranks (into `ids`), with its `bound`:
-    the largest max D - min D over their common queued stretches, and that stretch's
-    length, all pairs at once, exact wherever it can be the worst pair of a `wanted` user
-    that exceeds its bound (elsewhere it may be less). D = S_u/w_u - S_v/w_v, S the
-    device time received since the window's start, evaluated at each common stretch's
-    ends and at every run boundary of u or v inside it (D is linear in between).
+) -> tuple[np.ndarray, ...]:
+    """The pairs (first, second) of user ranks (into `ids`) among the common stretches
+    of `_common_candidates`, each with its bound, the largest max D - min D over those
+    stretches and that stretch's length (of equal spreads, the longest), all at once,
+    exact wherever it can be the worst pair of a `wanted` user that exceeds its bound
+    (elsewhere it may be less). D = S_u/w_u - S_v/w_v, S the device time received since
+    the window's start, evaluated at each common stretch's ends and at every run boundary
+    of u or v inside it (D is linear in between).
 
     Pruned first by each common stretch's ends alone: its spread lies between
     |dS_u/w_u - dS_v/w_v| and max(dS_u/w_u, dS_v/w_v), so a stretch whose upper figure
@@ -1128,38 +1243,16 @@ def _pair_spreads(
     wanted user of the pair, cannot be that worst pair and is not evaluated point by
     point. Per-user arrays are found by searching a key rank * (end + 1) + time, sorted by
     user, then time."""
-    first, second, bound = pairs
-    stretch_rank, stretch_start, stretch_stop, at_start, at_stop = stretches
+    u, v, of_u, of_v, low, high, _ = candidates
+    stretch_start, stretch_stop, at_start, at_stop = stretches
     users = len(weight)
     scale = service.scale
-    stretch_offset = np.searchsorted(stretch_rank, np.arange(users + 1))
-
-    # The common stretches: each stretch of u against the run of v's that overlap it
-    # (a user's stretches are disjoint and sorted, so both keys below are sorted).
-    count_u = np.diff(stretch_offset)[first]
-    of_u = _ranges(stretch_offset[first], count_u)
-    pair_u = np.repeat(np.arange(len(first)), count_u)
-    partner = second[pair_u] * scale
-    lo = np.searchsorted(
-        stretch_rank * scale + stretch_stop, partner + stretch_start[of_u], side="right"
-    )
-    hi = np.searchsorted(
-        stretch_rank * scale + stretch_start, partner + stretch_stop[of_u], side="left"
-    )
-    counts = np.maximum(hi - lo, 0)
-    pair = np.repeat(pair_u, counts)
-    of_u = np.repeat(of_u, counts)
-    of_v = _ranges(lo, counts)
-    low = np.maximum(stretch_start[of_u], stretch_start[of_v])
-    high = np.minimum(stretch_stop[of_u], stretch_stop[of_v])
-    common = high > low
-    pair, low, high = pair[common], low[common], high[common]
-    of_u, of_v = of_u[common], of_v[common]
+    pair_key, pair = np.unique(u * users + v, return_inverse=True)
+    first, second = pair_key // users, pair_key % users
+    bound = np.zeros(len(pair_key))
+    bound[pair] = candidates[6]
     spread = np.zeros(len(first))
     over = np.zeros(len(first))
-    if not len(pair):
-        return spread, over
-    u, v = first[pair], second[pair]
     # Each common stretch's excess lies in [lower, upper] (from its ends alone); keep
     # those whose upper can beat the best lower of a wanted user of the pair. Each end is
     # one of the two users' own stretch ends, where S is known: only the other's is
@@ -1184,7 +1277,25 @@ def _pair_spreads(
     keep = (upper > 0) & ((upper + tolerance >= best[u]) | (upper + tolerance >= best[v]))
     pair, low, high, u, v = pair[keep], low[keep], high[keep], u[keep], v[keep]
     if not len(pair):
-        return spread, over
+        return first, second, bound, spread, over
+    # Then by grids, coarse, then finer: D at the grid's times inside each stretch (and
+    # its ends) gives a lower figure; between two of them S_u and S_v only grow, so D
+    # lies between S_u(a)/w_u - S_v(b)/w_v and S_u(b)/w_u - S_v(a)/w_v: an upper one.
+    at_ends: tuple[np.ndarray, ...] = (u_low[keep], u_high[keep], v_low[keep], v_high[keep])
+    for blocks in _GRID_BLOCKS:
+        lower, upper = _grid_excess(
+            (u, v, low, high, bound[pair]), at_ends, service, weight, blocks
+        )
+        best = np.full(users, -np.inf)
+        np.maximum.at(best, u, lower)
+        np.maximum.at(best, v, lower)
+        best[~wanted] = np.inf
+        tolerance = 1e-9 * (1.0 + np.abs(upper))
+        keep = (upper > 0) & ((upper + tolerance >= best[u]) | (upper + tolerance >= best[v]))
+        pair, low, high, u, v = pair[keep], low[keep], high[keep], u[keep], v[keep]
+        at_ends = tuple(value[keep] for value in at_ends)
+        if not len(pair):
+            return first, second, bound, spread, over
     # The points of each common stretch: its ends, then u's and v's run edges inside (at
     # its own edge a user's S is known; only the other's is searched).
     pieces = np.arange(len(pair))
@@ -1206,12 +1317,62 @@ def _pair_spreads(
     piece, lead = piece[order], lead[order]
     heads = np.flatnonzero(np.append(True, piece[1:] != piece[:-1]))
     piece_spread = np.maximum.reduceat(lead, heads) - np.minimum.reduceat(lead, heads)
-    # Each pair's widest piece (pieces are in pair order).
-    best = np.lexsort((-piece_spread, pair))
+    # Each pair's widest piece (of equal ones the longest, as the reference picks).
+    best = np.lexsort((-(high - low), -piece_spread, pair))
     leads = best[np.append(True, pair[best][1:] != pair[best][:-1])]
     spread[pair[leads]] = piece_spread[leads]
     over[pair[leads]] = (high - low)[leads]
-    return spread, over
+    return first, second, bound, spread, over
+
+
+# The grids of `_grid_excess`, coarse, then finer: this many blocks over the window.
+_GRID_BLOCKS = (16, 128)
+# Stretches are compared on a grid in chunks of this many.
+_GRID_CHUNK = 1 << 14
+
+
+def _grid_excess(
+    pieces: tuple[np.ndarray, ...],
+    ends: tuple[np.ndarray, ...],
+    service: _Service,
+    weight: np.ndarray,
+    blocks: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A lower and an upper figure of each common stretch's excess (max D - min D minus
+    the bound) from S at `blocks` + 1 times over the window (one search per user and
+    time, not per stretch): the grid's times clipped to the stretch, so the first and
+    last are its ends (`ends`: S_u and S_v at its start, then at its end, known). As S
+    only grows, S at a clipped time is S at the grid time clipped to S at the ends."""
+    u, v, low, high, bound = pieces
+    grid = np.linspace(0.0, service.scale - 1.0, blocks + 1)
+    present = np.zeros(len(weight), bool)
+    present[u] = present[v] = True
+    users = np.flatnonzero(present)
+    row = np.cumsum(present) - 1
+    at_grid = (
+        service(np.repeat(users, len(grid)), np.tile(grid, len(users))).reshape(
+            len(users), len(grid)
+        )
+        / weight[users][:, None]
+    )
+    lower = np.empty(len(u))
+    upper = np.empty(len(u))
+    for chunk in range(0, len(u), _GRID_CHUNK):
+        part = slice(chunk, chunk + _GRID_CHUNK)
+        clipped = []
+        for who, at_low, at_high in ((u, ends[0], ends[1]), (v, ends[2], ends[3])):
+            values = at_grid[row[who[part]]]
+            # np.minimum/np.maximum in place: np.clip is several times slower here.
+            np.maximum(values, (at_low[part] / weight[who[part]])[:, None], out=values)
+            np.minimum(values, (at_high[part] / weight[who[part]])[:, None], out=values)
+            clipped.append(values)
+        x_u, x_v = clipped
+        lead = x_u - x_v
+        lower[part] = lead.max(axis=1) - lead.min(axis=1)
+        upper[part] = (x_u[:, 1:] - x_v[:, :-1]).max(axis=1) - (x_u[:, :-1] - x_v[:, 1:]).min(
+            axis=1
+        )
+    return lower - bound, upper - bound
 
 
 def jain_index(rows: list[UserShare], floor: float = JAIN_FLOOR_SECONDS) -> float | None:
@@ -1364,6 +1525,11 @@ def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
         for pk, state in swept.items():
             state.received = received.get(pk, 0.0)
         bound = lag_bound(longest, settings.ZYPHER_DASHBOARD_LAG_SLACK_SECONDS)
+        # S, each user's device time by any time, for the pair check and the largest gap.
+        ids = np.array(sorted(swept), dtype=np.int64)
+        service = _service_by_user(
+            (run_owner, np.clip(run_start, 0.0, end), np.clip(run_stop, 0.0, end)), ids, end
+        )
         # Flagged: the lag beyond its bound and the pairwise guarantee broken (see the
         # module docstring); the pair check runs only for users past the first test.
         devices, pairs = _pair_gaps(
@@ -1376,6 +1542,7 @@ def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
             suspects={
                 pk for pk, state in swept.items() if abs(state.entitled - state.received) > bound
             },
+            shared=(ids, service),
         )
         device_seconds = sum(state.received for state in swept.values())
         shares_of_pool: list[UserShare] = []
@@ -1413,7 +1580,7 @@ def pool_fairness(now: datetime | None = None) -> list[PoolFairness]:
                     swept,
                     names,
                     longest,
-                    (run_owner, run_start, run_stop),
+                    service,
                 ),
                 "shares": shares_of_pool,
             }
