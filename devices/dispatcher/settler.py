@@ -1,0 +1,106 @@
+"""The local devices' settle-and-claim from the event loop (PostgreSQL; issue 16).
+
+The dispatcher's hottest call, `zypher_finish_and_claim`, runs on async psycopg
+connections of its own instead of in a database thread: a device's idle gap then has
+no hop from the loop to a thread and back (two thread wake-ups, each a wait for a CPU on
+a busy machine), and the statement is prepared once per connection instead of parsed and
+planned on each call. Everything else (the claims of idle devices, leases, the reaper)
+stays in the threads. The answer is awaited until PostgreSQL has committed (autocommit:
+the commit precedes the statement's end), so the fencing is the thread path's: the
+device is sent its next job only after its claim committed.
+
+Errors come out as Django's (`django.db.DatabaseError` and subclasses), as the thread
+path's do, so the caller's retry while the database is away and `settle_outcome`'s
+refused-outcome handling apply unchanged. A connection that failed is closed and opened
+anew on the next call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from typing import Any
+
+import psycopg
+from django.db import connection
+
+from jobs.notifications import listener_conninfo
+from jobs.queue import ClaimedJob, finish_and_claim_answer, finish_and_claim_statement
+
+# Tests only (see devices.dispatcher.loop._TEST_CLAIM_GATE): an advisory lock key that a
+# claim which found nothing waits for before its answer goes back.
+_TEST_CLAIM_GATE = os.environ.get("ZYPHER_TEST_CLAIM_GATE", "")
+# How the settler's sessions show in pg_stat_activity.
+APPLICATION_NAME = "zypher-settle"
+
+
+class LoopSettler:
+    """`size` connections, each used by one settle at a time, opened on first use."""
+
+    def __init__(self, size: int) -> None:
+        self.free: asyncio.Queue[psycopg.AsyncConnection[Any] | None] = asyncio.Queue()
+        for _ in range(size):
+            self.free.put_nowait(None)
+        self.open: set[psycopg.AsyncConnection[Any]] = set()
+
+    async def finish_and_claim_next(
+        self,
+        claim: ClaimedJob,
+        device_name: str,
+        *,
+        succeeded: bool,
+        duration: float,
+        result: Any = None,
+        error: str = "",
+    ) -> tuple[bool, ClaimedJob | None]:
+        """`jobs.queue.finish_and_claim_next` on one of the settler's connections."""
+        sql, params = finish_and_claim_statement(
+            claim,
+            device_name,
+            succeeded=succeeded,
+            duration=duration,
+            result=result,
+            error=error,
+        )
+        rows = await self.execute(sql, params, gate_if_empty=True)
+        return finish_and_claim_answer(rows, claim.device_type)
+
+    async def execute(
+        self, sql: str, params: dict[str, Any], gate_if_empty: bool = False
+    ) -> list[tuple[Any, ...]]:
+        conn = await self.free.get()
+        try:
+            # Django's error classes, as the database thread's calls raise them.
+            with connection.wrap_database_errors:
+                if conn is None or conn.closed:
+                    conn = await psycopg.AsyncConnection.connect(
+                        autocommit=True,
+                        **{**listener_conninfo(), "application_name": APPLICATION_NAME},
+                    )
+                    self.open.add(conn)
+                async with conn.cursor() as cursor:
+                    await cursor.execute(sql, params, prepare=True)
+                    rows = await cursor.fetchall()
+                if gate_if_empty and _TEST_CLAIM_GATE and rows and rows[0][1] is None:
+                    key = int(_TEST_CLAIM_GATE)
+                    await conn.execute("SELECT pg_advisory_lock_shared(%s)", [key])
+                    await conn.execute("SELECT pg_advisory_unlock_shared(%s)", [key])
+                return rows
+        except BaseException:
+            # Unusable after a lost connection or a cancelled call: the next call opens
+            # another (a statement the server refused leaves it usable, in autocommit).
+            if conn is not None and (conn.broken or conn.closed or conn.info.transaction_status):
+                self.open.discard(conn)
+                with contextlib.suppress(Exception):
+                    await conn.close()
+                conn = None
+            raise
+        finally:
+            self.free.put_nowait(conn)
+
+    async def close(self) -> None:
+        for conn in list(self.open):
+            with contextlib.suppress(Exception):
+                await conn.close()
+        self.open.clear()

@@ -1,0 +1,62 @@
+"""The local devices' settle-and-claim runs from the dispatcher's event loop on connections
+of its own (devices.dispatcher.settler, issue 16). Those connections are killed on the
+server again and again while a dispatcher drains a pool: each settle that lost its
+connection is retried on a new one, and what is asserted is what happened to the jobs:
+every job ran and succeeded, and the queue's checker finds nothing."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+
+from devices.dispatcher.settler import APPLICATION_NAME
+from jobs.invariants import find_violations
+from jobs.models import Job, JobStatus, User
+from jobs.queue import JobSpec, submit_jobs
+from tests.conftest import executions
+from tests.support.processes import wait_until
+
+pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
+
+JOBS = 150
+KILLS = 5
+
+
+def _kill_settle_sessions() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = %s",
+            [APPLICATION_NAME],
+        )
+        return int(cursor.fetchone()[0])
+
+
+def test_settles_whose_connection_is_killed_are_retried_and_every_job_succeeds(
+    start_dispatcher, subprocess_env
+):
+    owner = User.objects.create(username="settle-killed")
+    tags = [f"k{index}" for index in range(JOBS)]
+    submit_jobs(owner, [JobSpec("sleep", {"seconds": 0.02, "tag": tag}) for tag in tags])
+    # A short lease: a claim committed whose answer was lost with its connection comes
+    # back to the queue soon.
+    dispatcher = start_dispatcher(devices=2, name="killed-settles", ZYPHER_LEASE_SECONDS="3")
+    killed = 0
+    for _ in range(KILLS):
+        done = Job.objects.filter(status=JobStatus.SUCCEEDED).count()
+        wait_until(lambda: _kill_settle_sessions() > 0, 60, "a settle connection to kill")
+        killed += 1
+        wait_until(  # the drain goes on after each kill, on new connections
+            lambda done=done: Job.objects.filter(status=JobStatus.SUCCEEDED).count() > done + 5,
+            60,
+            "jobs to be settled after the kill",
+        )
+    wait_until(
+        lambda: Job.objects.filter(status=JobStatus.SUCCEEDED).count() == JOBS,
+        120,
+        "every job to succeed",
+    )
+    assert killed == KILLS
+    assert "database unavailable" in dispatcher.log_text()  # the settles were retried
+    assert sorted(set(executions(subprocess_env))) == sorted(tags)  # none lost
+    assert find_violations() == []
