@@ -6,6 +6,8 @@ every job ran and succeeded, and the queue's checker finds nothing."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 from django.db import connection
 
@@ -32,6 +34,10 @@ def _kill_settle_sessions() -> int:
         return int(cursor.fetchone()[0])
 
 
+def _succeeded_past(count: int) -> bool:
+    return Job.objects.filter(status=JobStatus.SUCCEEDED).count() > count
+
+
 def test_settles_whose_connection_is_killed_are_retried_and_every_job_succeeds(
     start_dispatcher, subprocess_env
 ):
@@ -47,9 +53,7 @@ def test_settles_whose_connection_is_killed_are_retried_and_every_job_succeeds(
         wait_until(lambda: _kill_settle_sessions() > 0, 60, "a settle connection to kill")
         killed += 1
         wait_until(  # the drain goes on after each kill, on new connections
-            lambda done=done: Job.objects.filter(status=JobStatus.SUCCEEDED).count() > done + 5,
-            60,
-            "jobs to be settled after the kill",
+            partial(_succeeded_past, done + 5), 60, "jobs to be settled after the kill"
         )
     wait_until(
         lambda: Job.objects.filter(status=JobStatus.SUCCEEDED).count() == JOBS,
