@@ -2,7 +2,9 @@
 
 One loop owns scheduling. Database work runs in dedicated threads (Django's ORM is
 synchronous and its connection belongs to its thread): the local devices' claims and
-settles in CLAIM_THREADS of their own, everything else in one more. Local devices are
+settles in CLAIM_THREADS of their own, everything else in one more; on PostgreSQL the
+local devices' settle-and-claim runs from the loop itself, on as many async connections
+(`devices.dispatcher.settler`: no thread hop in a device's idle gap). Local devices are
 worker processes; each holds at most one job. The loop:
 
 * claims a job for every idle device (`jobs.queue.claim_next`), sends it to the worker;
