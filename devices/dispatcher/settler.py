@@ -23,7 +23,7 @@ import os
 from typing import Any
 
 import psycopg
-from django.db import connection
+from django.db import DataError, IntegrityError, connection
 
 from jobs.notifications import listener_conninfo
 from jobs.queue import ClaimedJob, finish_and_claim_answer, finish_and_claim_statement
@@ -87,10 +87,12 @@ class LoopSettler:
                     await conn.execute("SELECT pg_advisory_lock_shared(%s)", [key])
                     await conn.execute("SELECT pg_advisory_unlock_shared(%s)", [key])
                 return rows
+        except (DataError, IntegrityError):
+            raise  # this outcome refused: the connection stays usable, in autocommit
         except BaseException:
-            # Unusable after a lost connection or a cancelled call: the next call opens
-            # another (a statement the server refused leaves it usable, in autocommit).
-            if conn is not None and (conn.broken or conn.closed or conn.info.transaction_status):
+            # A lost connection, a cancelled call, or anything else (a prepared statement
+            # whose function changed its result type under it): the next call opens another.
+            if conn is not None:
                 self.open.discard(conn)
                 with contextlib.suppress(Exception):
                     await conn.close()
