@@ -6,10 +6,14 @@ every job ran and succeeded, and the queue's checker finds nothing."""
 
 from __future__ import annotations
 
+import os
+import signal
+from datetime import datetime
 from functools import partial
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from devices.dispatcher.settler import APPLICATION_NAME
 from jobs.invariants import find_violations
@@ -22,6 +26,14 @@ pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
 
 JOBS = 150
 KILLS = 5
+
+
+def _settle_pids() -> list[int]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", [APPLICATION_NAME]
+        )
+        return [row[0] for row in cursor.fetchall()]
 
 
 def _kill_settle_sessions() -> int:
@@ -62,5 +74,44 @@ def test_settles_whose_connection_is_killed_are_retried_and_every_job_succeeds(
     )
     assert killed == KILLS
     assert "database unavailable" in dispatcher.log_text()  # the settles were retried
+    assert sorted(set(executions(subprocess_env))) == sorted(tags)  # none lost
+    assert find_violations() == []
+
+
+def _started_since(since: datetime, device: str) -> int:
+    return Job.objects.filter(started_at__gt=since, device=device).count()
+
+
+def test_a_settle_whose_backend_hangs_is_given_up_and_its_device_works_on(
+    start_dispatcher, subprocess_env
+):
+    """A settle's backend that never answers (frozen; a network that stopped forwarding
+    looks the same): the call is given up after the lease (its job's lease is not renewed
+    while it settles, so the job is the reaper's by then) and retried on a new connection,
+    and its device goes on running jobs while that backend stays frozen."""
+    owner = User.objects.create(username="settle-hung")
+    tags = [f"h{index}" for index in range(600)]
+    submit_jobs(owner, [JobSpec("sleep", {"seconds": 0.02, "tag": tag}) for tag in tags])
+    start_dispatcher(devices=2, name="hung-settle")  # lease 3 s (subprocess_env)
+    wait_until(lambda: len(_settle_pids()) == 2, 60, "both settle connections")
+    frozen = _settle_pids()[0]
+    frozen_at = timezone.now()
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        # Each device takes a connection in turn: one of them soon waits on the frozen
+        # one. Both run many jobs after the freeze only if that wait ends.
+        for device in ("hung-settle-cpu-0", "hung-settle-cpu-1"):
+            wait_until(
+                lambda device=device: _started_since(frozen_at, device) >= 30,
+                60,
+                f"{device} to run jobs while a settle backend is frozen",
+            )
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+    wait_until(
+        lambda: Job.objects.filter(status=JobStatus.SUCCEEDED).count() == len(tags),
+        120,
+        "every job to succeed",
+    )
     assert sorted(set(executions(subprocess_env))) == sorted(tags)  # none lost
     assert find_violations() == []
