@@ -190,7 +190,9 @@ class Dispatcher:
         # of its own, as many as the claim threads (devices.dispatcher.settler).
         self.settler: LoopSettler | None = None
         if connection.vendor == "postgresql" and self.devices:
-            self.settler = LoopSettler(max(1, min(CLAIM_THREADS, len(self.devices))))
+            self.settler = LoopSettler(
+                max(1, min(CLAIM_THREADS, len(self.devices))), settings.ZYPHER_LEASE_SECONDS
+            )
         # Settles in flight (a task each): a stop waits for them like for running jobs.
         self.settling: set[asyncio.Task[None]] = set()
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()

@@ -13,6 +13,14 @@ Errors come out as Django's (`django.db.DatabaseError` and subclasses), as the t
 path's do, so the caller's retry while the database is away and `settle_outcome`'s
 refused-outcome handling apply unchanged. A connection that failed is closed and opened
 anew on the next call.
+
+A call is bounded (`timeout`, the lease): a backend that never answers (frozen, or a
+network that stopped forwarding, which TCP keepalives do not see while a query is in
+flight) would otherwise hold its device and connection for ever. Past the lease the
+job's outcome would be refused anyway (its lease is not renewed while it settles), so the
+connection is closed and the call fails as a lost connection: the caller retries it on
+a new one, and the fencing token refuses a late commit of the abandoned call (a next job
+that call claimed goes back to the queue when its lease runs out).
 """
 
 from __future__ import annotations
@@ -38,7 +46,8 @@ APPLICATION_NAME = "zypher-settle"
 class LoopSettler:
     """`size` connections, each used by one settle at a time, opened on first use."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, timeout: float) -> None:
+        self.timeout = timeout
         self.free: asyncio.Queue[psycopg.AsyncConnection[Any] | None] = asyncio.Queue()
         for _ in range(size):
             self.free.put_nowait(None)
@@ -79,9 +88,7 @@ class LoopSettler:
                         **{**listener_conninfo(), "application_name": APPLICATION_NAME},
                     )
                     self.open.add(conn)
-                async with conn.cursor() as cursor:
-                    await cursor.execute(sql, params, prepare=True)
-                    rows = await cursor.fetchall()
+                rows = await self._answer(conn, sql, params)
                 if gate_if_empty and _TEST_CLAIM_GATE and rows and rows[0][1] is None:
                     key = int(_TEST_CLAIM_GATE)
                     await conn.execute("SELECT pg_advisory_lock_shared(%s)", [key])
@@ -100,6 +107,33 @@ class LoopSettler:
             raise
         finally:
             self.free.put_nowait(conn)
+
+    async def _answer(
+        self, conn: psycopg.AsyncConnection[Any], sql: str, params: dict[str, Any]
+    ) -> list[tuple[Any, ...]]:
+        """The statement's rows, or a lost connection's error after `timeout` seconds."""
+
+        async def run() -> list[tuple[Any, ...]]:
+            async with conn.cursor() as cursor:
+                await cursor.execute(sql, params, prepare=True)
+                return await cursor.fetchall()
+
+        call = asyncio.ensure_future(run())
+        try:
+            done, _ = await asyncio.wait({call}, timeout=self.timeout)
+        finally:
+            if not call.done():
+                # Closing first ends the call at once (psycopg would otherwise ask the
+                # server to cancel it and wait for the frozen backend to answer that).
+                await conn.close()
+                call.cancel()
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait({call}, timeout=1.0)
+        if not done:
+            raise psycopg.OperationalError(
+                f"no answer to the settle within {self.timeout:g}s; its connection closed"
+            )
+        return call.result()
 
     async def close(self) -> None:
         for conn in list(self.open):
