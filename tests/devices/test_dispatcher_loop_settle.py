@@ -12,12 +12,12 @@ from datetime import datetime
 from functools import partial
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from devices.dispatcher.settler import APPLICATION_NAME
 from jobs.invariants import find_violations
-from jobs.models import Job, JobStatus, User
+from jobs.models import FairPool, Job, JobStatus, User
 from jobs.queue import JobSpec, submit_jobs
 from tests.conftest import executions
 from tests.support.processes import wait_until
@@ -114,4 +114,39 @@ def test_a_settle_whose_backend_hangs_is_given_up_and_its_device_works_on(
         "every job to succeed",
     )
     assert sorted(set(executions(subprocess_env))) == sorted(tags)  # none lost
+    assert find_violations() == []
+
+
+def _settle_backends() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")  # fresh inside a transaction
+    return len(_settle_pids())
+
+
+def test_a_settle_given_up_while_it_waits_for_a_lock_leaves_no_backend_behind(
+    start_dispatcher, subprocess_env
+):
+    """A settle given up while its backend waits (here for the pool's row lock, held by
+    a long transaction) is cancelled on the server, not only dropped by the client: a
+    backend left waiting would run the abandoned call once the lock is free, and one more
+    would pile up every lease, each a connection, while the lock is held."""
+    owner = User.objects.create(username="settle-locked")
+    tags = [f"w{index}" for index in range(60)]
+    submit_jobs(owner, [JobSpec("sleep", {"seconds": 0.05, "tag": tag}) for tag in tags])
+    dispatcher = start_dispatcher(devices=2, name="locked-settle")  # lease 3 s
+    wait_until(partial(_succeeded_past, 5), 60, "jobs to flow")
+    with transaction.atomic():
+        list(FairPool.objects.select_for_update(no_key=True).filter(device_type="cpu"))
+        wait_until(  # each device's settle given up at least twice on this lock
+            lambda: dispatcher.log_text().count("no answer to the settle") >= 4,
+            60,
+            "settles to be given up",
+        )
+        wait_until(lambda: _settle_backends() <= 2, 30, "the given-up settles' backends to end")
+    wait_until(
+        lambda: Job.objects.filter(status=JobStatus.SUCCEEDED).count() == len(tags),
+        120,
+        "every job to succeed",
+    )
+    assert sorted(set(executions(subprocess_env))) == sorted(tags)
     assert find_violations() == []
