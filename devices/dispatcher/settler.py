@@ -14,13 +14,14 @@ path's do, so the caller's retry while the database is away and `settle_outcome`
 refused-outcome handling apply unchanged. A connection that failed is closed and opened
 anew on the next call.
 
-A call is bounded (`timeout`, the lease): a backend that never answers (frozen, or a
-network that stopped forwarding, which TCP keepalives do not see while a query is in
-flight) would otherwise hold its device and connection for ever. Past the lease the
-job's outcome would be refused anyway (its lease is not renewed while it settles), so the
-connection is closed and the call fails as a lost connection: the caller retries it on
-a new one, and the fencing token refuses a late commit of the abandoned call (a next job
-that call claimed goes back to the queue when its lease runs out).
+A call is bounded (`timeout`, the lease): a backend that never answers (frozen, waiting
+for a lock, or behind a network that stopped forwarding, which TCP keepalives do not see
+while a query is in flight) would otherwise hold its device and connection for ever. Past
+the lease the job's outcome would be refused anyway (its lease is not renewed while it
+settles), so the call is cancelled on the server, its connection closed, and it fails as
+a lost connection: the caller retries it on a new one, and the fencing token refuses a
+late commit of the abandoned call (a next job that call claimed goes back to the queue
+when its lease runs out).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from jobs.queue import ClaimedJob, finish_and_claim_answer, finish_and_claim_sta
 _TEST_CLAIM_GATE = os.environ.get("ZYPHER_TEST_CLAIM_GATE", "")
 # How the settler's sessions show in pg_stat_activity.
 APPLICATION_NAME = "zypher-settle"
+# A call given up is cancelled on the server within this, or left to end by itself.
+CANCEL_SECONDS = 2.0
 
 
 class LoopSettler:
@@ -123,8 +126,14 @@ class LoopSettler:
             done, _ = await asyncio.wait({call}, timeout=self.timeout)
         finally:
             if not call.done():
-                # Closing first ends the call at once (psycopg would otherwise ask the
-                # server to cancel it and wait for the frozen backend to answer that).
+                # Cancelled on the server first: a backend only dropped by its client
+                # would go on waiting (for a lock, say) and run the abandoned call later,
+                # one more connection each lease. Bounded: the cancel request takes a
+                # connection of its own, which may hang too.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.cancel_safe(timeout=CANCEL_SECONDS), CANCEL_SECONDS)
+                # Then closed: the call ends at once (psycopg would otherwise wait for a
+                # frozen backend to answer its cancellation).
                 await conn.close()
                 call.cancel()
                 with contextlib.suppress(BaseException):
