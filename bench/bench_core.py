@@ -242,16 +242,20 @@ def gaps_from_stamps(path: Path, since: float = 0.0, until: float = float("inf")
 
 # Where one gap goes: between each pair of successive points, from the job's end stamp
 # (the handler) to the next job's start stamp, through the dispatcher's trace
-# (devices.dispatcher.loop, ZYPHER_BENCH_GAP_TRACE).
+# (devices.dispatcher.loop, ZYPHER_BENCH_GAP_TRACE: pipe readable, settle task running,
+# call issued, call answered, back on the loop, order sent). The next job is the first
+# that started after the dispatcher was back on the loop, not after its order-sent stamp:
+# the woken worker often runs its handler before the dispatcher, preempted by it, takes
+# that stamp, and matching from there paired most gaps with the job after the next.
 GAP_SEGMENTS = [
     "worker: handler end -> outcome on the pipe, loop sees it readable",
     "loop: readable -> settle task running",
-    "hop: settle task -> database thread",
-    "settle-and-claim call (in the thread: Django, psycopg, PostgreSQL)",
-    "hop: database thread -> back on the loop",
-    "loop: order built and sent",
-    "worker: order on the pipe -> next handler start",
+    "hop: settle task -> call issued (the database thread's hop before issue 16)",
+    "settle-and-claim call (Django or psycopg, PostgreSQL)",
+    "hop: call answered -> back on the loop (the thread's hop back before issue 16)",
+    "loop -> worker: order built and sent, worker woken, next handler start",
 ]
+TRACE_POINTS = 6  # stamps per settle in the dispatcher's trace
 
 
 def gap_breakdown(
@@ -263,13 +267,14 @@ def gap_breakdown(
     for line in trace.read_text().splitlines() if trace.exists() else []:
         points = [float(field) for field in line.split()]
         # (A settle retried while the database was away has more stamps: not a drain's gap.)
-        if len(points) != len(GAP_SEGMENTS) - 1 or not since <= points[0] <= until:
+        if len(points) != TRACE_POINTS or not since <= points[0] <= until:
             continue
+        back_on_loop = points[4]
         ended = bisect.bisect_right(ends, points[0]) - 1  # one device: the job just ended
-        following = bisect.bisect_left(starts, points[-1])
+        following = bisect.bisect_left(starts, back_on_loop)
         if ended < 0 or following >= len(starts):
             continue
-        points = [ends[ended], *points, starts[following]]
+        points = [ends[ended], *points[:5], starts[following]]
         for name, a, b in zip(GAP_SEGMENTS, points[:-1], points[1:], strict=True):
             segments[name].append(b - a)
     return {name: summary_ms(values) for name, values in segments.items() if values}

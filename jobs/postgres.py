@@ -35,11 +35,18 @@ def _call_sql(function: str, names: tuple[str, ...], casts: tuple[tuple[str, str
     return f"SELECT * FROM {function}({arguments})"
 
 
+def statement(
+    function: str, params: Mapping[str, Any], casts: Mapping[str, str] | None = None
+) -> str:
+    """The `SELECT * FROM function(p_x => %(x)s, …)` text that `call` runs."""
+    return _call_sql(function, tuple(params), tuple(sorted((casts or {}).items())))
+
+
 def call(
     function: str, params: Mapping[str, Any], casts: Mapping[str, str] | None = None
 ) -> list[tuple[Any, ...]]:
     """Call a zypher_* function with named parameters (`params` keys without `p_`)."""
-    sql = _call_sql(function, tuple(params), tuple(sorted((casts or {}).items())))
+    sql = statement(function, params, casts)
     with connection.cursor() as cursor:
         cursor.execute(sql, dict(params))
         return cursor.fetchall()

@@ -732,21 +732,50 @@ def finish_and_claim_next(
     PostgreSQL also a single round trip.
     """
     if connection.vendor == "postgresql":
-        rows = postgres.call(
-            "zypher_finish_and_claim",
-            {
-                **_finish_params(claim, succeeded, duration, result, error),
-                **_claim_params(claim.device_type, device_name, device_size),
-            },
-            _FINISH_CASTS,
+        sql, params = finish_and_claim_statement(
+            claim,
+            device_name,
+            device_size,
+            succeeded=succeeded,
+            duration=duration,
+            result=result,
+            error=error,
         )
-        accepted, *row = rows[0]
-        return bool(accepted), _claimed_from_row(row, claim.device_type)
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return finish_and_claim_answer(cursor.fetchall(), claim.device_type)
     with transaction.atomic():
         accepted = finish_job(
             claim, succeeded=succeeded, duration=duration, result=result, error=error
         )
         return accepted, claim_next(claim.device_type, device_name, device_size)
+
+
+def finish_and_claim_statement(
+    claim: ClaimedJob,
+    device_name: str,
+    device_size: int | None = None,
+    *,
+    succeeded: bool,
+    duration: float,
+    result: Any = None,
+    error: str = "",
+) -> tuple[str, dict[str, Any]]:
+    """finish_and_claim_next's PostgreSQL statement and its parameters, for a caller that
+    runs it on a connection of its own (the dispatcher's, from its event loop)."""
+    params = {
+        **_finish_params(claim, succeeded, duration, result, error),
+        **_claim_params(claim.device_type, device_name, device_size),
+    }
+    return postgres.statement("zypher_finish_and_claim", params, _FINISH_CASTS), params
+
+
+def finish_and_claim_answer(
+    rows: list[tuple[Any, ...]], device_type: str
+) -> tuple[bool, ClaimedJob | None]:
+    """finish_and_claim_next's answer from the rows of its statement."""
+    accepted, *row = rows[0]
+    return bool(accepted), _claimed_from_row(row, device_type)
 
 
 def _lock_pool_and_account(pool_id: int, owner_id: int) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
 from typing import Any, TypeVar
 
@@ -109,10 +109,7 @@ def settle_outcome(
     instead of raising, so one job never ends the caller's loop. Errors that are not about
     this job (the database unreachable) propagate: the caller retries or gives the job back.
     """
-    if succeeded and (problem := storable_result(result)) is not None:
-        succeeded, result, error = False, None, problem
-    if not succeeded:
-        result, error = None, storable_error(error)
+    succeeded, result, error = _storable_outcome(succeeded, result, error)
     # Inside a caller's transaction a savepoint keeps it usable after a refused write; in
     # autocommit a failed statement undoes only itself, and a savepoint would cost the
     # device's idle gap two more round trips (BEGIN, COMMIT) on the hot path.
@@ -124,3 +121,31 @@ def settle_outcome(
         log.warning("the database refused an outcome (%s); recording a failure", exc)
         refused = storable_error(f"the database refused the job's outcome: {exc}")
         return record(succeeded=False, duration=duration, result=None, error=refused)
+
+
+def _storable_outcome(succeeded: bool, result: Any, error: str) -> tuple[bool, Any, str]:
+    """The outcome as it can be written: a result that cannot be stored fails the job."""
+    if succeeded and (problem := storable_result(result)) is not None:
+        succeeded, result, error = False, None, problem
+    if not succeeded:
+        result, error = None, storable_error(error)
+    return succeeded, result, error
+
+
+async def settle_outcome_async(
+    record: Callable[..., Awaitable[R]],
+    *,
+    succeeded: bool,
+    duration: float,
+    result: Any,
+    error: str,
+) -> R:
+    """`settle_outcome` for a `record` that is awaited (the dispatcher's settle-and-claim
+    on its own async connection, always in autocommit: no savepoint to take)."""
+    succeeded, result, error = _storable_outcome(succeeded, result, error)
+    try:
+        return await record(succeeded=succeeded, duration=duration, result=result, error=error)
+    except (DataError, IntegrityError) as exc:
+        log.warning("the database refused an outcome (%s); recording a failure", exc)
+        refused = storable_error(f"the database refused the job's outcome: {exc}")
+        return await record(succeeded=False, duration=duration, result=None, error=refused)

@@ -122,8 +122,8 @@ elif env_bool("ZYPHER_DB_POOL", False):
     # a request first queries and given back when it ends. Processes with long-lived
     # threads (run_dispatcher, manage.py) keep persistent connections: a pool would only
     # add a check per call there. Sizes are per web worker: WEB_WORKERS x
-    # ZYPHER_DB_POOL_MAX_SIZE, plus one connection per dispatcher thread and per LISTEN,
-    # must stay below PostgreSQL's max_connections (100 by default, 3 reserved): the
+    # ZYPHER_DB_POOL_MAX_SIZE, plus one connection per dispatcher thread, per LISTEN and
+    # per loop settle connection (a dispatcher: up to seven, README), must stay below PostgreSQL's max_connections (100 by default, 3 reserved): the
     # defaults (2 workers x 10) leave room for several dispatchers and operators. A
     # request that finds the pool exhausted waits up to ZYPHER_DB_POOL_TIMEOUT seconds,
     # then fails as a database outage (503 with Retry-After). While PostgreSQL is down the

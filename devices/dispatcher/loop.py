@@ -2,7 +2,9 @@
 
 One loop owns scheduling. Database work runs in dedicated threads (Django's ORM is
 synchronous and its connection belongs to its thread): the local devices' claims and
-settles in CLAIM_THREADS of their own, everything else in one more. Local devices are
+settles in CLAIM_THREADS of their own, everything else in one more; on PostgreSQL the
+local devices' settle-and-claim runs from the loop itself, on as many async connections
+(`devices.dispatcher.settler`: no thread hop in a device's idle gap). Local devices are
 worker processes; each holds at most one job. The loop:
 
 * claims a job for every idle device (`jobs.queue.claim_next`), sends it to the worker;
@@ -40,7 +42,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -51,6 +53,7 @@ from django.db import DatabaseError, close_old_connections, connection
 
 from devices import pool
 from devices.dispatcher.remote import RemoteDevices
+from devices.dispatcher.settler import LoopSettler
 from devices.dispatcher.supervisor import supervise
 from devices.dispatcher.worker import (
     JobOrder,
@@ -74,7 +77,7 @@ from jobs.queue import (
     renew_leases,
     requeue_expired_leases,
 )
-from jobs.results import settle_outcome
+from jobs.results import settle_outcome, settle_outcome_async
 
 log = logging.getLogger("zypher.dispatcher")
 R = TypeVar("R")
@@ -183,6 +186,13 @@ class Dispatcher:
             )
         # (SQLite takes one writer at a time: a second connection would only wait for its
         # lock, and hold it more often against other dispatchers' lease renewals.)
+        # PostgreSQL: the local devices' settle-and-claim runs from the loop on connections
+        # of its own, as many as the claim threads (devices.dispatcher.settler).
+        self.settler: LoopSettler | None = None
+        if connection.vendor == "postgresql" and self.devices:
+            self.settler = LoopSettler(
+                max(1, min(CLAIM_THREADS, len(self.devices))), settings.ZYPHER_LEASE_SECONDS
+            )
         # Settles in flight (a task each): a stop waits for them like for running jobs.
         self.settling: set[asyncio.Task[None]] = set()
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -222,12 +232,22 @@ class Dispatcher:
         deadline; with `retry=False` not at all, and a `claim` (useful only while running)
         not after a stop was asked."""
         loop = asyncio.get_running_loop()
+        return await self._retrying(
+            lambda: loop.run_in_executor(
+                executor or self.db_thread, self._in_db_thread, function, args
+            ),
+            retry=retry,
+            claim=claim,
+        )
+
+    async def _retrying(
+        self, attempt: Callable[[], Awaitable[R]], *, retry: bool = True, claim: bool = False
+    ) -> R:
+        """`await attempt()`, again while the database is unreachable (see `db`)."""
         delay = 0.5
         while True:
             try:
-                return await loop.run_in_executor(
-                    executor or self.db_thread, self._in_db_thread, function, args
-                )
+                return await attempt()
             except DatabaseError as exc:
                 # Lost connection or read-only session (issue 8): wait it out.
                 remaining = self.exit_by - time.monotonic()
@@ -388,6 +408,9 @@ class Dispatcher:
             # A call stuck in the database thread must not hold the exit (see run_dispatcher).
             self.db_thread.shutdown(wait=False, cancel_futures=True)
             self.claim_threads.shutdown(wait=False, cancel_futures=True)
+            if self.settler is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.settler.close(), 1.0)
         if self.gap_trace:
             with open(_GAP_TRACE, "w") as out:
                 out.writelines(" ".join(f"{t:.6f}" for t in row) + "\n" for row in self.gap_trace)
@@ -542,9 +565,15 @@ class Dispatcher:
             error=outcome.error,
         )
         try:
-            written = await self.db(
-                call if stamps is None else _stamped(call, stamps), executor=self.claim_threads
-            )
+            if claim_next_too and self.settler is not None:
+                written = await self._retrying(
+                    partial(self._settle_on_loop, self.settler, claim, device, outcome, stamps)
+                )
+            else:
+                written = await self.db(
+                    call if stamps is None else _stamped(call, stamps),
+                    executor=self.claim_threads,
+                )
         except DatabaseError as exc:
             # Not recorded (the database away past the deadline, or an error not about
             # this job): its lease is no longer renewed, so the reaper requeues it.
@@ -580,6 +609,29 @@ class Dispatcher:
             )
         elif not self.stopping and claim_next_too:
             self.mark_empty(device.device_type, wakes_then)
+
+    @staticmethod
+    async def _settle_on_loop(
+        settler: LoopSettler,
+        claim: ClaimedJob,
+        device: LocalDevice,
+        outcome: JobOutcome,
+        stamps: list[float] | None,
+    ) -> tuple[bool, ClaimedJob | None]:
+        """The settle-and-claim from the loop (PostgreSQL): no database thread to hop to."""
+        if stamps is not None:
+            stamps.append(time.time())
+        try:
+            return await settle_outcome_async(
+                partial(settler.finish_and_claim_next, claim, device.name),
+                succeeded=outcome.succeeded,
+                duration=outcome.duration,
+                result=outcome.result,
+                error=outcome.error,
+            )
+        finally:
+            if stamps is not None:
+                stamps.append(time.time())
 
     async def replace_dead_worker(self, device: LocalDevice) -> None:
         process = device.process
