@@ -35,6 +35,7 @@ from .serializers import (
     FitResponseSerializer,
     PayloadTooLarge,
     RenderRequestSerializer,
+    lean_render_request,
     spline_error,
 )
 from .tck import SplineInputError, fit_tck
@@ -105,9 +106,11 @@ class RenderView(APIView):
         summary="Draw a B-spline (t, c, k) on an image",
     )
     def post(self, request: Request) -> HttpResponse:
-        serializer = RenderRequestSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        job = serializer.to_request()
+        job = lean_render_request(request.data)
+        if job is None:
+            serializer = RenderRequestSerializer(data=request.data)
+            serializer.is_valid(raise_exception=True)
+            job = serializer.to_request()
         rendered = render_or_raise(
             image_data=job.image,
             curve_set=job.curve_set,
