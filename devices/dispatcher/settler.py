@@ -33,6 +33,7 @@ from typing import Any
 
 import psycopg
 from django.db import DataError, IntegrityError, connection
+from psycopg.types.string import TextLoader
 
 from jobs.notifications import listener_conninfo
 from jobs.queue import ClaimedJob, finish_and_claim_answer, finish_and_claim_statement
@@ -90,6 +91,11 @@ class LoopSettler:
                         autocommit=True,
                         **{**listener_conninfo(), "application_name": APPLICATION_NAME},
                     )
+                    # JSON comes back as its text, as on Django's connections, which the
+                    # answer's reader expects: psycopg's own loader would hand it a job's
+                    # string input as a str, to be read as JSON text again.
+                    for json_type in ("json", "jsonb"):
+                        conn.adapters.register_loader(json_type, TextLoader)
                     self.open.add(conn)
                 rows = await self._answer(conn, sql, params)
                 if gate_if_empty and _TEST_CLAIM_GATE and rows and rows[0][1] is None:

@@ -150,3 +150,32 @@ def test_a_settle_given_up_while_it_waits_for_a_lock_leaves_no_backend_behind(
     )
     assert sorted(set(executions(subprocess_env))) == sorted(tags)
     assert find_violations() == []
+
+
+# Inputs whose JSON text a driver could read back as another value: a JSON string (which
+# psycopg's own jsonb loader gives back as a Python str, then read again as JSON text),
+# one that is itself JSON, and structures.
+INPUTS = ["wait 5", "42", "null", '{"a": 1}', "", 7, 2.5, None, [1, "2"], {"a": "x"}]
+
+
+def test_a_job_claimed_by_a_loop_settle_gets_exactly_its_input(start_dispatcher):
+    owner = User.objects.create(username="loop-inputs")
+    # One device: every job after the first is claimed by the previous one's settle.
+    jobs, _ = submit_jobs(owner, [JobSpec("noop", value) for value in INPUTS * 3])
+    start_dispatcher(devices=1, name="loop-inputs")
+    wait_until(
+        lambda: (
+            Job.objects.filter(owner=owner)
+            .exclude(status=JobStatus.QUEUED)
+            .exclude(status=JobStatus.RUNNING)
+            .count()
+            == len(jobs)
+        ),
+        60,
+        "every job to end",
+    )
+    ended = {job.pk: job for job in Job.objects.filter(owner=owner)}
+    assert [(ended[job.pk].status, ended[job.pk].result) for job in jobs] == [
+        (JobStatus.SUCCEEDED, value) for value in INPUTS * 3
+    ]
+    assert find_violations() == []
