@@ -24,7 +24,6 @@ bench/results/http.json.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import cProfile
 import io
 import json
@@ -52,6 +51,7 @@ from bench.common import RESULTS, log, print_table, subprocess_env, write_result
 from jobs.api.serializers import JobDetailSerializer  # noqa: E402
 from jobs.models import Job, User  # noqa: E402
 from jobs.queue import JobSpec, submit_jobs  # noqa: E402
+from tests.support.asgi import asgi_request as support_asgi_request  # noqa: E402
 from tests.support.processes import ServiceProcess, free_port, start_gateway, wait_until  # noqa: E402
 
 TARGETS = {
@@ -171,39 +171,8 @@ def sequential(zypher: str, hello: str, rounds: int, count: int) -> dict[str, li
 
 def asgi_request(app: Any, method: str, path: str, body: bytes = b"") -> int:
     """One request through the ASGI application in this process; returns the status."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "headers": [
-            (b"host", b"127.0.0.1"),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
-    messages = [{"type": "http.request", "body": body, "more_body": False}]
-    status = 0
-
-    async def receive() -> dict[str, Any]:
-        if messages:
-            return messages.pop()
-        await asyncio.sleep(3600)
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-
-    asyncio.run(app(scope, receive, send))
-    return status
+    headers = ((b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)))
+    return support_asgi_request(app, path, method, headers, body)[0]
 
 
 def count_hops(app: Any, method: str, path: str, body: bytes = b"") -> Counter[str]:

@@ -1269,12 +1269,7 @@ def _pair_spreads(
     moved_v = (v_high - v_low) / weight[v]
     upper = np.maximum(moved_u, moved_v) - bound[pair]
     lower = np.abs(moved_u - moved_v) - bound[pair]
-    best = np.full(users, -np.inf)
-    np.maximum.at(best, u, lower)
-    np.maximum.at(best, v, lower)
-    best[~wanted] = np.inf
-    tolerance = 1e-9 * (1.0 + np.abs(upper))
-    keep = (upper > 0) & ((upper + tolerance >= best[u]) | (upper + tolerance >= best[v]))
+    keep = _may_hold_the_worst(u, v, lower, upper, wanted, users)
     pair, low, high, u, v = pair[keep], low[keep], high[keep], u[keep], v[keep]
     if not len(pair):
         return first, second, bound, spread, over
@@ -1286,12 +1281,7 @@ def _pair_spreads(
         lower, upper = _grid_excess(
             (u, v, low, high, bound[pair]), at_ends, service, weight, blocks
         )
-        best = np.full(users, -np.inf)
-        np.maximum.at(best, u, lower)
-        np.maximum.at(best, v, lower)
-        best[~wanted] = np.inf
-        tolerance = 1e-9 * (1.0 + np.abs(upper))
-        keep = (upper > 0) & ((upper + tolerance >= best[u]) | (upper + tolerance >= best[v]))
+        keep = _may_hold_the_worst(u, v, lower, upper, wanted, users)
         pair, low, high, u, v = pair[keep], low[keep], high[keep], u[keep], v[keep]
         at_ends = tuple(value[keep] for value in at_ends)
         if not len(pair):
@@ -1329,6 +1319,25 @@ def _pair_spreads(
 _GRID_BLOCKS = (16, 128)
 # Stretches are compared on a grid in chunks of this many.
 _GRID_CHUNK = 1 << 14
+
+
+def _may_hold_the_worst(
+    u: np.ndarray,
+    v: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    wanted: np.ndarray,
+    users: int,
+) -> np.ndarray:
+    """Which common stretches stay candidates: over the bound at most (`upper > 0`) and
+    not beaten, for both their users, by another stretch's certain excess (`lower`);
+    a user not `wanted` keeps none of its own."""
+    best = np.full(users, -np.inf)
+    np.maximum.at(best, u, lower)
+    np.maximum.at(best, v, lower)
+    best[~wanted] = np.inf
+    tolerance = 1e-9 * (1.0 + np.abs(upper))
+    return (upper > 0) & ((upper + tolerance >= best[u]) | (upper + tolerance >= best[v]))
 
 
 def _grid_excess(
