@@ -10,6 +10,7 @@ import base64
 import binascii
 import copy
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,6 +98,12 @@ class JsonValueField(serializers.Field):
             except json.JSONDecodeError as exc:
                 raise serializers.ValidationError(
                     f"{self.field_name} is not valid JSON: {exc}."
+                ) from None
+            except (ValueError, RecursionError) as exc:
+                # Valid JSON Python will not read: an integer of over 4300 digits
+                # (ValueError), arrays nested past the interpreter's recursion limit.
+                raise serializers.ValidationError(
+                    f"{self.field_name} cannot be read: {type(exc).__name__}: {exc}."
                 ) from None
         return data
 
@@ -198,7 +205,8 @@ def lean_render_request(data: Any) -> RenderRequest | None:
     serializer, so every error is phrased where it always was
     (tests/splines/test_splines_lean_request.py holds the two to the same answers).
     """
-    if set(data) != {"image", "tck"}:
+    # A JSON body may be any JSON value: only a mapping is a form.
+    if not isinstance(data, Mapping) or set(data) != {"image", "tck"}:
         return None
     image, tck = data.get("image"), data.get("tck")
     if not isinstance(image, UploadedFile | bytes) or not isinstance(tck, str):
@@ -208,8 +216,8 @@ def lean_render_request(data: Any) -> RenderRequest | None:
         return None
     try:
         curve_set = parse_curves(json.loads(tck))
-    except (json.JSONDecodeError, SplineInputError):
-        return None
+    except (ValueError, RecursionError, SplineInputError):
+        return None  # JSONDecodeError is a ValueError; the serializer names each problem
     return RenderRequest(
         image=image if isinstance(image, bytes) else image.read(),
         curve_set=curve_set,

@@ -18,6 +18,7 @@ with the numbers they need to change it (SciPy's own messages for these cases ar
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -78,7 +79,14 @@ class CurveSet:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    # An integer past a float's range (JSON holds 10**400) is no number to draw with: as one,
+    # numpy's and math's conversions would raise OverflowError (a 500) instead of a 400.
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, float) or (isinstance(value, int) and abs(value) <= _FLOAT_MAX)
+
+
+_FLOAT_MAX = sys.float_info.max
 
 
 def _validate_degree(k: Any, field: str) -> int:

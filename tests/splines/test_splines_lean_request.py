@@ -12,11 +12,13 @@ import json
 from typing import Any
 
 import numpy as np
+import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.http import QueryDict
 from django.test import override_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rest_framework.test import APIClient
 
 from splines.serializers import RenderRequest, RenderRequestSerializer, lean_render_request
 
@@ -25,6 +27,9 @@ XS, YS = [10, 60, 120, 180, 230], [40, 200, 20, 180, 60]
 CUBIC: list[Any] = [KNOTS, [XS, YS], 3]
 POINTS = [list(point) for point in zip(XS, YS, strict=True)]
 LIMIT = 64
+RENDER_URL = "/api/splines/render/"
+FIT_URL = "/api/splines/fit/"
+LINE_SHAPE = {"t": [0, 0, 1, 1], "c": [[2, 30], [10, 10]], "k": 1}
 
 numbers = st.integers(-5, 300) | st.floats(allow_nan=True, allow_infinity=True)
 tck_values = st.one_of(
@@ -107,3 +112,38 @@ def test_the_common_upload_takes_the_lean_path_and_others_do_not() -> None:
     assert lean_render_request(form(image, "[1, 2", {})) is None
     with override_settings(ZYPHER_MAX_BODY_BYTES=4):
         assert lean_render_request(form(image, json.dumps(CUBIC), {})) is None
+
+
+@pytest.mark.parametrize("body", ['["image", "tck"]', '["tck", "image"]', "1", "true", "null"])
+def test_a_json_body_that_is_no_object_is_a_400_as_the_serializer_answers(body: str) -> None:
+    # The lean path read any body whose iteration gave the two names as a form (a list),
+    # or iterated a number: a 500 where the serializer names the problem.
+    response = APIClient().post(RENDER_URL, body, content_type="application/json")
+    assert response.status_code == 400, response.content[:300]
+    assert response.json()
+
+
+@pytest.mark.parametrize(
+    "tck",
+    [
+        "[" + "9" * 5000 + ", 1, 1]",  # over Python's 4300 digits
+        "[" * 100_000 + "]" * 100_000,  # past the recursion limit
+        "[[0, 1e400], [1], 1]",
+        # Integers JSON holds and a float does not (over 1.8e308).
+        f"[[0, 0, 1, {10**400}], [[2, 30], [10, 10]], 1]",
+        f"[[0, 0, 1, 1], [[2, {10**400}], [10, 10]], 1]",
+        json.dumps({"frame_size": [10**400, 2], "annotations": [{"shape": LINE_SHAPE}]}),
+    ],
+)
+def test_a_tck_text_python_cannot_read_is_a_400_not_a_500(tck: str) -> None:
+    image = SimpleUploadedFile("photo.png", b"\x89PNG not really", "image/png")
+    response = APIClient().post(RENDER_URL, {"image": image, "tck": tck}, format="multipart")
+    assert 400 <= response.status_code < 500, response.content[:300]
+    assert response.json()
+
+
+def test_fit_points_over_a_floats_range_are_a_400_not_a_500() -> None:
+    points = f"[[0, 0], [5, {10**400}], [9, 9]]"
+    response = APIClient().post(FIT_URL, {"points": points}, format="multipart")
+    assert response.status_code == 400, response.content[:300]
+    assert "points" in response.json()
