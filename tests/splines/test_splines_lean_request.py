@@ -147,3 +147,13 @@ def test_fit_points_over_a_floats_range_are_a_400_not_a_500() -> None:
     response = APIClient().post(FIT_URL, {"points": points}, format="multipart")
     assert response.status_code == 400, response.content[:300]
     assert "points" in response.json()
+
+
+@pytest.mark.parametrize("url", [RENDER_URL, FIT_URL])
+def test_a_json_body_nested_past_the_recursion_limit_is_a_400(url: str) -> None:
+    # The splines views took DRF's JSONParser, not the API's (jobs.api.parsers), which
+    # answers a body nested too deeply to parse with a 400.
+    body = '{"tck": ' + "[" * 100_000 + "]" * 100_000 + ', "image": "AA=="}'
+    response = APIClient().post(url, body, content_type="application/json")
+    assert response.status_code == 400, response.content[:300]
+    assert response.json()
