@@ -82,6 +82,18 @@ def _ran_since(since: datetime, device: str, count: int) -> bool:
     return Job.objects.filter(started_at__gt=since, device=device).count() >= count
 
 
+def _freeze_while_idle(pid: int) -> bool:
+    """SIGSTOP `pid`; keep it stopped only if it stopped outside a transaction."""
+    os.kill(pid, signal.SIGSTOP)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT state FROM pg_stat_activity WHERE pid = %s", [pid])
+        row = cursor.fetchone()
+    if row is not None and row[0] == "idle":
+        return True  # a stopped backend's state cannot change under us
+    os.kill(pid, signal.SIGCONT)
+    return False
+
+
 def test_a_settle_whose_backend_hangs_is_given_up_and_its_device_works_on(
     start_dispatcher, subprocess_env
 ):
@@ -95,8 +107,11 @@ def test_a_settle_whose_backend_hangs_is_given_up_and_its_device_works_on(
     start_dispatcher(devices=2, name="hung-settle")  # lease 3 s (subprocess_env)
     wait_until(lambda: len(_settle_pids()) == 2, 60, "both settle connections")
     frozen = _settle_pids()[0]
+    # Frozen between two calls: frozen inside one it would keep the pool's row locked,
+    # and no device of the pool could settle or claim until it runs again (PostgreSQL's
+    # lock, not the dispatcher's to break).
+    wait_until(partial(_freeze_while_idle, frozen), 60, "the settle backend frozen while idle")
     frozen_at = timezone.now()
-    os.kill(frozen, signal.SIGSTOP)
     try:
         # Each device takes a connection in turn: one of them soon waits on the frozen
         # one. Both run many jobs after the freeze only if that wait ends.
