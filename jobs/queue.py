@@ -31,7 +31,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
 from django.db.models import F, Q, Sum
 from django.utils import timezone
 
@@ -305,29 +305,52 @@ def _submit_on_postgres(
     program: Program | None,
 ) -> tuple[list[Job], bool]:
     """`submit_jobs` as one call of zypher_submit: user, key, cap and every pool's jobs."""
-    by_id = isinstance(owner, User)
+    sql, params, jobs = submit_statement(owner, specs, keys, program)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    return submit_answer(rows, owner, jobs, keys, idempotency_key)
+
+
+def submit_statement(
+    owner: User | NamedUser,
+    specs: list[JobSpec],
+    keys: list[str | None],
+    program: Program | None = None,
+) -> tuple[str, dict[str, Any], list[Job]]:
+    """The zypher_submit call that queues `specs` (its SQL and parameters), and the jobs
+    it will create, unsaved: `submit_answer` reads its rows into them. Split so that a
+    caller on the event loop (jobs.api.direct_submit) runs the same call."""
     # A named user's jobs get their owner from the answer.
     jobs = _new_jobs(owner if isinstance(owner, User) else None, specs, keys, program)
-    rows = postgres.call(
-        "zypher_submit",
-        {
-            "owner_id": owner.pk if isinstance(owner, User) else None,
-            "username": None if isinstance(owner, User) else owner.username,
-            "device_types": [job.device_type for job in jobs],
-            "public_ids": [job.public_id for job in jobs],
-            "kinds": [job.kind for job in jobs],
-            "inputs": [None if job.input is None else json.dumps(job.input) for job in jobs],
-            "priorities": [job.priority for job in jobs],
-            "sizes": [job.size for job in jobs],
-            "keys": keys,
-            "program_id": program.pk if program else None,
-            "now": jobs[0].created_at,
-            "default_cost": settings.ZYPHER_DEFAULT_COST_SECONDS,
-            "default_weight": _DEFAULT_WEIGHT,
-            "max_queued": settings.ZYPHER_MAX_QUEUED_PER_USER,
-        },
-        _SUBMIT_CASTS,
-    )
+    params = {
+        "owner_id": owner.pk if isinstance(owner, User) else None,
+        "username": None if isinstance(owner, User) else owner.username,
+        "device_types": [job.device_type for job in jobs],
+        "public_ids": [job.public_id for job in jobs],
+        "kinds": [job.kind for job in jobs],
+        "inputs": [None if job.input is None else json.dumps(job.input) for job in jobs],
+        "priorities": [job.priority for job in jobs],
+        "sizes": [job.size for job in jobs],
+        "keys": keys,
+        "program_id": program.pk if program else None,
+        "now": jobs[0].created_at,
+        "default_cost": settings.ZYPHER_DEFAULT_COST_SECONDS,
+        "default_weight": _DEFAULT_WEIGHT,
+        "max_queued": settings.ZYPHER_MAX_QUEUED_PER_USER,
+    }
+    return postgres.statement("zypher_submit", params, _SUBMIT_CASTS), params, jobs
+
+
+def submit_answer(
+    rows: list[tuple[Any, ...]],
+    owner: User | NamedUser,
+    jobs: list[Job],
+    keys: list[str | None],
+    idempotency_key: str | None,
+) -> tuple[list[Job], bool]:
+    """`submit_jobs`'s answer from zypher_submit's rows (see `submit_statement`)."""
+    by_id = isinstance(owner, User)
     username = owner.username
     outcome, owner_id, queued = rows[0][0], rows[0][1], rows[0][2]
     if outcome == "gone":
@@ -336,11 +359,12 @@ def _submit_on_postgres(
     if outcome == "inactive":
         raise OwnerDeactivated(username)
     if outcome == "full":
-        raise QueueLimitReached(username, queued, len(specs), settings.ZYPHER_MAX_QUEUED_PER_USER)
+        raise QueueLimitReached(username, queued, len(jobs), settings.ZYPHER_MAX_QUEUED_PER_USER)
     # A named user's row as far as this call read it; any other field loads when read
-    # (deferred), so nothing stands in for a value the row does not hold.
+    # (deferred), so nothing stands in for a value the row does not hold. The default
+    # alias by name: on the event loop `connection` would build a wrapper per request.
     user = (
-        owner if by_id else User.from_db(connection.alias, ["id", "username"], [owner_id, username])
+        owner if by_id else User.from_db(DEFAULT_DB_ALIAS, ["id", "username"], [owner_id, username])
     )
     assert isinstance(user, User)
     if outcome == "repeated":

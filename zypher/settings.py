@@ -226,6 +226,9 @@ LOGGING = {
 # --- Zypher ---------------------------------------------------------------
 # Open mode: a request may name its user_id without a token (the original contract).
 ZYPHER_OPEN_MODE = env_bool("ZYPHER_OPEN_MODE", False)
+# The common single submit answered in front of Django (jobs.api.direct_submit), on
+# PostgreSQL; off: every submit goes through Django and DRF.
+ZYPHER_DIRECT_SUBMIT = env_bool("ZYPHER_DIRECT_SUBMIT", True)
 # Local devices that run_dispatcher starts by default.
 ZYPHER_LOCAL_DEVICES = int(os.environ.get("ZYPHER_LOCAL_DEVICES", "1"))
 ZYPHER_LOCAL_DEVICE_TYPE = os.environ.get("ZYPHER_LOCAL_DEVICE_TYPE", "cpu")

@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from django.db import connections
-from psycopg import Connection
+from psycopg import AsyncConnection, Connection
 from psycopg_pool import ConnectionPool
 
 RECENT_SECONDS = 5.0
@@ -48,13 +48,13 @@ def check_connection(connection: Connection[object]) -> None:
     if (
         returned_at is not None
         and time.monotonic() - returned_at < RECENT_SECONDS
-        and not _has_input(connection)
+        and not has_input(connection)
     ):
         return
     ConnectionPool.check_connection(connection)
 
 
-def _has_input(connection: Connection[object]) -> bool:
+def has_input(connection: Connection[Any] | AsyncConnection[Any]) -> bool:
     try:
         poller = select.poll()
         poller.register(connection.fileno(), select.POLLIN)
