@@ -41,6 +41,7 @@ from django.middleware.security import SecurityMiddleware
 from django.urls import get_resolver, set_script_prefix
 from django.utils.cache import patch_vary_headers
 from rest_framework.renderers import JSONRenderer
+from rest_framework.settings import api_settings
 
 from jobs.api.connection_check import RECENT_SECONDS, has_input
 from jobs.api.middleware import unavailable_response
@@ -257,7 +258,7 @@ def _settings_allow() -> bool:
         settings.ZYPHER_DIRECT_SUBMIT
         and settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
         and settings.MIDDLEWARE == STANDS_IN_FOR
-        and not any(settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"].values())
+        and not any(api_settings.DEFAULT_THROTTLE_RATES.values())
         and not settings.DISALLOWED_USER_AGENTS
         and not settings.PREPEND_WWW
         and settings.FORCE_SCRIPT_NAME is None
