@@ -31,7 +31,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q, Sum
 from django.utils import timezone
 
@@ -305,7 +305,11 @@ def _submit_on_postgres(
     program: Program | None,
 ) -> tuple[list[Job], bool]:
     """`submit_jobs` as one call of zypher_submit: user, key, cap and every pool's jobs."""
-    sql, params, jobs = submit_statement(owner, specs, keys, program)
+    # A named user's jobs get their owner from the answer.
+    jobs = _new_jobs(owner if isinstance(owner, User) else None, specs, keys, program)
+    sql, params = submit_statement(
+        owner, specs, keys, [job.public_id for job in jobs], jobs[0].created_at, program
+    )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
@@ -316,30 +320,43 @@ def submit_statement(
     owner: User | NamedUser,
     specs: list[JobSpec],
     keys: list[str | None],
+    public_ids: list[uuid.UUID],
+    now: datetime,
     program: Program | None = None,
-) -> tuple[str, dict[str, Any], list[Job]]:
-    """The zypher_submit call that queues `specs` (its SQL and parameters), and the jobs
-    it will create, unsaved: `submit_answer` reads its rows into them. Split so that a
-    caller on the event loop (jobs.api.direct_submit) runs the same call."""
-    # A named user's jobs get their owner from the answer.
-    jobs = _new_jobs(owner if isinstance(owner, User) else None, specs, keys, program)
+) -> tuple[str, dict[str, Any]]:
+    """The zypher_submit call that queues `specs` with these ids at `now`: its SQL and
+    parameters. Split from `submit_jobs` so that a caller on the event loop
+    (jobs.api.direct_submit) runs the same call on a connection of its own."""
     params = {
         "owner_id": owner.pk if isinstance(owner, User) else None,
         "username": None if isinstance(owner, User) else owner.username,
-        "device_types": [job.device_type for job in jobs],
-        "public_ids": [job.public_id for job in jobs],
-        "kinds": [job.kind for job in jobs],
-        "inputs": [None if job.input is None else json.dumps(job.input) for job in jobs],
-        "priorities": [job.priority for job in jobs],
-        "sizes": [job.size for job in jobs],
+        "device_types": [spec.device_type for spec in specs],
+        "public_ids": public_ids,
+        "kinds": [spec.kind for spec in specs],
+        "inputs": [None if spec.input is None else json.dumps(spec.input) for spec in specs],
+        "priorities": [spec.priority for spec in specs],
+        "sizes": [spec.size for spec in specs],
         "keys": keys,
         "program_id": program.pk if program else None,
-        "now": jobs[0].created_at,
+        "now": now,
         "default_cost": settings.ZYPHER_DEFAULT_COST_SECONDS,
         "default_weight": _DEFAULT_WEIGHT,
         "max_queued": settings.ZYPHER_MAX_QUEUED_PER_USER,
     }
-    return postgres.statement("zypher_submit", params, _SUBMIT_CASTS), params, jobs
+    return postgres.statement("zypher_submit", params, _SUBMIT_CASTS), params
+
+
+def raise_submit_refusal(rows: list[tuple[Any, ...]], owner: User | NamedUser, count: int) -> None:
+    """Raise what zypher_submit's answer refuses (nothing was queued then): OwnerDeleted,
+    OwnerDeactivated or QueueLimitReached."""
+    outcome, queued = rows[0][0], rows[0][2]
+    if outcome == "gone":
+        assert isinstance(owner, User)  # a name is created again, never gone
+        raise OwnerDeleted(owner.username, owner.pk)
+    if outcome == "inactive":
+        raise OwnerDeactivated(owner.username)
+    if outcome == "full":
+        raise QueueLimitReached(owner.username, queued, count, settings.ZYPHER_MAX_QUEUED_PER_USER)
 
 
 def submit_answer(
@@ -349,22 +366,16 @@ def submit_answer(
     keys: list[str | None],
     idempotency_key: str | None,
 ) -> tuple[list[Job], bool]:
-    """`submit_jobs`'s answer from zypher_submit's rows (see `submit_statement`)."""
+    """`submit_jobs`'s answer from zypher_submit's rows, read into the unsaved `jobs`."""
+    raise_submit_refusal(rows, owner, len(jobs))
     by_id = isinstance(owner, User)
-    username = owner.username
-    outcome, owner_id, queued = rows[0][0], rows[0][1], rows[0][2]
-    if outcome == "gone":
-        assert isinstance(owner, User)  # a name is created again, never gone
-        raise OwnerDeleted(username, owner.pk)
-    if outcome == "inactive":
-        raise OwnerDeactivated(username)
-    if outcome == "full":
-        raise QueueLimitReached(username, queued, len(jobs), settings.ZYPHER_MAX_QUEUED_PER_USER)
+    outcome, owner_id = rows[0][0], rows[0][1]
     # A named user's row as far as this call read it; any other field loads when read
-    # (deferred), so nothing stands in for a value the row does not hold. The default
-    # alias by name: on the event loop `connection` would build a wrapper per request.
+    # (deferred), so nothing stands in for a value the row does not hold.
     user = (
-        owner if by_id else User.from_db(DEFAULT_DB_ALIAS, ["id", "username"], [owner_id, username])
+        owner
+        if by_id
+        else User.from_db(connection.alias, ["id", "username"], [owner_id, owner.username])
     )
     assert isinstance(user, User)
     if outcome == "repeated":

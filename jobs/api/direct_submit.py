@@ -26,19 +26,24 @@ import json
 import logging
 import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
 
 import psycopg
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
 from django.core.signals import setting_changed
+from django.db import models
 from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.middleware.common import CommonMiddleware
 from django.middleware.security import SecurityMiddleware
 from django.urls import get_resolver, set_script_prefix
+from django.utils import timezone
 from django.utils.cache import patch_vary_headers
 from rest_framework.renderers import JSONRenderer
 from rest_framework.settings import api_settings
@@ -51,14 +56,14 @@ from jobs.api.serializers import (
     JobSubmitSerializer,
     lean_submit_item,
 )
-from jobs.models import User
+from jobs.models import Job, User
 from jobs.notifications import listener_conninfo
 from jobs.queue import (
     NamedUser,
     OwnerDeactivated,
     OwnerDeleted,
     QueueLimitReached,
-    submit_answer,
+    raise_submit_refusal,
     submit_statement,
 )
 
@@ -181,8 +186,9 @@ class DirectSubmit:
                 owner = found
         except (psycopg.Error, NotConnected):
             return None  # nothing was queued: Django answers (the 503 of an outage)
-        specs = [JobSubmitSerializer.spec_from(item)]
-        sql, params, jobs = submit_statement(owner, specs, [None])
+        spec = JobSubmitSerializer.spec_from(item)
+        public_id, now = uuid.uuid4(), timezone.now()
+        sql, params = submit_statement(owner, [spec], [None], [public_id], now)
         try:
             rows = await self.connections.run(sql, params)
         except NotConnected:
@@ -194,10 +200,13 @@ class DirectSubmit:
         except psycopg.Error:
             return None  # refused by the database: nothing queued; Django phrases it
         try:
-            jobs, _ = submit_answer(rows, owner, jobs, [None], None)
+            raise_submit_refusal(rows, owner, 1)
         except (OwnerDeactivated, OwnerDeleted, QueueLimitReached):
             return None  # nothing queued (deactivated, at the cap): Django phrases it
-        data = self.serializer(request, host).to_representation(jobs[0])
+        job = QueuedJob(
+            public_id, owner, spec.kind, spec.input, spec.device_type, spec.priority, now
+        )
+        data = self.serializer(request, host).to_representation(cast(Job, job))
         response = HttpResponse(
             JSONRenderer().render(data), status=201, content_type="application/json"
         )
@@ -234,6 +243,38 @@ class DirectSubmit:
 
 
 ALLOW = "GET, POST, HEAD, OPTIONS"
+
+
+def _default(name: str) -> Any:
+    field = Job._meta.get_field(name)
+    assert isinstance(field, models.Field)
+    return field.get_default()
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    """What JobSerializer reads of a job just queued: its own values, the model's defaults
+    for the rest. Not a Job: building a model instance and its owner cost ~0.15 ms here."""
+
+    public_id: uuid.UUID
+    owner: User | NamedUser
+    kind: str
+    input: Any
+    device_type: str
+    priority: int
+    created_at: datetime
+    status: str = _default("status")
+    result: Any = None
+    error: str = _default("error")
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration: float | None = None
+    device: str = _default("device")
+    attempts: int = _default("attempts")
+    progress: float | None = None
+    progress_message: str = _default("progress_message")
+    callback_url: str = _default("callback_url")
+    callback_status: str = _default("callback_status")
 
 
 _enabled: bool | None = None
