@@ -27,19 +27,34 @@ def function_sql(name: str) -> str:
 
 
 @cache
-def _call_sql(function: str, names: tuple[str, ...], casts: tuple[tuple[str, str], ...]) -> str:
+def _call_sql(
+    function: str, names: tuple[str, ...], casts: tuple[tuple[str, str], ...], one: bool
+) -> str:
     cast = dict(casts)
-    arguments = ", ".join(
-        f"p_{name} => %({name})s" + (f"::{cast[name]}" if name in cast else "") for name in names
-    )
-    return f"SELECT * FROM {function}({arguments})"
+
+    def argument(name: str) -> str:
+        if name not in cast:
+            return f"p_{name} => %({name})s"
+        if one and cast[name].endswith("[]"):
+            return f"p_{name} => ARRAY[%({name})s::{cast[name][:-2]}]"
+        return f"p_{name} => %({name})s::{cast[name]}"
+
+    return f"SELECT * FROM {function}({', '.join(argument(name) for name in names)})"
 
 
 def statement(
-    function: str, params: Mapping[str, Any], casts: Mapping[str, str] | None = None
+    function: str,
+    params: Mapping[str, Any],
+    casts: Mapping[str, str] | None = None,
+    one: bool = False,
 ) -> str:
-    """The `SELECT * FROM function(p_x => %(x)s, …)` text that `call` runs."""
-    return _call_sql(function, tuple(params), tuple(sorted((casts or {}).items())))
+    """The `SELECT * FROM function(p_x => %(x)s, …)` text that `call` runs.
+
+    `one`: each array parameter (a cast ending in `[]`) is passed as its one element and
+    made an array in the statement, `ARRAY[%(x)s::type]`: psycopg adapts a scalar in a
+    sixth of the time it takes to adapt a one-element list (~8 against ~47 us for a submit).
+    """
+    return _call_sql(function, tuple(params), tuple(sorted((casts or {}).items())), one)
 
 
 def call(
