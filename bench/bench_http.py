@@ -11,6 +11,10 @@ run, on the same server configuration (gunicorn.conf.py):
   process; `GET /api/jobs/<id>/` against reading and serialising the job in process;
 - concurrent single submits (4 client processes) against the trivial view's throughput.
 
+The sequential figures are taken with `requests` (as a Python application would send
+them) and again with the standard library's http.client, whose own CPU is a tenth of
+requests' (its rows say so): the second shows what the server path costs.
+
 `--spy` records the served gunicorn workers with py-spy (a bench-only dependency) while one
 client submits, or 4 clients with `--clients 4`, and prints where a request's CPU goes in
 the worker, by stage (`SPY_STAGES`); the raw stacks go to bench/results/http_spy.txt.
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import http.client
 import io
 import json
 import os
@@ -38,6 +43,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 # The in-process requests of --profile submit as a named user, as the servers here do.
 os.environ.setdefault("ZYPHER_OPEN_MODE", "1")
@@ -127,6 +133,34 @@ def time_requests(
     return times
 
 
+def time_lean(base: str, count: int, path: str, body: Callable[[int], bytes] | None) -> list[float]:
+    """`count` requests from the standard library's http.client on one kept-alive
+    connection: a client of a tenth of `requests`' CPU (~0.2 against ~2 ms a submit), so
+    that the figure is the server's and the network's."""
+    url = urlsplit(base)
+    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=30)
+    times = []
+    try:
+        for index in range(count):
+            started = time.perf_counter()
+            if body is None:
+                conn.request("GET", path)
+            else:
+                conn.request("POST", path, body(index), {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            payload = response.read()
+            times.append(time.perf_counter() - started)
+            if response.status not in (200, 201):
+                raise RuntimeError(f"{path}: {response.status} {payload[:200]!r}")
+    finally:
+        conn.close()
+    return times
+
+
+def submit_body(index: int) -> bytes:
+    return json.dumps({"user_id": "bench-http", "kind": "noop", "input": index}).encode()
+
+
 def sequential(zypher: str, hello: str, rounds: int, count: int) -> dict[str, list[float]]:
     """Interleaved rounds of every figure, so load on the shared machine hits them alike."""
     session = requests.Session()
@@ -139,7 +173,17 @@ def sequential(zypher: str, hello: str, rounds: int, count: int) -> dict[str, li
     job_url = zypher + f"/api/jobs/{submitted.json()['id']}/"
     samples: dict[str, list[float]] = {
         name: []
-        for name in ("hello", "health", "submit", "detail", "submit_inproc", "detail_inproc")
+        for name in (
+            "hello",
+            "health",
+            "submit",
+            "detail",
+            "submit_inproc",
+            "detail_inproc",
+            "hello_lean",
+            "health_lean",
+            "submit_lean",
+        )
     }
     for round_number in range(rounds):
         log(f"sequential: round {round_number + 1} of {rounds}, {count} of each")
@@ -161,6 +205,9 @@ def sequential(zypher: str, hello: str, rounds: int, count: int) -> dict[str, li
         samples["detail"] += time_requests(
             session, count, lambda _: session.get(job_url, timeout=30)
         )
+        samples["hello_lean"] += time_lean(hello, count, "/", None)
+        samples["health_lean"] += time_lean(zypher, count, "/api/health/", None)
+        samples["submit_lean"] += time_lean(zypher, count, "/api/jobs/", submit_body)
         samples["submit_inproc"] += time_calls(in_process_submit(owner), count)
         samples["detail_inproc"] += time_calls(in_process_detail(submitted.json()["id"]), count)
     return samples
@@ -442,6 +489,8 @@ def main() -> int:
         "submit": median["submit"] / median["submit_inproc"],
         "detail": median["detail"] / median["detail_inproc"],
         "concurrent": submit_load["requests_per_s"] / health_load["requests_per_s"],
+        "health_lean": median["health_lean"] / median["hello_lean"],
+        "submit_lean": median["submit_lean"] / median["submit_inproc"],
     }
     rows = [
         [
@@ -470,6 +519,24 @@ def main() -> int:
             f"{ratios['detail']:.2f}x",
             "<= 3x",
             verdict(ratios["detail"], TARGETS["detail"]),
+        ],
+        [
+            "GET /api/health/ (http.client)",
+            f"{median['health_lean']:.3f} ms",
+            "bare ASGI hello (http.client)",
+            f"{median['hello_lean']:.3f} ms",
+            f"{ratios['health_lean']:.2f}x",
+            "<= 1.5x",
+            verdict(ratios["health_lean"], TARGETS["health"]),
+        ],
+        [
+            "POST /api/jobs/ (http.client)",
+            f"{median['submit_lean']:.3f} ms",
+            "submit_jobs in process",
+            f"{median['submit_inproc']:.3f} ms",
+            f"{ratios['submit_lean']:.2f}x",
+            "<= 3x",
+            verdict(ratios["submit_lean"], TARGETS["submit"]),
         ],
         [
             "POST /api/jobs/ (1 job, 4 clients)",
