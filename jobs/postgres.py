@@ -61,7 +61,11 @@ def call(
     function: str, params: Mapping[str, Any], casts: Mapping[str, str] | None = None
 ) -> list[tuple[Any, ...]]:
     """Call a zypher_* function with named parameters (`params` keys without `p_`)."""
-    sql = statement(function, params, casts)
+    return rows(statement(function, params, casts), params)
+
+
+def rows(sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    """The rows of a `statement` run on Django's connection."""
     with connection.cursor() as cursor:
         cursor.execute(sql, dict(params))
         return cursor.fetchall()

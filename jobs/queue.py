@@ -310,10 +310,7 @@ def _submit_on_postgres(
     sql, params = submit_statement(
         owner, specs, keys, [job.public_id for job in jobs], jobs[0].created_at, program
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    return submit_answer(rows, owner, jobs, keys, idempotency_key)
+    return submit_answer(postgres.rows(sql, params), owner, jobs, keys, idempotency_key)
 
 
 def submit_statement(
@@ -780,9 +777,7 @@ def finish_and_claim_next(
             result=result,
             error=error,
         )
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            return finish_and_claim_answer(cursor.fetchall(), claim.device_type)
+        return finish_and_claim_answer(postgres.rows(sql, params), claim.device_type)
     with transaction.atomic():
         accepted = finish_job(
             claim, succeeded=succeeded, duration=duration, result=result, error=error
