@@ -326,10 +326,13 @@ def read_headers(scope: Scope) -> dict[bytes, bytes] | None:
 def plain_item(headers: dict[bytes, bytes], body: bytes) -> dict[str, Any] | None:
     """The validated job of a body `lean_submit_item` takes, else None."""
     length = headers.get(b"content-length")
-    if length is None or not length.isdigit() or int(length) != len(body) or not body:
+    # Compared as text: int() of a header of over 4,300 digits raises.
+    if length != str(len(body)).encode() or not body:
         return None
     try:
-        data = json.loads(body, parse_constant=_refuse_constant)
+        # Decoded as DRF's parser decodes it, strictly as UTF-8: json.loads of bytes would
+        # also take UTF-16/32, a BOM and encoded surrogates, which Django refuses (400).
+        data = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)
     except (ValueError, RecursionError):
         return None
     if type(data) is not dict:
@@ -355,7 +358,9 @@ class FrontRequest(HttpRequest):
         self.scope_scheme = scope.get("scheme", "http")
         self.path = self.path_info = scope["path"]
         self.method = "POST"
-        server = scope.get("server") or ("localhost", 80)
+        # As Django's ASGIRequest: without a server (a Unix socket) and a Host header,
+        # get_host() sees "unknown:0", which ALLOWED_HOSTS refuses.
+        server = scope.get("server") or ("unknown", "0")
         self.META = {"SERVER_NAME": server[0], "SERVER_PORT": str(server[1])}
         for name, value in scope["headers"]:
             key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")

@@ -1,0 +1,126 @@
+"""Requests on which the direct submit path once answered otherwise than Django
+(jobs.api.direct_submit), each sent both ways and compared, as in test_direct_submit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from jobs.models import Job
+from tests.api.test_direct_submit import (  # noqa: F401 (fixtures)
+    Answer,
+    both_ways,
+    close_direct_connections,
+    django_answers,
+)
+from zypher.asgi import application
+
+pytest_plugins = ["tests.support.api_fixtures"]
+
+PLAIN = {"user_id": "alice", "input": "é"}
+RAW = json.dumps(PLAIN).encode()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.postgres
+@pytest.mark.usefixtures("open_mode")
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xef\xbb\xbf" + RAW,  # a UTF-8 BOM
+        json.dumps(PLAIN).encode("utf-16"),
+        json.dumps(PLAIN).encode("utf-32"),
+        # U+1F600 as two encoded surrogates (CESU-8): not UTF-8.
+        b'{"user_id": "alice", "input": "\xed\xa0\xbd\xed\xb8\x80"}',
+    ],
+)
+def test_a_body_that_is_not_utf_8_is_refused_as_django_refuses_it(body: bytes) -> None:
+    served, alone = both_ways(body)
+
+    assert (served.status, served.body) == (alone.status, alone.body)
+    assert served.status == 400
+    assert Job.objects.count() == 0
+
+
+async def request_with(scope_changes: Mapping[str, Any], body: bytes, app: Any) -> Answer:
+    """A submit whose scope differs from an ordinary one by `scope_changes`."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/jobs/",
+        "raw_path": b"/api/jobs/",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"localhost"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        **scope_changes,
+    }
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    started: dict[str, Any] = {}
+    out: list[bytes] = []
+
+    async def receive() -> Mapping[str, Any]:
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: Mapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            started.update(message)
+        else:
+            out.append(message.get("body", b""))
+
+    await app(scope, receive, send)
+    return Answer(started["status"], list(started["headers"]), b"".join(out))
+
+
+def scope_both_ways(changes: Mapping[str, Any], body: bytes = RAW) -> tuple[Answer, Answer]:
+    async def run() -> tuple[Answer, Answer]:
+        return (
+            await request_with(changes, body, application),
+            await request_with(changes, body, application.app),
+        )
+
+    return asyncio.run(run())
+
+
+def _headers(host: bytes | None, length: bytes) -> list[tuple[bytes, bytes]]:
+    headers = [(b"content-type", b"application/json"), (b"content-length", length)]
+    return headers + ([(b"host", host)] if host else [])
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.postgres
+@pytest.mark.usefixtures("open_mode")
+def test_without_a_host_header_on_a_unix_socket_the_host_is_refused_as_django_refuses_it() -> None:
+    # A server on a Unix socket gives no "server"; an HTTP/1.0 request may send no Host.
+    served, alone = scope_both_ways({"server": None, "headers": _headers(None, b"%d" % len(RAW))})
+
+    assert (served.status, served.body) == (alone.status, alone.body)
+    assert served.status == 400
+    assert Job.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.postgres
+@pytest.mark.usefixtures("open_mode")
+@pytest.mark.parametrize("length", [b"9" * 5000, b"0" * 5000 + b"%d" % len(RAW)])
+def test_a_content_length_of_thousands_of_digits_is_answered_as_django_answers_it(
+    length: bytes,
+) -> None:
+    served, alone = scope_both_ways({"headers": _headers(b"localhost", length)})
+
+    assert (served.status, served.body) == (alone.status, alone.body)
