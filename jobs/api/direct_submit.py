@@ -94,6 +94,9 @@ MAX_HOSTS = 64
 
 # Connections per web worker: a submit holds one for one round trip.
 CONNECTIONS = 4
+# How long a call waits for one of them before Django answers instead (with its own
+# pool): calls stuck on a row lock must not hold up every other user's submit.
+SLOT_WAIT_SECONDS = 0.25
 APPLICATION_NAME = "zypher-web"
 
 _JSON = (b"application/json", b"application/json; charset=utf-8", b"application/json;charset=utf-8")
@@ -427,7 +430,7 @@ def replay(read: list[Message], receive: Receive) -> Receive:
 
 
 class NotConnected(Exception):
-    """No connection could be opened: nothing was sent."""
+    """No connection could be opened, or none was free in time: nothing was sent."""
 
 
 class EventLoopConnections:
@@ -466,7 +469,12 @@ class EventLoopConnections:
         """The rows of `sql`; NotConnected when no connection could be had (nothing was
         sent), else the call's own error."""
         self._for_this_loop()
-        async with self.slots:
+        try:
+            async with asyncio.timeout(SLOT_WAIT_SECONDS):
+                await self.slots.acquire()
+        except TimeoutError:
+            raise NotConnected("every connection is busy") from None
+        try:
             conn = await self._checked_out()
             try:
                 cursor = await conn.execute(sql, params)
@@ -481,6 +489,8 @@ class EventLoopConnections:
                 raise
             self._give_back(conn)
             return rows
+        finally:
+            self.slots.release()
 
     async def _checked_out(self) -> psycopg.AsyncConnection[Any]:
         while self.idle:

@@ -8,14 +8,16 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import psycopg
 import pytest
 
-from jobs.models import Job
+from jobs.api.direct_submit import CONNECTIONS
+from jobs.models import FairShareAccount, Job
+from jobs.notifications import listener_conninfo
 from tests.api.test_direct_submit import (  # noqa: F401 (fixtures)
     Answer,
     both_ways,
     close_direct_connections,
-    django_answers,
 )
 from zypher.asgi import application
 
@@ -124,3 +126,40 @@ def test_a_content_length_of_thousands_of_digits_is_answered_as_django_answers_i
     served, alone = scope_both_ways({"headers": _headers(b"localhost", length)})
 
     assert (served.status, served.body) == (alone.status, alone.body)
+
+
+def _submit(user: str, n: int) -> Any:
+    body = json.dumps({"user_id": user, "input": n}).encode()
+    return request_with({}, body, application)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.postgres
+@pytest.mark.usefixtures("open_mode")
+def test_submits_stuck_on_one_user_s_lock_do_not_hold_up_other_users(
+    make_user: Any,
+) -> None:
+    make_user("alice")
+    stuck = CONNECTIONS + 1  # more than the direct path's connections
+
+    async def run() -> tuple[Answer, list[Answer]]:
+        # Another session holds alice's row (an operator's transaction, a long delete):
+        # her submits wait inside their calls, on every connection the path has.
+        with psycopg.connect(**listener_conninfo()) as blocker:
+            blocker.execute("SELECT 1 FROM jobs_user WHERE username = 'alice' FOR UPDATE")
+            waiting = [asyncio.ensure_future(_submit("alice", n)) for n in range(stuck)]
+            await asyncio.sleep(0)
+            # Bob's submit is answered meanwhile (by Django, through its own pool, when
+            # the path has no connection free); a hang here is the defect.
+            bob = await asyncio.wait_for(_submit("bob", 99), 60)
+            blocker.rollback()
+        return bob, list(await asyncio.gather(*waiting))
+
+    bob, alice = asyncio.run(run())
+
+    assert bob.status == 201 and bob.json()["user_id"] == "bob"
+    assert [answer.status for answer in alice] == [201] * stuck
+    assert sorted(Job.objects.filter(owner__username="alice").values_list("input", flat=True)) == (
+        list(range(stuck))
+    )
+    assert FairShareAccount.objects.get(user__username="alice").queued_count == stuck
