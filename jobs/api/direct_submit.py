@@ -45,6 +45,7 @@ from django.middleware.security import SecurityMiddleware
 from django.urls import get_resolver, set_script_prefix
 from django.utils import timezone
 from django.utils.cache import patch_vary_headers
+from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.renderers import JSONRenderer
 from rest_framework.settings import api_settings
 
@@ -88,6 +89,8 @@ STANDS_IN_FOR = [
     "jobs.api.middleware.MessageMiddleware",
     "jobs.api.middleware.XFrameOptionsMiddleware",
 ]
+
+AUTHENTICATES_AS = [TokenAuthentication, SessionAuthentication]
 
 # Hosts whose job URL is kept (ALLOWED_HOSTS may be a pattern).
 MAX_HOSTS = 64
@@ -303,6 +306,10 @@ def _settings_allow() -> bool:
         and settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
         and settings.MIDDLEWARE == STANDS_IN_FOR
         and not any(api_settings.DEFAULT_THROTTLE_RATES.values())
+        # DRF as this path reads a request and renders its answer: a token, else the
+        # session (no cookie: anonymous), and JSON for a client's */*.
+        and list(api_settings.DEFAULT_AUTHENTICATION_CLASSES) == AUTHENTICATES_AS
+        and list(api_settings.DEFAULT_RENDERER_CLASSES)[:1] == [JSONRenderer]
         and not settings.DISALLOWED_USER_AGENTS
         and not settings.PREPEND_WWW
         and settings.FORCE_SCRIPT_NAME is None

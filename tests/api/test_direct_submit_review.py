@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import psycopg
 import pytest
+from django.core.signals import request_started
+from rest_framework.authtoken.models import Token
 
 from jobs.api.direct_submit import CONNECTIONS
 from jobs.models import FairShareAccount, Job
@@ -22,6 +24,20 @@ from tests.api.test_direct_submit import (  # noqa: F401 (fixtures)
 from zypher.asgi import application
 
 pytest_plugins = ["tests.support.api_fixtures"]
+
+
+@pytest.fixture
+def django_answers() -> Iterator[list[object]]:
+    """The requests Django handled (its request_started signal)."""
+    seen: list[object] = []
+
+    def note(sender: object, **kwargs: object) -> None:
+        seen.append(sender)
+
+    request_started.connect(note)
+    yield seen
+    request_started.disconnect(note)
+
 
 PLAIN = {"user_id": "alice", "input": "é"}
 RAW = json.dumps(PLAIN).encode()
@@ -163,3 +179,34 @@ def test_submits_stuck_on_one_user_s_lock_do_not_hold_up_other_users(
         list(range(stuck))
     )
     assert FairShareAccount.objects.get(user__username="alice").queued_count == stuck
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.postgres
+@pytest.mark.usefixtures("token_mode")
+@pytest.mark.parametrize(
+    "change",
+    [
+        # Tokens no longer accepted (sessions only): a token must not submit.
+        {"DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"]},
+        # The browsable API first: Django answers a client's */* with HTML.
+        {
+            "DEFAULT_RENDERER_CLASSES": [
+                "rest_framework.renderers.BrowsableAPIRenderer",
+                "rest_framework.renderers.JSONRenderer",
+            ]
+        },
+    ],
+)
+def test_with_other_rest_framework_classes_django_answers_every_submit(
+    settings: Any, make_user: Any, change: dict[str, Any], django_answers: list[object]
+) -> None:
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, **change}
+    alice = make_user("alice")
+    auth = (b"authorization", f"Token {Token.objects.get(user=alice).key}".encode())
+
+    served, alone = both_ways({"input": 1}, auth)
+
+    assert len(django_answers) == 2  # both answered by Django
+    assert served.status == alone.status
+    assert dict(served.headers)[b"content-type"] == dict(alone.headers)[b"content-type"]
