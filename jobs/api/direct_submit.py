@@ -224,7 +224,8 @@ class DirectSubmit:
 
     def serializer(self, request: FrontRequest, host: str) -> JobSerializer:
         """A JobSerializer for responses to `host`, kept: it reverses the job URL once."""
-        key = (request.scope_scheme, host)
+        # The scheme as Django reads it (behind a proxy, its header): the URL's own.
+        key = (request.scheme, host)
         serializer = self._serializers.get(key)
         if serializer is None:
             serializer = JobSerializer(context={"request": request})

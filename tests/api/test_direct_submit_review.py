@@ -210,3 +210,17 @@ def test_with_other_rest_framework_classes_django_answers_every_submit(
     assert len(django_answers) == 2  # both answered by Django
     assert served.status == alone.status
     assert dict(served.headers)[b"content-type"] == dict(alone.headers)[b"content-type"]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.postgres
+@pytest.mark.usefixtures("open_mode")
+def test_behind_a_proxy_each_submit_s_url_has_its_own_scheme(settings: Any) -> None:
+    # HSTS without the redirect: a proxy sends https and http requests alike.
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    answers = []
+    for proto in (b"https", b"http", b"https"):
+        served, alone = both_ways(PLAIN, (b"x-forwarded-proto", proto))
+        answers.append((served.json()["url"].split(":")[0], alone.json()["url"].split(":")[0]))
+
+    assert answers == [("https", "https"), ("http", "http"), ("https", "https")]
