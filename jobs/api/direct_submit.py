@@ -126,7 +126,7 @@ class DirectSubmit:
         self.app = app
         self.connections = EventLoopConnections(CONNECTIONS)
         self._path: str | None = None
-        self._serializers: dict[tuple[str, str], JobSerializer] = {}
+        self._serializers: dict[tuple[str | None, str], JobSerializer] = {}
 
     @property
     def path(self) -> str:
