@@ -50,6 +50,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.settings import api_settings
 
 from jobs.api.connection_check import RECENT_SECONDS, has_input
+from jobs.api.errors import READ_ONLY_SQLSTATE
 from jobs.api.middleware import unavailable_response
 from jobs.api.serializers import (
     USER_ID_PATTERN,
@@ -487,10 +488,15 @@ class EventLoopConnections:
             try:
                 cursor = await conn.execute(sql, params)
                 rows = await cursor.fetchall()
-            except BaseException:
+            except BaseException as error:
                 # Refused by the database, the connection is clean (autocommit) and stays;
-                # lost, or cancelled inside the call, it is closed.
-                if conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                # lost, cancelled inside the call, or read-only (a standby's session after
+                # a failover stays one), it is closed.
+                if (
+                    conn.closed
+                    or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+                    or getattr(error, "sqlstate", None) == READ_ONLY_SQLSTATE
+                ):
                     await conn.close()
                 else:
                     self._give_back(conn)

@@ -224,3 +224,26 @@ def test_behind_a_proxy_each_submit_s_url_has_its_own_scheme(settings: Any) -> N
         answers.append((served.json()["url"].split(":")[0], alone.json()["url"].split(":")[0]))
 
     assert answers == [("https", "https"), ("http", "http"), ("https", "https")]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.postgres
+@pytest.mark.usefixtures("open_mode")
+def test_a_read_only_connection_is_dropped_and_the_next_submit_answered_directly(
+    django_answers: list[object],
+) -> None:
+    async def run() -> list[Answer]:
+        first = await _submit("alice", 1)
+        # After a failover a kept session may be read-only for its whole life.
+        for conn in application.connections.idle:
+            await conn.execute("SET default_transaction_read_only = on")
+        refused = await _submit("alice", 2)  # Django answers it, on a connection of its own
+        seen = len(django_answers)
+        again = await _submit("alice", 3)
+        assert len(django_answers) == seen, "answered by Django: the read-only session was kept"
+        return [first, refused, again]
+
+    answers = asyncio.run(run())
+
+    assert [answer.status for answer in answers] == [201, 201, 201]
+    assert sorted(Job.objects.values_list("input", flat=True)) == [1, 2, 3]
