@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import pytest
@@ -246,4 +246,4 @@ def test_a_read_only_connection_is_dropped_and_the_next_submit_answered_directly
     answers = asyncio.run(run())
 
     assert [answer.status for answer in answers] == [201, 201, 201]
-    assert sorted(Job.objects.values_list("input", flat=True)) == [1, 2, 3]
+    assert sorted(cast(list[int], list(Job.objects.values_list("input", flat=True)))) == [1, 2, 3]
