@@ -50,8 +50,8 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.settings import api_settings
 
 from jobs.api.connection_check import RECENT_SECONDS, has_input
-from jobs.api.errors import READ_ONLY_SQLSTATE
-from jobs.api.middleware import unavailable_response
+from jobs.api.errors import READ_ONLY_SQLSTATE, UNAVAILABLE_MESSAGE
+from jobs.api.middleware import RETRY_AFTER_SECONDS
 from jobs.api.serializers import (
     USER_ID_PATTERN,
     JobSerializer,
@@ -203,7 +203,10 @@ class DirectSubmit:
         except psycopg.OperationalError:
             # The call may have committed before the connection was lost: never again.
             logger.warning("direct submit: connection lost during the call", exc_info=True)
-            return finish(unavailable_response(request), request)
+            # As the view's exception handler answers it (DRF's 503, not the middleware's).
+            unavailable = {"error": UNAVAILABLE_MESSAGE}
+            retry = {"Retry-After": RETRY_AFTER_SECONDS}
+            return api_response(request, unavailable, 503, token is not None, retry)
         except psycopg.Error:
             return None  # refused by the database: nothing queued; Django phrases it
         try:
@@ -214,14 +217,7 @@ class DirectSubmit:
             public_id, owner, spec.kind, spec.input, spec.device_type, spec.priority, now
         )
         data = self.serializer(request, host).to_representation(cast(Job, job))
-        response = HttpResponse(
-            JSONRenderer().render(data), status=201, content_type="application/json"
-        )
-        # As Django's answer varies: DRF by Accept; the session, read to authenticate a
-        # request without a token, by Cookie.
-        patch_vary_headers(response, ("Accept",) if token else ("Accept", "Cookie"))
-        response["Allow"] = ALLOW
-        return finish(response, request)
+        return api_response(request, data, 201, token is not None)
 
     def serializer(self, request: FrontRequest, host: str) -> JobSerializer:
         """A JobSerializer for responses to `host`, kept: it reverses the job URL once."""
@@ -251,6 +247,26 @@ class DirectSubmit:
 
 
 ALLOW = "GET, POST, HEAD, OPTIONS"
+
+
+def api_response(
+    request: FrontRequest,
+    data: Any,
+    status: int,
+    token: bool,
+    headers: dict[str, str] | None = None,
+) -> HttpResponse:
+    """The view's answer as DRF and the middleware give it: JSON, `headers`, Vary, Allow."""
+    response = HttpResponse(
+        JSONRenderer().render(data), status=status, content_type="application/json"
+    )
+    for name, value in (headers or {}).items():
+        response[name] = value
+    # As Django's answer varies: DRF by Accept; the session, read to authenticate a
+    # request without a token, by Cookie.
+    patch_vary_headers(response, ("Accept",) if token else ("Accept", "Cookie"))
+    response["Allow"] = ALLOW
+    return finish(response, request)
 
 
 def _default(name: str) -> Any:

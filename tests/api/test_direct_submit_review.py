@@ -247,3 +247,49 @@ def test_a_read_only_connection_is_dropped_and_the_next_submit_answered_directly
 
     assert [answer.status for answer in answers] == [201, 201, 201]
     assert sorted(cast(list[int], list(Job.objects.values_list("input", flat=True)))) == [1, 2, 3]
+
+
+async def _cut_when_waiting(watcher: psycopg.Connection[Any]) -> None:
+    """Terminate the one backend waiting on a row lock, once it waits (polled without
+    blocking the event loop, on which the served app runs its call)."""
+    waiting = "FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+    for _ in range(400):
+        found = watcher.execute(
+            f"SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) {waiting}"
+        )
+        if cast(tuple[int], found.fetchone())[0]:
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError("the submit's call never waited on the lock")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.postgres
+@pytest.mark.usefixtures("open_mode")
+def test_a_connection_lost_under_the_call_is_answered_as_django_answers_it(
+    make_user: Any,
+) -> None:
+    make_user("alice")
+
+    async def lost(app: Any) -> Answer:
+        with (
+            psycopg.connect(**listener_conninfo()) as blocker,
+            psycopg.connect(**listener_conninfo(), autocommit=True) as watcher,
+        ):
+            blocker.execute("SELECT 1 FROM jobs_user WHERE username = 'alice' FOR UPDATE")
+            call = asyncio.ensure_future(request_with({}, RAW, app))
+            await _cut_when_waiting(watcher)
+            answer = await call
+            blocker.rollback()
+        return answer
+
+    async def run() -> tuple[Answer, Answer]:
+        await request_with({}, RAW, application)  # the path's connection, opened
+        return await lost(application), await lost(application.app)
+
+    served, alone = asyncio.run(run())
+
+    assert served.status == alone.status == 503
+    assert served.headers == alone.headers
+    assert served.body == alone.body
+    assert Job.objects.count() == 1
