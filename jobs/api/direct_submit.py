@@ -391,6 +391,8 @@ class FrontRequest(HttpRequest):
         server = scope.get("server") or ("unknown", "0")
         self.META = {"SERVER_NAME": server[0], "SERVER_PORT": str(server[1])}
         for name, value in scope["headers"]:
+            if b"_" in name:
+                continue  # as Django drops it: `x_forwarded_proto` must not pass for the dashed one
             key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
             text = value.decode("latin-1")
             self.META[key] = f"{self.META[key]},{text}" if key in self.META else text

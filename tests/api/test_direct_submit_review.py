@@ -13,12 +13,14 @@ import pytest
 from django.core.signals import request_started
 from rest_framework.authtoken.models import Token
 
-from jobs.api.direct_submit import CONNECTIONS
+from jobs.api.direct_submit import CONNECTIONS, DirectSubmit
+from jobs.api.middleware import OneHopASGIHandler
 from jobs.models import FairShareAccount, Job
 from jobs.notifications import listener_conninfo
 from tests.api.test_direct_submit import (  # noqa: F401 (fixtures)
     Answer,
     both_ways,
+    close_connections,
     close_direct_connections,
 )
 from zypher.asgi import application
@@ -293,3 +295,27 @@ def test_a_connection_lost_under_the_call_is_answered_as_django_answers_it(
     assert served.headers == alone.headers
     assert served.body == alone.body
     assert Job.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.postgres
+@pytest.mark.usefixtures("open_mode")
+def test_a_header_spelled_with_underscores_is_ignored_as_django_ignores_it(
+    settings: Any,
+) -> None:
+    # Django drops `x_forwarded_proto` (no spoofing X-Forwarded-Proto past a proxy that
+    # sets the dashed one): the http request is redirected, not answered as https.
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    settings.SECURE_SSL_REDIRECT = True
+    app = DirectSubmit(OneHopASGIHandler())  # Django's middleware reads them when built
+    try:
+        served, alone = both_ways(PLAIN, (b"x_forwarded_proto", b"https"), app=app)
+    finally:
+        close_connections(app)
+    assert served.status == alone.status == 301
+
+    settings.SECURE_SSL_REDIRECT = False
+    served, alone = both_ways({"input": 1}, (b"x_user_id", b"bob"))
+    assert served.status == alone.status == 201
+    assert served.json()["url"].startswith("http://")
+    assert served.json()["user_id"] == alone.json()["user_id"] == "anonymous"
