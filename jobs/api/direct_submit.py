@@ -496,11 +496,14 @@ class EventLoopConnections:
         """The rows of `sql`; NotConnected when no connection could be had (nothing was
         sent), else the call's own error."""
         self._for_this_loop()
-        try:
-            async with asyncio.timeout(SLOT_WAIT_SECONDS):
-                await self.slots.acquire()
-        except TimeoutError:
-            raise NotConnected("every connection is busy") from None
+        if self.slots.locked():  # a timer only when the call must wait
+            try:
+                async with asyncio.timeout(SLOT_WAIT_SECONDS):
+                    await self.slots.acquire()
+            except TimeoutError:
+                raise NotConnected("every connection is busy") from None
+        else:
+            await self.slots.acquire()
         try:
             conn = await self._checked_out()
             try:
