@@ -36,7 +36,7 @@ import psycopg
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
 from django.core.signals import setting_changed
-from django.db import models
+from django.db import DEFAULT_DB_ALIAS, connections, models
 from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.middleware.clickjacking import XFrameOptionsMiddleware
@@ -534,7 +534,13 @@ class EventLoopConnections:
                 return conn
         try:
             return await psycopg.AsyncConnection.connect(
-                autocommit=True, **{**listener_conninfo(), "application_name": APPLICATION_NAME}
+                autocommit=True,
+                # As Django's connections: no server-side prepared statements unless
+                # OPTIONS ask for them (PgBouncer in transaction mode loses them).
+                prepare_threshold=connections.settings[DEFAULT_DB_ALIAS]
+                .get("OPTIONS", {})
+                .get("prepare_threshold"),
+                **{**listener_conninfo(), "application_name": APPLICATION_NAME},
             )
         except psycopg.OperationalError as error:
             raise NotConnected(str(error)) from error

@@ -319,3 +319,21 @@ def test_a_header_spelled_with_underscores_is_ignored_as_django_ignores_it(
     assert served.status == alone.status == 201
     assert served.json()["url"].startswith("http://")
     assert served.json()["user_id"] == alone.json()["user_id"] == "anonymous"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.postgres
+@pytest.mark.usefixtures("open_mode")
+def test_the_path_prepares_no_statements_on_the_server_as_django_s_connections_do() -> None:
+    # Django's connections prepare none unless OPTIONS say so (PgBouncer in transaction
+    # mode loses them between calls); psycopg's own default prepares a query run 5 times.
+    async def run() -> int:
+        for n in range(8):
+            assert (await _submit("alice", n)).status == 201
+        counts = []
+        for conn in application.connections.idle:
+            cursor = await conn.execute("SELECT count(*) FROM pg_prepared_statements")
+            counts.append(cast(tuple[int], await cursor.fetchone())[0])
+        return sum(counts)
+
+    assert asyncio.run(run()) == 0
