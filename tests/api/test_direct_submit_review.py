@@ -13,7 +13,7 @@ import pytest
 from django.core.signals import request_started
 from rest_framework.authtoken.models import Token
 
-from jobs.api.direct_submit import CONNECTIONS, DirectSubmit
+from jobs.api.direct_submit import CONNECTIONS, DIRECT_MAX_BODY_BYTES, DirectSubmit
 from jobs.api.middleware import OneHopASGIHandler
 from jobs.models import FairShareAccount, Job
 from jobs.notifications import listener_conninfo
@@ -337,3 +337,23 @@ def test_the_path_prepares_no_statements_on_the_server_as_django_s_connections_d
         return sum(counts)
 
     assert asyncio.run(run()) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.postgres
+@pytest.mark.usefixtures("open_mode")
+def test_a_large_body_is_answered_by_django_off_the_event_loop(
+    django_answers: list[object],
+) -> None:
+    # Parsing, checking, adapting and rendering a body near ZYPHER_MAX_BODY_BYTES took
+    # over a second of Python: on the event loop, every other request of the worker
+    # (health checks, waiting /predict calls) stood still meanwhile. Django does it in
+    # the request's thread.
+    body = json.dumps({"user_id": "alice", "input": list(range(20_000))}).encode()
+    assert len(body) > DIRECT_MAX_BODY_BYTES
+    served, alone = both_ways(body, chunks=3)
+
+    assert len(django_answers) == 2  # both answered by Django
+    assert served.status == alone.status == 201
+    assert served.json()["input"] == list(range(20_000))
+    assert Job.objects.count() == 2
