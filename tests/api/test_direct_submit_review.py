@@ -357,3 +357,53 @@ def test_a_large_body_is_answered_by_django_off_the_event_loop(
     assert served.status == alone.status == 201
     assert served.json()["input"] == list(range(20_000))
     assert Job.objects.count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.postgres
+@pytest.mark.usefixtures("open_mode")
+def test_submits_cancelled_inside_their_calls_leave_no_connection_or_slot_behind(
+    make_user: Any, django_answers: list[object]
+) -> None:
+    make_user("alice")
+
+    async def run() -> list[Answer]:
+        with (
+            psycopg.connect(**listener_conninfo()) as blocker,
+            psycopg.connect(**listener_conninfo(), autocommit=True) as watcher,
+        ):
+            blocker.execute("SELECT 1 FROM jobs_user WHERE username = 'alice' FOR UPDATE")
+            calls = [asyncio.ensure_future(_submit("alice", n)) for n in range(CONNECTIONS)]
+            for _ in range(400):  # until every call waits on the lock
+                found = watcher.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                )
+                if cast(tuple[int], found.fetchone())[0] == CONNECTIONS:
+                    break
+                await asyncio.sleep(0.025)
+            for call in calls:  # the server shuts down, say
+                call.cancel()
+            await asyncio.gather(*calls, return_exceptions=True)
+            blocker.rollback()
+        seen = len(django_answers)
+        after = [await _submit("bob", n) for n in range(CONNECTIONS + 1)]
+        assert len(django_answers) == seen, "a slot or connection was lost"
+        web = watcher_count()
+        assert web <= CONNECTIONS
+        return after
+
+    def watcher_count() -> int:
+        with psycopg.connect(**listener_conninfo(), autocommit=True) as conn:
+            found = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'zypher-web'"
+            )
+            return cast(tuple[int], found.fetchone())[0]
+
+    answers = asyncio.run(run())
+
+    assert [answer.status for answer in answers] == [201] * (CONNECTIONS + 1)
+    assert Job.objects.filter(owner__username="bob").count() == CONNECTIONS + 1
+    # Each cancelled call queued its job whole or not at all, and counted what it queued.
+    alice = Job.objects.filter(owner__username="alice").count()
+    account = FairShareAccount.objects.filter(user__username="alice").first()
+    assert (account.queued_count if account else 0) == alice
