@@ -155,7 +155,7 @@ def _submit(user: str, n: int) -> Any:
 @pytest.mark.postgres
 @pytest.mark.usefixtures("open_mode")
 def test_submits_stuck_on_one_user_s_lock_do_not_hold_up_other_users(
-    make_user: Any,
+    make_user: Any, django_answers: list[object]
 ) -> None:
     make_user("alice")
     stuck = CONNECTIONS + 1  # more than the direct path's connections
@@ -171,7 +171,13 @@ def test_submits_stuck_on_one_user_s_lock_do_not_hold_up_other_users(
             # the path has no connection free); a hang here is the defect.
             bob = await asyncio.wait_for(_submit("bob", 99), 60)
             blocker.rollback()
-        return bob, list(await asyncio.gather(*waiting))
+        alice = list(await asyncio.gather(*waiting))
+        # Every slot is free again, a wait that timed out included: answered directly.
+        for n in range(CONNECTIONS + 1):
+            seen = len(django_answers)
+            assert (await _submit("carol", n)).status == 201
+            assert len(django_answers) == seen
+        return bob, alice
 
     bob, alice = asyncio.run(run())
 
