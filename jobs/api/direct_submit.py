@@ -22,6 +22,7 @@ a second submit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -103,6 +104,9 @@ MAX_HOSTS = 64
 
 # Connections per web worker: a submit holds one for one round trip.
 CONNECTIONS = 4
+# The longest the check of a kept connection may take (one empty round trip) before the
+# connection is replaced: nothing of the submit has been sent yet.
+CHECK_SECONDS = 2.0
 # How long a call waits for one of them before Django answers instead (with its own
 # pool): calls stuck on a row lock must not hold up every other user's submit.
 SLOT_WAIT_SECONDS = 0.25
@@ -559,9 +563,18 @@ async def _usable(conn: psycopg.AsyncConnection[Any]) -> bool:
     returned_at = getattr(conn, "_zypher_returned_at", 0.0)
     if not conn.closed and time.monotonic() - returned_at < RECENT_SECONDS and not has_input(conn):
         return True
-    try:
-        await conn.execute("")  # psycopg-pool's own check: an empty query
+    # psycopg-pool's own check, an empty query; bounded, as a backend that hangs (the
+    # socket open, nothing answering) would hold the submit and its slot forever.
+    check = asyncio.ensure_future(conn.execute(""))
+    done, _ = await asyncio.wait({check}, timeout=CHECK_SECONDS)
+    if done and check.exception() is None:
         return True
-    except psycopg.Error:
-        await conn.close()
-        return False
+    # Closed first, the cancelled check ends at once (psycopg would otherwise ask the
+    # server to cancel it and wait 5 s more).
+    await conn.close()
+    if not done:
+        check.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait({check}, timeout=1)
+            check.exception()  # retrieved: not logged as never retrieved
+    return False

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
@@ -413,3 +415,24 @@ def test_submits_cancelled_inside_their_calls_leave_no_connection_or_slot_behind
     alice = Job.objects.filter(owner__username="alice").count()
     account = FairShareAccount.objects.filter(user__username="alice").first()
     assert (account.queued_count if account else 0) == alice
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.postgres
+@pytest.mark.usefixtures("open_mode")
+def test_a_kept_connection_whose_backend_hangs_is_replaced_not_waited_on_forever() -> None:
+    async def run() -> Answer:
+        assert (await _submit("alice", 1)).status == 201
+        [conn] = application.connections.idle
+        conn._zypher_returned_at = 0.0  # type: ignore[attr-defined]  # idle long: checked
+        backend = conn.info.backend_pid
+        os.kill(backend, signal.SIGSTOP)  # the socket stays open; nothing answers
+        try:
+            return await asyncio.wait_for(_submit("alice", 2), 60)
+        finally:
+            os.kill(backend, signal.SIGCONT)
+
+    answer = asyncio.run(run())
+
+    assert answer.status == 201
+    assert sorted(cast(list[int], list(Job.objects.values_list("input", flat=True)))) == [1, 2]
