@@ -22,6 +22,7 @@ a second submit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -36,7 +37,7 @@ import psycopg
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
 from django.core.signals import setting_changed
-from django.db import models
+from django.db import DEFAULT_DB_ALIAS, connections, models
 from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.middleware.clickjacking import XFrameOptionsMiddleware
@@ -45,11 +46,13 @@ from django.middleware.security import SecurityMiddleware
 from django.urls import get_resolver, set_script_prefix
 from django.utils import timezone
 from django.utils.cache import patch_vary_headers
+from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.renderers import JSONRenderer
 from rest_framework.settings import api_settings
 
 from jobs.api.connection_check import RECENT_SECONDS, has_input
-from jobs.api.middleware import unavailable_response
+from jobs.api.errors import READ_ONLY_SQLSTATE, UNAVAILABLE_MESSAGE
+from jobs.api.middleware import RETRY_AFTER_SECONDS
 from jobs.api.serializers import (
     USER_ID_PATTERN,
     JobSerializer,
@@ -89,11 +92,24 @@ STANDS_IN_FOR = [
     "jobs.api.middleware.XFrameOptionsMiddleware",
 ]
 
+AUTHENTICATES_AS = [TokenAuthentication, SessionAuthentication]
+
+# The largest body this path takes; a larger one goes to Django. Its parsing, checking
+# and rendering run on the event loop, where every other request of the worker waits
+# meanwhile: over a second for a body near ZYPHER_MAX_BODY_BYTES, a few ms at this size.
+DIRECT_MAX_BODY_BYTES = 64 * 1024
+
 # Hosts whose job URL is kept (ALLOWED_HOSTS may be a pattern).
 MAX_HOSTS = 64
 
 # Connections per web worker: a submit holds one for one round trip.
 CONNECTIONS = 4
+# The longest the check of a kept connection may take (one empty round trip) before the
+# connection is replaced: nothing of the submit has been sent yet.
+CHECK_SECONDS = 2.0
+# How long a call waits for one of them before Django answers instead (with its own
+# pool): calls stuck on a row lock must not hold up every other user's submit.
+SLOT_WAIT_SECONDS = 0.25
 APPLICATION_NAME = "zypher-web"
 
 _JSON = (b"application/json", b"application/json; charset=utf-8", b"application/json;charset=utf-8")
@@ -120,7 +136,7 @@ class DirectSubmit:
         self.app = app
         self.connections = EventLoopConnections(CONNECTIONS)
         self._path: str | None = None
-        self._serializers: dict[tuple[str, str], JobSerializer] = {}
+        self._serializers: dict[tuple[str | None, str], JobSerializer] = {}
 
     @property
     def path(self) -> str:
@@ -142,7 +158,7 @@ class DirectSubmit:
             return
         read: list[Message] = []
         body = await read_body(receive, read)
-        if body is None:  # over the body limit, or the client went away: Django's to answer
+        if body is None:  # over this path's limit, or the client went away: Django's to answer
             await self.app(scope, replay(read, receive), send)
             return
         response = await self.answer(scope, body)
@@ -196,7 +212,10 @@ class DirectSubmit:
         except psycopg.OperationalError:
             # The call may have committed before the connection was lost: never again.
             logger.warning("direct submit: connection lost during the call", exc_info=True)
-            return finish(unavailable_response(request), request)
+            # As the view's exception handler answers it (DRF's 503, not the middleware's).
+            unavailable = {"error": UNAVAILABLE_MESSAGE}
+            retry = {"Retry-After": RETRY_AFTER_SECONDS}
+            return api_response(request, unavailable, 503, token is not None, retry)
         except psycopg.Error:
             return None  # refused by the database: nothing queued; Django phrases it
         try:
@@ -207,18 +226,12 @@ class DirectSubmit:
             public_id, owner, spec.kind, spec.input, spec.device_type, spec.priority, now
         )
         data = self.serializer(request, host).to_representation(cast(Job, job))
-        response = HttpResponse(
-            JSONRenderer().render(data), status=201, content_type="application/json"
-        )
-        # As Django's answer varies: DRF by Accept; the session, read to authenticate a
-        # request without a token, by Cookie.
-        patch_vary_headers(response, ("Accept",) if token else ("Accept", "Cookie"))
-        response["Allow"] = ALLOW
-        return finish(response, request)
+        return api_response(request, data, 201, token is not None)
 
     def serializer(self, request: FrontRequest, host: str) -> JobSerializer:
         """A JobSerializer for responses to `host`, kept: it reverses the job URL once."""
-        key = (request.scope_scheme, host)
+        # The scheme as Django reads it (behind a proxy, its header): the URL's own.
+        key = (request.scheme, host)
         serializer = self._serializers.get(key)
         if serializer is None:
             serializer = JobSerializer(context={"request": request})
@@ -243,6 +256,26 @@ class DirectSubmit:
 
 
 ALLOW = "GET, POST, HEAD, OPTIONS"
+
+
+def api_response(
+    request: FrontRequest,
+    data: Any,
+    status: int,
+    token: bool,
+    headers: dict[str, str] | None = None,
+) -> HttpResponse:
+    """The view's answer as DRF and the middleware give it: JSON, `headers`, Vary, Allow."""
+    response = HttpResponse(
+        JSONRenderer().render(data), status=status, content_type="application/json"
+    )
+    for name, value in (headers or {}).items():
+        response[name] = value
+    # As Django's answer varies: DRF by Accept; the session, read to authenticate a
+    # request without a token, by Cookie.
+    patch_vary_headers(response, ("Accept",) if token else ("Accept", "Cookie"))
+    response["Allow"] = ALLOW
+    return finish(response, request)
 
 
 def _default(name: str) -> Any:
@@ -300,6 +333,10 @@ def _settings_allow() -> bool:
         and settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
         and settings.MIDDLEWARE == STANDS_IN_FOR
         and not any(api_settings.DEFAULT_THROTTLE_RATES.values())
+        # DRF as this path reads a request and renders its answer: a token, else the
+        # session (no cookie: anonymous), and JSON for a client's */*.
+        and list(api_settings.DEFAULT_AUTHENTICATION_CLASSES) == AUTHENTICATES_AS
+        and list(api_settings.DEFAULT_RENDERER_CLASSES)[:1] == [JSONRenderer]
         and not settings.DISALLOWED_USER_AGENTS
         and not settings.PREPEND_WWW
         and settings.FORCE_SCRIPT_NAME is None
@@ -326,10 +363,13 @@ def read_headers(scope: Scope) -> dict[bytes, bytes] | None:
 def plain_item(headers: dict[bytes, bytes], body: bytes) -> dict[str, Any] | None:
     """The validated job of a body `lean_submit_item` takes, else None."""
     length = headers.get(b"content-length")
-    if length is None or not length.isdigit() or int(length) != len(body) or not body:
+    # Compared as text: int() of a header of over 4,300 digits raises.
+    if length != str(len(body)).encode() or not body:
         return None
     try:
-        data = json.loads(body, parse_constant=_refuse_constant)
+        # Decoded as DRF's parser decodes it, strictly as UTF-8: json.loads of bytes would
+        # also take UTF-16/32, a BOM and encoded surrogates, which Django refuses (400).
+        data = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)
     except (ValueError, RecursionError):
         return None
     if type(data) is not dict:
@@ -355,9 +395,13 @@ class FrontRequest(HttpRequest):
         self.scope_scheme = scope.get("scheme", "http")
         self.path = self.path_info = scope["path"]
         self.method = "POST"
-        server = scope.get("server") or ("localhost", 80)
+        # As Django's ASGIRequest: without a server (a Unix socket) and a Host header,
+        # get_host() sees "unknown:0", which ALLOWED_HOSTS refuses.
+        server = scope.get("server") or ("unknown", "0")
         self.META = {"SERVER_NAME": server[0], "SERVER_PORT": str(server[1])}
         for name, value in scope["headers"]:
+            if b"_" in name:
+                continue  # as Django drops it: `x_forwarded_proto` must not pass for the dashed one
             key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
             text = value.decode("latin-1")
             self.META[key] = f"{self.META[key]},{text}" if key in self.META else text
@@ -391,7 +435,7 @@ async def send_response(response: HttpResponse, send: Send) -> None:
 
 
 async def read_body(receive: Receive, read: list[Message]) -> bytes | None:
-    """The request body, or None past the body limit or on a disconnect; every message
+    """The request body, or None past this path's body limit or on a disconnect; every message
     received is kept in `read`, to be replayed to Django."""
     chunks: list[bytes] = []
     size = 0
@@ -402,7 +446,7 @@ async def read_body(receive: Receive, read: list[Message]) -> bytes | None:
             return None
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > settings.ZYPHER_MAX_BODY_BYTES:
+        if size > DIRECT_MAX_BODY_BYTES:
             return None
         chunks.append(chunk)
         if not message.get("more_body", False):
@@ -422,7 +466,7 @@ def replay(read: list[Message], receive: Receive) -> Receive:
 
 
 class NotConnected(Exception):
-    """No connection could be opened: nothing was sent."""
+    """No connection could be opened, or none was free in time: nothing was sent."""
 
 
 class EventLoopConnections:
@@ -461,21 +505,36 @@ class EventLoopConnections:
         """The rows of `sql`; NotConnected when no connection could be had (nothing was
         sent), else the call's own error."""
         self._for_this_loop()
-        async with self.slots:
+        if self.slots.locked():  # a timer only when the call must wait
+            try:
+                async with asyncio.timeout(SLOT_WAIT_SECONDS):
+                    await self.slots.acquire()
+            except TimeoutError:
+                raise NotConnected("every connection is busy") from None
+        else:
+            await self.slots.acquire()
+        try:
             conn = await self._checked_out()
             try:
                 cursor = await conn.execute(sql, params)
                 rows = await cursor.fetchall()
-            except BaseException:
+            except BaseException as error:
                 # Refused by the database, the connection is clean (autocommit) and stays;
-                # lost, or cancelled inside the call, it is closed.
-                if conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                # lost, cancelled inside the call, or read-only (a standby's session after
+                # a failover stays one), it is closed.
+                if (
+                    conn.closed
+                    or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+                    or getattr(error, "sqlstate", None) == READ_ONLY_SQLSTATE
+                ):
                     await conn.close()
                 else:
                     self._give_back(conn)
                 raise
             self._give_back(conn)
             return rows
+        finally:
+            self.slots.release()
 
     async def _checked_out(self) -> psycopg.AsyncConnection[Any]:
         while self.idle:
@@ -484,7 +543,13 @@ class EventLoopConnections:
                 return conn
         try:
             return await psycopg.AsyncConnection.connect(
-                autocommit=True, **{**listener_conninfo(), "application_name": APPLICATION_NAME}
+                autocommit=True,
+                # As Django's connections: no server-side prepared statements unless
+                # OPTIONS ask for them (PgBouncer in transaction mode loses them).
+                prepare_threshold=connections.settings[DEFAULT_DB_ALIAS]
+                .get("OPTIONS", {})
+                .get("prepare_threshold"),
+                **{**listener_conninfo(), "application_name": APPLICATION_NAME},
             )
         except psycopg.OperationalError as error:
             raise NotConnected(str(error)) from error
@@ -498,9 +563,18 @@ async def _usable(conn: psycopg.AsyncConnection[Any]) -> bool:
     returned_at = getattr(conn, "_zypher_returned_at", 0.0)
     if not conn.closed and time.monotonic() - returned_at < RECENT_SECONDS and not has_input(conn):
         return True
-    try:
-        await conn.execute("")  # psycopg-pool's own check: an empty query
+    # psycopg-pool's own check, an empty query; bounded, as a backend that hangs (the
+    # socket open, nothing answering) would hold the submit and its slot forever.
+    check = asyncio.ensure_future(conn.execute(""))
+    done, _ = await asyncio.wait({check}, timeout=CHECK_SECONDS)
+    if done and check.exception() is None:
         return True
-    except psycopg.Error:
-        await conn.close()
-        return False
+    # Closed first, the cancelled check ends at once (psycopg would otherwise ask the
+    # server to cancel it and wait 5 s more).
+    await conn.close()
+    if not done:
+        check.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait({check}, timeout=1)
+            check.exception()  # retrieved: not logged as never retrieved
+    return False
