@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any, cast
 
 import psycopg
 import pytest
-from django.core.signals import request_started
 from django.db import connections
 from rest_framework.authtoken.models import Token
 
@@ -25,80 +24,10 @@ from jobs.api.middleware import RETRY_AFTER_SECONDS, UNAVAILABLE_MESSAGE, OneHop
 from jobs.models import FairShareAccount, Job, User
 from jobs.notifications import listener_conninfo
 from tests.support.api_helpers import JOBS_URL
+from tests.support.asgi import Answer, Headers, json_headers, send_request
 from zypher.asgi import application
 
 pytest_plugins = ["tests.support.api_fixtures"]
-
-Headers = tuple[tuple[bytes, bytes], ...]
-
-
-class Answer:
-    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        self.status = status
-        self.headers = [(name.lower(), value) for name, value in headers]
-        self.body = body
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-async def send_request(
-    app: Any,
-    body: bytes,
-    headers: Headers = (),
-    *,
-    path: str = JOBS_URL,
-    method: str = "POST",
-    scheme: str = "http",
-    root_path: str = "",
-    host: bytes = b"127.0.0.1",
-    chunks: int = 1,
-) -> Answer:
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": scheme,
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": root_path,
-        "query_string": b"",
-        "headers": [(b"host", host), *headers],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
-    size = -(-len(body) // chunks) if body else 0
-    pieces = [body[i : i + size] for i in range(0, len(body), size)] if size else [b""]
-    messages = [
-        {"type": "http.request", "body": piece, "more_body": index < len(pieces) - 1}
-        for index, piece in enumerate(pieces)
-    ]
-    started: dict[str, Any] = {}
-    out: list[bytes] = []
-
-    async def receive() -> Mapping[str, Any]:
-        if messages:
-            return messages.pop(0)
-        await asyncio.sleep(3600)
-        return {"type": "http.disconnect"}
-
-    async def send(message: Mapping[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            started.update(message)
-        else:
-            out.append(message.get("body", b""))
-
-    await app(scope, receive, send)
-    return Answer(started["status"], list(started["headers"]), b"".join(out))
-
-
-def json_headers(body: bytes, *extra: tuple[bytes, bytes]) -> Headers:
-    return (
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        *extra,
-    )
 
 
 @pytest.fixture(autouse=True)
@@ -113,19 +42,6 @@ def close_connections(app: DirectSubmit) -> None:
     app.connections.close_all()
     for executor in cast(OneHopASGIHandler, app.app)._idle_executors:
         executor.submit(connections.close_all).result()
-
-
-@pytest.fixture
-def django_answers() -> Iterator[list[object]]:
-    """The requests Django handled (its request_started signal)."""
-    seen: list[object] = []
-
-    def note(sender: object, **kwargs: object) -> None:
-        seen.append(sender)
-
-    request_started.connect(note)
-    yield seen
-    request_started.disconnect(note)
 
 
 def both_ways(

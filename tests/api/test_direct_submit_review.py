@@ -7,12 +7,11 @@ import asyncio
 import json
 import os
 import signal
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, cast
 
 import psycopg
 import pytest
-from django.core.signals import request_started
 from rest_framework.authtoken.models import Token
 
 from jobs.api.direct_submit import CONNECTIONS, DIRECT_MAX_BODY_BYTES, DirectSubmit
@@ -20,27 +19,14 @@ from jobs.api.middleware import OneHopASGIHandler
 from jobs.models import FairShareAccount, Job
 from jobs.notifications import listener_conninfo
 from tests.api.test_direct_submit import (  # noqa: F401 (fixtures)
-    Answer,
     both_ways,
     close_connections,
     close_direct_connections,
 )
+from tests.support.asgi import Answer, json_headers, send_request
 from zypher.asgi import application
 
 pytest_plugins = ["tests.support.api_fixtures"]
-
-
-@pytest.fixture
-def django_answers() -> Iterator[list[object]]:
-    """The requests Django handled (its request_started signal)."""
-    seen: list[object] = []
-
-    def note(sender: object, **kwargs: object) -> None:
-        seen.append(sender)
-
-    request_started.connect(note)
-    yield seen
-    request_started.disconnect(note)
 
 
 PLAIN = {"user_id": "alice", "input": "é"}
@@ -70,43 +56,9 @@ def test_a_body_that_is_not_utf_8_is_refused_as_django_refuses_it(body: bytes) -
 
 async def request_with(scope_changes: Mapping[str, Any], body: bytes, app: Any) -> Answer:
     """A submit whose scope differs from an ordinary one by `scope_changes`."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/api/jobs/",
-        "raw_path": b"/api/jobs/",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [
-            (b"host", b"localhost"),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-        **scope_changes,
-    }
-    messages = [{"type": "http.request", "body": body, "more_body": False}]
-    started: dict[str, Any] = {}
-    out: list[bytes] = []
-
-    async def receive() -> Mapping[str, Any]:
-        if messages:
-            return messages.pop(0)
-        await asyncio.sleep(3600)
-        return {"type": "http.disconnect"}
-
-    async def send(message: Mapping[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            started.update(message)
-        else:
-            out.append(message.get("body", b""))
-
-    await app(scope, receive, send)
-    return Answer(started["status"], list(started["headers"]), b"".join(out))
+    return await send_request(
+        app, body, json_headers(body), host=b"localhost", scope_changes=scope_changes
+    )
 
 
 def scope_both_ways(changes: Mapping[str, Any], body: bytes = RAW) -> tuple[Answer, Answer]:

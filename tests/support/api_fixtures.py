@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from django.core.signals import request_started
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -72,3 +73,16 @@ def make_user(db: None) -> Callable[..., User]:
         return user
 
     return make
+
+
+@pytest.fixture
+def django_answers() -> Iterator[list[object]]:
+    """The requests Django handled (its request_started signal)."""
+    seen: list[object] = []
+
+    def note(sender: object, **kwargs: object) -> None:
+        seen.append(sender)
+
+    request_started.connect(note)
+    yield seen
+    request_started.disconnect(note)
