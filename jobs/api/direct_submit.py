@@ -47,6 +47,7 @@ from django.urls import get_resolver, set_script_prefix
 from django.utils import timezone
 from django.utils.cache import patch_vary_headers
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
+from rest_framework.authtoken.models import Token
 from rest_framework.renderers import JSONRenderer
 from rest_framework.settings import api_settings
 
@@ -124,7 +125,7 @@ _TO_DJANGO = frozenset({b"cookie", b"idempotency-key"})
 _USER_ID = re.compile(USER_ID_PATTERN)
 
 _TOKEN_OWNER = (
-    "SELECT u.id, u.username, u.is_active FROM authtoken_token t "
+    f"SELECT u.id, u.username, u.is_active FROM {Token._meta.db_table} t "
     f"JOIN {User._meta.db_table} u ON u.id = t.user_id WHERE t.key = %s"
 )
 
