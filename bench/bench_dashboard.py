@@ -7,7 +7,8 @@ generate_series (no Python loop): a month of history, a busy last hour on 16 dev
 (about 1,900 jobs per device), a backlog of 100,000 queued jobs over 1,000 users, and a
 job running on every device; then VACUUM ANALYZE, as autovacuum would. Each dashboard
 function of `jobs.monitoring.stats` is timed next to a `SELECT 1` round trip measured in the same
-run, then the whole dashboard (figures, charts and template), the JSON API's figures and
+run, then the whole dashboard (figures, charts and template) and each of its two parts
+(the live part every refresh, the hour's on its slower clock), the JSON API's figures and
 a Prometheus scrape (the first one of a process counts the history once). Prints a table
 and writes bench/results/dashboard.json.
 
@@ -37,6 +38,7 @@ from bench.common import log, percentile, print_table, reset_tables, setup_djang
 
 setup_django()
 
+from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 from django.template.loader import render_to_string  # noqa: E402
@@ -54,6 +56,11 @@ QUEUED = 100_000
 CEILING = "received per user: plain SUM (fairness's ceiling)"
 FLUID = "shares: fluid fair schedule, lag"
 BASELINE = "shares: the --baseline checkout's"
+LIVE = "dashboard_stats part=live: the queue (/api/stats/?part=live)"
+HOUR = "dashboard_stats part=hour: the last hour (/api/stats/?part=hour)"
+PANELS = "dashboard panels: figures + SVG + template"
+LIVE_PANELS = "dashboard panels, live part (each refresh)"
+HOUR_PANELS = "dashboard panels, hour part (its own, slower refresh)"
 
 
 def fill(total: int, now: datetime) -> dict[str, int]:
@@ -339,9 +346,19 @@ def main() -> int:
         (FLUID, lambda: stats.shares(now)),
         ("idle_gaps: LAG histogram", lambda: stats.idle_gaps(now)),
         ("dashboard_stats: all of the above (/api/stats/)", lambda: stats.dashboard_stats(now)),
+        (LIVE, lambda: stats.dashboard_stats(now, "live")),
+        (HOUR, lambda: stats.dashboard_stats(now, "hour")),
         (
-            "dashboard panels: figures + SVG + template",
+            PANELS,
             lambda: render_to_string("admin/zypher/dashboard_panels.html", panels_context()),
+        ),
+        (
+            LIVE_PANELS,
+            lambda: render_to_string("admin/zypher/dashboard_live.html", panels_context("live")),
+        ),
+        (
+            HOUR_PANELS,
+            lambda: render_to_string("admin/zypher/dashboard_hour.html", panels_context("hour")),
         ),
     ]
     baseline = baseline_stats(options.baseline) if options.baseline else None
@@ -407,6 +424,26 @@ def main() -> int:
     ceiling = results[CEILING]["median_ms"]
     fluid = results[FLUID]["median_ms"]
     print(f"fairness / plain per-user SUM (same run): {fluid / ceiling:,.1f}x (target <= 2x)")
+    if PANELS in results:
+        # An open page, per minute: both parts at every refresh before they had their own
+        # clocks; now the live part at every refresh and the hour's on its slower clock.
+        refreshes = 60 / settings.ZYPHER_DASHBOARD_REFRESH_SECONDS
+        hour_refreshes = 60 / settings.ZYPHER_DASHBOARD_HOUR_REFRESH_SECONDS
+        whole = refreshes * results[PANELS]["median_ms"]
+        split = (
+            refreshes * results[LIVE_PANELS]["median_ms"]
+            + hour_refreshes * results[HOUR_PANELS]["median_ms"]
+        )
+        print(
+            f"an open dashboard, per minute (refresh every "
+            f"{settings.ZYPHER_DASHBOARD_REFRESH_SECONDS:g} s, the hour every "
+            f"{settings.ZYPHER_DASHBOARD_HOUR_REFRESH_SECONDS:g} s): {split:,.0f} ms of work, "
+            f"against {whole:,.0f} ms refreshing everything each time ({whole / split:.1f}x less)"
+        )
+        print(
+            f"a refresh (live part) / all figures: "
+            f"{results[LIVE_PANELS]['median_ms'] / results[PANELS]['median_ms']:.2f}"
+        )
     if BASELINE in results:
         old = results[BASELINE]["median_ms"]
         print(f"baseline fairness / plain per-user SUM (same run): {old / ceiling:,.1f}x")

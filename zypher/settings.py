@@ -304,6 +304,11 @@ ZYPHER_CALLBACK_BACKOFF_SECONDS = float(os.environ.get("ZYPHER_CALLBACK_BACKOFF_
 # --- dashboard ---
 # How often the dashboard re-renders its panels in the open page (seconds).
 ZYPHER_DASHBOARD_REFRESH_SECONDS = float(os.environ.get("ZYPHER_DASHBOARD_REFRESH_SECONDS", "3"))
+# ... and its last hour's figures (throughput, service time, fairness, idle gaps), which
+# cost most of a refresh and change little in a few seconds.
+ZYPHER_DASHBOARD_HOUR_REFRESH_SECONDS = float(
+    os.environ.get("ZYPHER_DASHBOARD_HOUR_REFRESH_SECONDS", "30")
+)
 # Slack of the dashboard's fairness flag: a pair of users whose normalised service drew apart
 # beyond devices x (C_max/w_u + C_max/w_v) plus this many seconds (jobs.monitoring.stats).
 ZYPHER_DASHBOARD_LAG_SLACK_SECONDS = float(

@@ -1,10 +1,12 @@
 """The operators' dashboard pages of the admin (routes in `jobs.monitoring.admin_site`).
 
-The page is rendered once in full; its panels are then re-rendered by the server every
-`ZYPHER_DASHBOARD_REFRESH_SECONDS` and swapped in by a few lines of script, so the page
-never reloads and the charts stay server-side SVG (`jobs.monitoring.charts`). "Remove from queue"
-(a button per user here, an action on the users' list) goes through one confirmation
-page, which calls `jobs.queue.remove_user_from_queue`.
+The page is rendered once in full; its panels are then re-rendered by the server and swapped
+in by a few lines of script, in two parts on two clocks: the queue as it stands every
+`ZYPHER_DASHBOARD_REFRESH_SECONDS`, the last hour's figures (most of the cost: the fluid
+fair schedule's sweep) every `ZYPHER_DASHBOARD_HOUR_REFRESH_SECONDS`. The page never
+reloads and the charts stay server-side SVG (`jobs.monitoring.charts`). "Remove from
+queue" (a button per user here, an action on the users' list) goes through one
+confirmation page, which calls `jobs.queue.remove_user_from_queue`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import Sum
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -42,29 +44,37 @@ def human_seconds(seconds: float | None) -> str:
     return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
 
 
-def panels_context() -> dict[str, Any]:
-    """The figures, their charts (trusted SVG: every label is escaped in `jobs.monitoring.charts`)
-    and their ages in words."""
-    figures = stats.dashboard_stats()
-    for row in figures["queued_by_user"] + figures["shares"]:
-        row["oldest_queued_age"] = human_seconds(row["oldest_queued_age_seconds"])
-    for job in figures["running"]:
-        job["running_for"] = human_seconds(job["running_seconds"])
-    fairness = figures["fairness"]
-    idle_gap = fairness["idle_gap"]
-    # The users furthest from their entitlement either way, most owed first.
-    shown = sorted(figures["shares"], key=lambda row: -abs(row["lag_seconds"]))[:SHARES_SHOWN]
-    shown.sort(key=lambda row: (row["pool"], -row["lag_seconds"], row["user"]))
-    return {
-        "stats": figures,
-        "shares_shown": shown,
-        "shares_hidden": len(figures["shares"]) - len(shown),
-        "lag_slack_seconds": f"{settings.ZYPHER_DASHBOARD_LAG_SLACK_SECONDS:g}",
-        "oldest_queued_age": human_seconds(fairness["oldest_queued_age_seconds"]),
-        "throughput_chart": mark_safe(charts.throughput_chart(figures["throughput"]["last_hour"])),
-        "share_chart": mark_safe(charts.share_chart(shown, limit=SHARES_SHOWN)),
-        "idle_gap_chart": mark_safe(charts.histogram_chart(idle_gap["edges"], idle_gap["counts"])),
-    }
+def panels_context(part: str | None = None) -> dict[str, Any]:
+    """The figures of one part (`stats.STATS_PARTS`; both when None), their charts (trusted
+    SVG: every label is escaped in `jobs.monitoring.charts`) and their ages in words."""
+    figures = stats.dashboard_stats(part=part)
+    context: dict[str, Any] = {"stats": figures}
+    if part != "hour":
+        for row in figures["queued_by_user"]:
+            row["oldest_queued_age"] = human_seconds(row["oldest_queued_age_seconds"])
+        for job in figures["running"]:
+            job["running_for"] = human_seconds(job["running_seconds"])
+        context["oldest_queued_age"] = human_seconds(figures["oldest_queued_age_seconds"])
+    if part != "live":
+        for row in figures["shares"]:
+            row["oldest_queued_age"] = human_seconds(row["oldest_queued_age_seconds"])
+        idle_gap = figures["fairness"]["idle_gap"]
+        # The users furthest from their entitlement either way, most owed first.
+        shown = sorted(figures["shares"], key=lambda row: -abs(row["lag_seconds"]))[:SHARES_SHOWN]
+        shown.sort(key=lambda row: (row["pool"], -row["lag_seconds"], row["user"]))
+        context |= {
+            "shares_shown": shown,
+            "shares_hidden": len(figures["shares"]) - len(shown),
+            "lag_slack_seconds": f"{settings.ZYPHER_DASHBOARD_LAG_SLACK_SECONDS:g}",
+            "throughput_chart": mark_safe(
+                charts.throughput_chart(figures["throughput"]["last_hour"])
+            ),
+            "share_chart": mark_safe(charts.share_chart(shown, limit=SHARES_SHOWN)),
+            "idle_gap_chart": mark_safe(
+                charts.histogram_chart(idle_gap["edges"], idle_gap["counts"])
+            ),
+        }
+    return context
 
 
 def dashboard_page(site: admin.AdminSite) -> Callable[[HttpRequest], HttpResponse]:
@@ -74,6 +84,8 @@ def dashboard_page(site: admin.AdminSite) -> Callable[[HttpRequest], HttpRespons
             "title": "Operators' dashboard",
             "refresh_seconds": f"{settings.ZYPHER_DASHBOARD_REFRESH_SECONDS:g}",
             "refresh_ms": int(settings.ZYPHER_DASHBOARD_REFRESH_SECONDS * 1000),
+            "hour_refresh_seconds": f"{settings.ZYPHER_DASHBOARD_HOUR_REFRESH_SECONDS:g}",
+            "hour_refresh_ms": int(settings.ZYPHER_DASHBOARD_HOUR_REFRESH_SECONDS * 1000),
             **panels_context(),
         }
         return TemplateResponse(request, "admin/zypher/dashboard.html", context)
@@ -81,9 +93,22 @@ def dashboard_page(site: admin.AdminSite) -> Callable[[HttpRequest], HttpRespons
     return dashboard
 
 
+PART_TEMPLATES = {
+    None: "admin/zypher/dashboard_panels.html",
+    "live": "admin/zypher/dashboard_live.html",
+    "hour": "admin/zypher/dashboard_hour.html",
+}
+
+
 def dashboard_panels(request: HttpRequest) -> HttpResponse:
-    """The dashboard's panels alone: what the page fetches every few seconds."""
-    return TemplateResponse(request, "admin/zypher/dashboard_panels.html", panels_context())
+    """The dashboard's panels alone, what the page fetches to refresh itself: `?part=live`
+    (the queue) or `?part=hour` (the last hour's figures), both without."""
+    part = request.GET.get("part")
+    if part not in PART_TEMPLATES:
+        return HttpResponseBadRequest(
+            f"Unknown part; valid: {', '.join(stats.STATS_PARTS)}.", content_type="text/plain"
+        )
+    return TemplateResponse(request, PART_TEMPLATES[part], panels_context(part))
 
 
 class RemoveFromQueueForm(forms.Form):

@@ -1765,31 +1765,64 @@ def waiting_for_a_device() -> list[WaitingForDevice]:
 # --- everything --------------------------------------------------------------------------------
 
 
-def dashboard_stats(now: datetime | None = None) -> dict[str, Any]:
-    """All the dashboard's figures, JSON-ready (what `GET /api/stats/` answers)."""
+# The page refreshes the two parts on their own clocks: "live" is the queue as it stands,
+# a few index probes and counter sums, cheap at every refresh; "hour" is the last hour's
+# history (throughput, service time, fairness, idle gaps), most of the cost, and changes
+# little between two refreshes a few seconds apart.
+STATS_PARTS = ("live", "hour")
+
+
+def live_stats(now: datetime | None = None) -> dict[str, Any]:
+    """The queue as it stands: depth, who waits, who holds each device, repairs."""
     now = now or timezone.now()
-    pools = pool_fairness(now)
     return {
         "generated_at": now.isoformat(),
         "queue_depth": queue_depth(),
         "queued_by_user": queued_by_user(now=now),
+        "oldest_queued_age_seconds": oldest_queued_age(now),
         "running": running_jobs(now),
         "devices": device_states(),
         "waiting_for_a_device": waiting_for_a_device(),
-        "throughput": throughput(now),
-        "service_time": service_time(now),
-        "shares": [row for pool in pools for row in pool["shares"]],
-        "fairness": fairness(pools, now),
         "queue_repairs": queue_repairs(now),
     }
 
 
+def hour_stats(now: datetime | None = None) -> dict[str, Any]:
+    """The last hour: throughput, service time, each user's share against the fluid fair
+    schedule, idle gaps."""
+    now = now or timezone.now()
+    pools = pool_fairness(now)
+    return {
+        "generated_at": now.isoformat(),
+        "throughput": throughput(now),
+        "service_time": service_time(now),
+        "shares": [row for pool in pools for row in pool["shares"]],
+        "fairness": fairness(pools, now),
+    }
+
+
+def dashboard_stats(now: datetime | None = None, part: str | None = None) -> dict[str, Any]:
+    """The dashboard's figures, JSON-ready (what `GET /api/stats/` answers): one part of
+    `STATS_PARTS`, or both when `part` is None."""
+    now = now or timezone.now()
+    if part == "live":
+        return live_stats(now)
+    if part == "hour":
+        return hour_stats(now)
+    if part is not None:
+        raise ValueError(f"unknown part {part!r}")
+    return {**live_stats(now), **hour_stats(now)}
+
+
 __all__ = [
+    "STATS_PARTS",
     "dashboard_stats",
     "device_states",
     "fairness",
+    "hour_stats",
     "idle_gaps",
     "jain_index",
+    "live_stats",
     "oldest_queued_age",
     "pool_fairness",
     "queue_depth",

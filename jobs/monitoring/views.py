@@ -7,7 +7,7 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import exceptions, serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -27,9 +27,28 @@ class StatsView(APIView):
 
     permission_classes = [ReadsDashboard]
 
-    @extend_schema(responses={200: dict})
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "part",
+                str,
+                enum=list(stats.STATS_PARTS),
+                description=(
+                    "Only one part: `live` (the queue, who waits, who holds each device: "
+                    "cheap) or `hour` (throughput, service time, fairness, idle gaps over "
+                    "the last hour: most of the cost). Both when absent."
+                ),
+            )
+        ],
+        responses={200: dict},
+    )
     def get(self, request: Request) -> Response:
-        return Response(stats.dashboard_stats())
+        part = request.query_params.get("part")
+        if part is not None and part not in stats.STATS_PARTS:
+            raise exceptions.ValidationError(
+                {"part": [f"Unknown part {part!r}; valid: {', '.join(stats.STATS_PARTS)}."]}
+            )
+        return Response(stats.dashboard_stats(part=part))
 
 
 class RemoveFromQueueSerializer(serializers.Serializer):

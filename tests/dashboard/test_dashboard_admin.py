@@ -146,3 +146,22 @@ def test_the_cancel_action_cancels_only_queued_jobs(known_queue, staff_client) -
     assert known_queue.bob_queued.status == JobStatus.CANCELLED
     assert known_queue.bob_queued.cancelled_by == "operator"
     assert known_queue.running_job.status == JobStatus.RUNNING
+
+
+def test_each_part_of_the_panels_is_served_alone(known_queue, staff_client) -> None:
+    url = reverse("admin:dashboard-panels")
+    live = staff_client.get(url, {"part": "live"}).content.decode()
+    hour = staff_client.get(url, {"part": "hour"}).content.decode()
+    assert text_of(live, "queue-total") == "4" and text_of(live, "oldest-queued").endswith("s")
+    assert 'id="jain-index"' not in live and 'id="fairness-panel"' not in live
+    assert 0.6 < float(text_of(hour, "jain-index")) < 0.9
+    assert 'id="queue-total"' not in hour and 'id="fairness-panel"' in hour
+    assert hour.count('<svg class="chart"') == 3
+    page = staff_client.get(reverse("admin:dashboard")).content.decode()
+    assert f'data-url="{url}?part=live"' in page and f'data-url="{url}?part=hour"' in page
+
+
+def test_an_unknown_part_of_the_panels_is_a_400(known_queue, staff_client) -> None:
+    response = staff_client.get(reverse("admin:dashboard-panels"), {"part": "history"})
+    assert response.status_code == 400
+    assert response.content.decode() == "Unknown part; valid: live, hour."

@@ -32,8 +32,13 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def dashboard_gateway(subprocess_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
-    """gunicorn on the test database, its dashboard refreshing every second."""
-    env = {**subprocess_env, "ZYPHER_DASHBOARD_REFRESH_SECONDS": "1"}
+    """gunicorn on the test database, its dashboard refreshing the queue every second and
+    the last hour's figures every three."""
+    env = {
+        **subprocess_env,
+        "ZYPHER_DASHBOARD_REFRESH_SECONDS": "1",
+        "ZYPHER_DASHBOARD_HOUR_REFRESH_SECONDS": "3",
+    }
     process: ServiceProcess
     process, url = start_gateway(env, tmp_path)
     yield url
@@ -61,6 +66,15 @@ def test_operator_watches_the_queue_and_removes_a_user(
         before = int(page.text_content("#queue-total") or "")
         assert before == 85
         page.evaluate("window.sameDocument = true")
+        refreshes = {"live": 0, "hour": 0}
+
+        def count_refresh(request: Any) -> None:
+            for part in refreshes:
+                if request.url.endswith(f"/dashboard/panels/?part={part}"):
+                    refreshes[part] += 1
+
+        page.on("request", count_refresh)
+        hour_stamp = page.text_content("#dashboard-hour-updated")
 
         submitted = requests.post(
             url + "/api/jobs/",
@@ -74,6 +88,14 @@ def test_operator_watches_the_queue_and_removes_a_user(
         )
         assert page.evaluate("window.sameDocument === true"), "the page was reloaded"
         assert page.locator('tr[data-user="zoe"] td.queued').text_content() == "3"
+        # The last hour's figures come on their own, slower clock.
+        page.wait_for_function(
+            f"document.getElementById('dashboard-hour-updated').textContent !== '{hour_stamp}'",
+            timeout=15_000,
+        )
+        assert page.locator("#dashboard-hour #jain-index").count() == 1
+        assert 1 <= refreshes["hour"] < refreshes["live"], refreshes
+        assert "stale" not in (page.get_attribute("#dashboard-status", "class") or "")
 
         shot = tmp_path / "dashboard.png"
         page.screenshot(path=str(shot), full_page=True)

@@ -62,3 +62,43 @@ def test_without_credentials_the_figures_are_not_shown(known_queue) -> None:
     response = APIClient().get(STATS_URL)
     assert response.status_code in (401, 403)
     assert "queue_depth" not in response.json()
+
+
+LIVE_KEYS = {
+    "generated_at",
+    "queue_depth",
+    "queued_by_user",
+    "oldest_queued_age_seconds",
+    "running",
+    "devices",
+    "waiting_for_a_device",
+    "queue_repairs",
+}
+HOUR_KEYS = {"generated_at", "throughput", "service_time", "shares", "fairness"}
+
+
+def test_each_part_answers_its_own_figures_alone(known_queue) -> None:
+    client = client_with_token(known_queue.staff)
+    whole = client.get(STATS_URL).json()
+    live = client.get(STATS_URL, {"part": "live"}).json()
+    hour = client.get(STATS_URL, {"part": "hour"}).json()
+    assert set(live) == LIVE_KEYS and set(hour) == HOUR_KEYS
+    assert set(whole) == LIVE_KEYS | HOUR_KEYS
+    # The parts are the whole's own figures (those that do not move with the clock).
+    for key in ("queue_depth", "devices", "queue_repairs", "waiting_for_a_device"):
+        assert live[key] == whole[key]
+    assert [(r["user"], r["queued"]) for r in live["queued_by_user"]] == [("carol", 3), ("bob", 1)]
+    assert hour["service_time"] == whole["service_time"]
+    received = {(r["pool"], r["user"]): r["received_seconds"] for r in hour["shares"]}
+    # alice's job is running: her device time grows between the two calls.
+    assert received == pytest.approx(
+        {(r["pool"], r["user"]): r["received_seconds"] for r in whole["shares"]}, abs=5.0
+    )
+    assert received["cpu", "bob"] == pytest.approx(80.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("part", ["", "LIVE", "all", "live,hour"])
+def test_an_unknown_part_is_a_400_that_names_the_parts(known_queue, part: str) -> None:
+    response = client_with_token(known_queue.staff).get(STATS_URL, {"part": part})
+    assert response.status_code == 400
+    assert response.json() == {"part": [f"Unknown part {part!r}; valid: live, hour."]}
