@@ -233,8 +233,8 @@ def submit_jobs(
     try:
         with transaction.atomic():
             user, active = _owner_row(owner)
-            if idempotency_key is not None and (existing := _jobs_for_keys(user, keys)):
-                return _whole(existing, idempotency_key, keys), False
+            if idempotency_key is not None and _key_used(user, idempotency_key, keys):
+                return _repeated(user, idempotency_key, keys), False
             if not active:
                 raise OwnerDeactivated(user.username)
             check_admission(user, len(specs))
@@ -255,8 +255,10 @@ def submit_jobs(
                 Job.objects.bulk_create(pool_jobs)
     except IntegrityError:
         # A concurrent retry with the same key won the race: answer with its jobs.
-        if idempotency_key is not None and (existing := _jobs_for_keys(_owner_row(owner)[0], keys)):
-            return _whole(existing, idempotency_key, keys), False
+        if idempotency_key is not None:
+            user = _owner_row(owner)[0]
+            if _key_used(user, idempotency_key, keys):
+                return _repeated(user, idempotency_key, keys), False
         raise
     return jobs, True
 
@@ -381,7 +383,7 @@ def submit_answer(
     assert isinstance(user, User)
     if outcome == "repeated":
         assert idempotency_key is not None
-        return _whole(_jobs_for_keys(user, keys), idempotency_key, keys), False
+        return _repeated(user, idempotency_key, keys), False
     ids = {public_id: job_id for _, _, _, public_id, job_id in rows}
     for job in jobs:
         if not by_id:
@@ -404,21 +406,36 @@ _SUBMIT_CASTS = {
 }
 
 
-def _whole(found: list[Job], key: str, keys: list[str | None]) -> list[Job]:
-    """`found`, the jobs a repeated key answers with, when there is one for each job sent."""
-    if len(found) != len(keys):
-        raise IdempotencyKeyMismatch(key, len(found), len(keys))
-    return found
+def other_request_keys(key: str, count: int) -> list[str]:
+    """Keys a request of another size under `key` stored and one of `count` jobs does not:
+    a single job stores `key` itself, a batch `key#0`, `key#1`, ... So a single job looks
+    for a batch's `key#0`, a batch for a single job's `key` and for `key#<count>`, the next
+    job of a longer batch (a shorter one is missing some of this request's own keys).
+    zypher_submit (jobs/sql/submit.sql) looks for the same keys."""
+    return [f"{key}#0"] if count == 1 else [key, f"{key}#{count}"]
 
 
-def _jobs_for_keys(owner: User, keys: list[str | None]) -> list[Job]:
+def _key_used(owner: User, key: str, keys: list[str | None]) -> bool:
+    """Whether `key` was used before by `owner`, for this request or another one."""
+    probed = [*keys, *other_request_keys(key, len(keys))]
+    return Job.objects.filter(owner=owner, idempotency_key__in=probed).exists()
+
+
+def _repeated(owner: User, key: str, keys: list[str | None]) -> list[Job]:
+    """The jobs a repeated `key` answers with: one for each job sent, and no job of a request
+    of another size under the same key (IdempotencyKeyMismatch: answering with those would
+    hand back another request as this one)."""
+    probed = [*keys, *other_request_keys(key, len(keys))]
     found = {
         job.idempotency_key: job
-        for job in Job.objects.filter(owner=owner, idempotency_key__in=keys).select_related(
+        for job in Job.objects.filter(owner=owner, idempotency_key__in=probed).select_related(
             "owner", "program"
         )
     }
-    return [found[key] for key in keys if key in found]
+    jobs = [found[sent] for sent in keys if sent in found]
+    if len(jobs) != len(keys) or len(found) != len(jobs):
+        raise IdempotencyKeyMismatch(key, len(jobs), len(keys))
+    return jobs
 
 
 def claim_next(

@@ -56,9 +56,15 @@ BEGIN
     END IF;
     -- Keys are all set or all NULL. Checked before the cap and before the user's state:
     -- an accepted submit's retry answers with its jobs, at the cap or deactivated since.
+    -- Also the keys only a request of another size under the same key stored (a single
+    -- job keeps its key, a batch k#0, k#1, ...: jobs.queue.other_request_keys): the
+    -- caller refuses those, rather than this call queueing the request a second time.
     IF p_keys[1] IS NOT NULL AND EXISTS (
         SELECT 1 FROM jobs_job j
-        WHERE j.owner_id = v_owner_id AND j.idempotency_key = ANY (p_keys)) THEN
+        WHERE j.owner_id = v_owner_id AND j.idempotency_key = ANY (
+            p_keys || CASE WHEN v_count = 1 THEN ARRAY[p_keys[1] || '#0']
+                           ELSE ARRAY[left(p_keys[1], -2),
+                                      left(p_keys[1], -2) || '#' || v_count] END)) THEN
         RETURN QUERY SELECT 'repeated'::text, v_owner_id, NULL::bigint, NULL::uuid, NULL::bigint;
         RETURN;
     END IF;

@@ -45,6 +45,27 @@ def test_a_key_is_not_answered_with_one_job_another_request_created() -> None:
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize(("first", "second"), [(1, 2), (2, 1), (3, 2), (3, 1), (2, 3)])
+def test_a_key_is_not_answered_with_the_jobs_of_a_request_of_another_size(
+    first: int, second: int
+) -> None:
+    """A single job stores its key as sent, a batch `k#0`, `k#1`, ...: a request of
+    another size under the same key must not find nothing and queue anew, nor be answered
+    with the first jobs of a longer batch."""
+    created, _ = submit_jobs(NamedUser("kai"), [JobSpec("noop", 1)] * first, idempotency_key="k")
+
+    with pytest.raises(IdempotencyKeyMismatch) as refused:
+        submit_jobs(NamedUser("kai"), [JobSpec("noop", 2)] * second, idempotency_key="k")
+
+    assert "'k'" in str(refused.value)
+    assert Job.objects.count() == first
+    assert FairShareAccount.objects.get().queued_count == first
+    again, new = submit_jobs(NamedUser("kai"), [JobSpec("noop", 3)] * first, idempotency_key="k")
+    assert (again, new) == (created, False)
+    assert find_violations() == []
+
+
+@pytest.mark.django_db
 @pytest.mark.usefixtures("open_mode")
 def test_a_key_reused_for_a_bigger_batch_answers_422_naming_it(api_client: APIClient) -> None:
     headers = {"Idempotency-Key": "batch"}
@@ -56,6 +77,20 @@ def test_a_key_reused_for_a_bigger_batch_answers_422_naming_it(api_client: APICl
     assert again.status_code == 422, again.content
     assert "Idempotency-Key" in again.json()["error"] and "'batch'" in again.json()["error"]
     assert Job.objects.count() == 2
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("open_mode")
+def test_a_key_of_one_job_reused_for_a_batch_answers_422(api_client: APIClient) -> None:
+    headers = {"Idempotency-Key": "once"}
+    first = submit(api_client, {"user_id": "lia", "input": 1}, **headers)
+    assert first.status_code == 201, first.content
+
+    again = submit(api_client, [{"user_id": "lia", "input": i} for i in range(2)], **headers)
+
+    assert again.status_code == 422, again.content
+    assert "'once'" in again.json()["error"]
+    assert Job.objects.count() == 1
 
 
 @pytest.mark.postgres
