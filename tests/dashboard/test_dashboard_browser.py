@@ -138,6 +138,8 @@ def test_the_status_goes_stale_while_a_part_fails_and_recovers(
     build_busy_hour(timezone.now())
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
     stale = "document.getElementById('dashboard-status').classList.contains('stale')"
     try:
         page.goto(url + "/admin/login/?next=/admin/dashboard/")
@@ -167,5 +169,6 @@ def test_the_status_goes_stale_while_a_part_fails_and_recovers(
         context.add_cookies(cookies)
         page.wait_for_function(f"!({stale})", timeout=15_000)
         assert page.locator("#dashboard-panels #queue-total").count() == 1
+        assert errors == []
     finally:
         context.close()
