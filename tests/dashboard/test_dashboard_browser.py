@@ -124,3 +124,51 @@ def test_operator_watches_the_queue_and_removes_a_user(
     refused = requests.post(url + "/api/jobs/", json={"user_id": "zoe", "input": 9}, timeout=30)
     assert refused.status_code == 403
     assert refused.json() == {"error": "User 'zoe' is deactivated and cannot submit jobs."}
+
+
+def test_the_status_goes_stale_while_a_part_fails_and_recovers(
+    browser: Any, dashboard_gateway: str
+) -> None:
+    """One part answering 500 marks the status stale while the other keeps refreshing; a
+    session that has expired (the panels redirect to the login page) is stale too, and
+    neither part is replaced by the login form; both recover once the failure ends."""
+    from tests.support.dashboard_fixtures import build_busy_hour
+
+    url = dashboard_gateway
+    build_busy_hour(timezone.now())
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    stale = "document.getElementById('dashboard-status').classList.contains('stale')"
+    try:
+        page.goto(url + "/admin/login/?next=/admin/dashboard/")
+        page.fill("#id_username", "operator")
+        page.fill("#id_password", "operator-password")
+        page.click("input[type=submit]")
+        page.wait_for_selector("#queue-total")
+
+        page.route("**/dashboard/panels/?part=hour", lambda route: route.fulfill(status=500))
+        page.wait_for_function(stale, timeout=15_000)
+        live_stamp = page.text_content("#dashboard-updated")
+        page.wait_for_function(
+            f"document.getElementById('dashboard-updated').textContent !== '{live_stamp}'",
+            timeout=15_000,
+        )
+        assert page.evaluate(stale), "the hour part still fails: the status stays stale"
+        page.unroute("**/dashboard/panels/?part=hour")
+        page.wait_for_function(f"!({stale})", timeout=15_000)
+
+        cookies = context.cookies()
+        context.clear_cookies()
+        page.wait_for_function(stale, timeout=15_000)
+        page.wait_for_timeout(3_500)  # both parts have been fetched while logged out
+        assert page.locator("#dashboard-panels #queue-total").count() == 1
+        assert page.locator("#dashboard-hour #jain-index").count() == 1
+        assert page.locator("#dashboard-panels form, #dashboard-hour form").count() == 0
+        context.add_cookies(cookies)
+        page.wait_for_function(f"!({stale})", timeout=15_000)
+        assert page.locator("#dashboard-panels #queue-total").count() == 1
+        assert errors == []
+    finally:
+        context.close()
