@@ -409,23 +409,31 @@ _SUBMIT_CASTS = {
 def other_request_keys(key: str, count: int) -> list[str]:
     """Keys a request of another size under `key` stored and one of `count` jobs does not:
     a single job stores `key` itself, a batch `key#0`, `key#1`, ... So a single job looks
-    for a batch's `key#0`, a batch for a single job's `key` and for `key#<count>`, the next
-    job of a longer batch (a shorter one is missing some of this request's own keys).
-    zypher_submit (jobs/sql/submit.sql) looks for the same keys."""
-    return [f"{key}#0"] if count == 1 else [key, f"{key}#{count}"]
+    for a batch's `key#0` and `key#1` (both: every batch has both, and a single job keyed
+    `key#0` is a request of its own), a batch for a single job's `key` and for
+    `key#<count>`, the next job of a longer batch (a shorter one is missing some of this
+    request's own keys). zypher_submit (jobs/sql/submit.sql) looks for the same keys."""
+    return [f"{key}#0", f"{key}#1"] if count == 1 else [key, f"{key}#{count}"]
 
 
 def _key_used(owner: User, key: str, keys: list[str | None]) -> bool:
     """Whether `key` was used before by `owner`, for this request or another one."""
-    probed = [*keys, *other_request_keys(key, len(keys))]
-    return Job.objects.filter(owner=owner, idempotency_key__in=probed).exists()
+    owned = Job.objects.filter(owner=owner)
+    other = other_request_keys(key, len(keys))
+    if len(keys) == 1:
+        if owned.filter(idempotency_key__in=keys).exists():
+            return True
+        return owned.filter(idempotency_key__in=other).count() == len(other)
+    return owned.filter(idempotency_key__in=[*keys, *other]).exists()
 
 
 def _repeated(owner: User, key: str, keys: list[str | None]) -> list[Job]:
-    """The jobs a repeated `key` answers with: one for each job sent, and no job of a request
-    of another size under the same key (IdempotencyKeyMismatch: answering with those would
-    hand back another request as this one)."""
-    probed = [*keys, *other_request_keys(key, len(keys))]
+    """The jobs a repeated `key` answers with: one for each job sent, and for a batch no
+    job of a request of another size under the same key (IdempotencyKeyMismatch: answering
+    with those would hand back another request as this one). A single job's own key found
+    is its request: a batch under `key` was refused while it existed, and a single job
+    keyed `key#0` is another key."""
+    probed = [*keys, *(other_request_keys(key, len(keys)) if len(keys) > 1 else [])]
     found = {
         job.idempotency_key: job
         for job in Job.objects.filter(owner=owner, idempotency_key__in=probed).select_related(

@@ -73,12 +73,18 @@ BEGIN
     -- Also the keys only a request of another size under the same key stored (a single
     -- job keeps its key, a batch k#0, k#1, ...: jobs.queue.other_request_keys): the
     -- caller refuses those, rather than this call queueing the request a second time.
-    IF p_keys[1] IS NOT NULL AND EXISTS (
+    -- A single job counts a batch's k#0 only with its k#1: a single job keyed k#0 is
+    -- a request of its own.
+    IF p_keys[1] IS NOT NULL AND (EXISTS (
         SELECT 1 FROM jobs_job j
         WHERE j.owner_id = v_owner_id AND j.idempotency_key = ANY (
-            p_keys || CASE WHEN v_count = 1 THEN ARRAY[p_keys[1] || '#0']
+            p_keys || CASE WHEN v_count = 1 THEN ARRAY[]::text[]
                            ELSE ARRAY[left(p_keys[1], -2),
-                                      left(p_keys[1], -2) || '#' || v_count] END)) THEN
+                                      left(p_keys[1], -2) || '#' || v_count] END))
+        OR v_count = 1 AND (
+            SELECT count(*) FROM jobs_job j
+            WHERE j.owner_id = v_owner_id
+              AND j.idempotency_key IN (p_keys[1] || '#0', p_keys[1] || '#1')) = 2) THEN
         RETURN QUERY SELECT 'repeated'::text, v_owner_id, NULL::bigint, NULL::uuid, NULL::bigint;
         RETURN;
     END IF;

@@ -80,6 +80,74 @@ def test_a_key_reused_for_a_bigger_batch_answers_422_naming_it(api_client: APICl
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("other", "key", "count"),
+    [("k#0", "k", 1), ("k#1", "k", 1), ("k", "k#0", 2), ("k", "k#0", 1)],
+)
+def test_a_key_that_looks_like_another_requests_is_not_that_request(
+    other: str, key: str, count: int
+) -> None:
+    """A single job keyed `k#0` is not a batch under `k` (a batch stores `k#0` and `k#1`):
+    `k` is answered as the request it is, and its retry with the jobs it created. (A
+    single job keyed `k#2` before a batch of two under `k` still refuses the batch: its
+    retry could not tell it from the first jobs of a batch of three.)"""
+    [unrelated], _ = submit_jobs(NamedUser("kai"), [JobSpec("noop", 1)], idempotency_key=other)
+
+    created, new = submit_jobs(NamedUser("kai"), [JobSpec("noop", 2)] * count, idempotency_key=key)
+    again, repeated = submit_jobs(
+        NamedUser("kai"), [JobSpec("noop", 3)] * count, idempotency_key=key
+    )
+
+    assert new and (again, repeated) == (created, False)
+    assert unrelated not in created
+    assert Job.objects.count() == FairShareAccount.objects.get().queued_count == 1 + count
+    assert find_violations() == []
+
+
+@pytest.mark.django_db
+def test_a_retry_is_answered_after_another_key_like_its_batch_keys_is_used() -> None:
+    """`k`, then a single job keyed `k#0`: the retry of `k` is `k`'s job."""
+    [created], _ = submit_jobs(NamedUser("kai"), [JobSpec("noop", 1)], idempotency_key="k")
+    submit_jobs(NamedUser("kai"), [JobSpec("noop", 1)], idempotency_key="k#0")
+
+    assert submit_jobs(NamedUser("kai"), [JobSpec("noop", 2)], idempotency_key="k") == (
+        [created],
+        False,
+    )
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("sizes", [(1, 2), (2, 3), (1, 12)])
+def test_two_submits_at_once_of_different_sizes_under_one_key_queue_one(
+    sizes: tuple[int, int],
+) -> None:
+    """Each on its own connection: one request's jobs are queued, the other is a mismatch."""
+    User.objects.create(username="ivy")
+    outcomes: list[tuple[int, str]] = []
+
+    def work(count: int) -> Any:
+        def run() -> None:
+            try:
+                submit_jobs(NamedUser("ivy"), [JobSpec("noop", 1)] * count, idempotency_key="k")
+                outcomes.append((count, "queued"))
+            except IdempotencyKeyMismatch:
+                outcomes.append((count, "mismatch"))
+
+        return run
+
+    for _ in range(5):
+        Job.objects.all().delete()
+        FairShareAccount.objects.all().delete()
+        outcomes.clear()
+        assert run_at_once([work(sizes[0]), work(sizes[1])]) == []
+        assert sorted(outcome for _, outcome in outcomes) == ["mismatch", "queued"]
+        [queued] = [count for count, outcome in outcomes if outcome == "queued"]
+        assert Job.objects.count() == FairShareAccount.objects.get().queued_count == queued
+        assert find_violations() == []
+
+
+@pytest.mark.django_db
 @pytest.mark.usefixtures("open_mode")
 def test_a_key_of_one_job_reused_for_a_batch_answers_422(api_client: APIClient) -> None:
     headers = {"Idempotency-Key": "once"}
