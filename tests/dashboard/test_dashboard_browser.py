@@ -45,6 +45,14 @@ def dashboard_gateway(subprocess_env: dict[str, str], tmp_path: Path) -> Iterato
     process.stop()
 
 
+def log_in(page: Any, login_url: str) -> None:
+    """Log in to the admin as the fixtures' operator."""
+    page.goto(login_url)
+    page.fill("#id_username", "operator")
+    page.fill("#id_password", "operator-password")
+    page.click("input[type=submit]")
+
+
 def test_operator_watches_the_queue_and_removes_a_user(
     browser: Any, dashboard_gateway: str, tmp_path: Path
 ) -> None:
@@ -57,10 +65,7 @@ def test_operator_watches_the_queue_and_removes_a_user(
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     try:
-        page.goto(url + "/admin/login/?next=/admin/")
-        page.fill("#id_username", "operator")
-        page.fill("#id_password", "operator-password")
-        page.click("input[type=submit]")
+        log_in(page, url + "/admin/login/?next=/admin/")
         page.click("#dashboard-link")
         page.wait_for_selector("#queue-total")
         before = int(page.text_content("#queue-total") or "")
@@ -142,10 +147,7 @@ def test_the_status_goes_stale_while_a_part_fails_and_recovers(
     page.on("pageerror", lambda error: errors.append(str(error)))
     stale = "document.getElementById('dashboard-status').classList.contains('stale')"
     try:
-        page.goto(url + "/admin/login/?next=/admin/dashboard/")
-        page.fill("#id_username", "operator")
-        page.fill("#id_password", "operator-password")
-        page.click("input[type=submit]")
+        log_in(page, url + "/admin/login/?next=/admin/dashboard/")
         page.wait_for_selector("#queue-total")
 
         page.route("**/dashboard/panels/?part=hour", lambda route: route.fulfill(status=500))
