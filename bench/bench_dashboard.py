@@ -350,15 +350,19 @@ def main() -> int:
         (HOUR, lambda: stats.dashboard_stats(now, "hour")),
         (
             PANELS,
-            lambda: render_to_string("admin/zypher/dashboard_panels.html", panels_context()),
+            lambda: render_to_string("admin/zypher/dashboard_panels.html", panels_context(now=now)),
         ),
         (
             LIVE_PANELS,
-            lambda: render_to_string("admin/zypher/dashboard_live.html", panels_context("live")),
+            lambda: render_to_string(
+                "admin/zypher/dashboard_live.html", panels_context("live", now)
+            ),
         ),
         (
             HOUR_PANELS,
-            lambda: render_to_string("admin/zypher/dashboard_hour.html", panels_context("hour")),
+            lambda: render_to_string(
+                "admin/zypher/dashboard_hour.html", panels_context("hour", now)
+            ),
         ),
     ]
     baseline = baseline_stats(options.baseline) if options.baseline else None

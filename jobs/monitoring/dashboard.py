@@ -12,6 +12,7 @@ confirmation page, which calls `jobs.queue.remove_user_from_queue`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from django import forms
@@ -44,10 +45,11 @@ def human_seconds(seconds: float | None) -> str:
     return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
 
 
-def panels_context(part: str | None = None) -> dict[str, Any]:
-    """The figures of one part (`stats.STATS_PARTS`; both when None), their charts (trusted
-    SVG: every label is escaped in `jobs.monitoring.charts`) and their ages in words."""
-    figures = stats.dashboard_stats(part=part)
+def panels_context(part: str | None = None, now: datetime | None = None) -> dict[str, Any]:
+    """The figures of one part (`stats.STATS_PARTS`; both when None) at `now` (default: the
+    clock), their charts (trusted SVG: every label is escaped in `jobs.monitoring.charts`)
+    and their ages in words."""
+    figures = stats.dashboard_stats(now, part)
     context: dict[str, Any] = {"stats": figures}
     if part != "hour":
         for row in figures["queued_by_user"]:
