@@ -71,8 +71,10 @@ def test_a_service_file_entry_is_enough() -> None:
 
 @pytest.fixture
 def hub_tuned(transactional_db: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """A hub whose listener stays down 3 s after a loss and pings every 0.3 s."""
-    monkeypatch.setattr(predict, "RECONNECT_SECONDS", 3.0)
+    """A hub whose listener stays down 6 s after a loss and pings every 0.3 s. The long
+    outage keeps the timings below apart from what a defect would cost (a wait for the
+    reconnect, the 30 s safety re-read) on a loaded machine."""
+    monkeypatch.setattr(predict, "RECONNECT_SECONDS", 6.0)
     monkeypatch.setattr(predict, "LISTEN_PING_SECONDS", 0.3)
     monkeypatch.setattr(predict, "LISTEN_PING_TIMEOUT_SECONDS", 0.5)
     yield
@@ -147,24 +149,24 @@ def test_waiters_poll_at_once_while_the_listener_is_down_and_use_it_again_after(
         assert await run_in_db_thread(terminate_listeners), "no listener connection found"
         await until(lambda: not hub.listening.is_set(), 5, "the loss to be noticed")
         timings["down"] = await latency_after_the_job_ends(during)
-        assert timings["down"] < 0.5, timings  # the poll, not a 2 s wait for the listener
+        assert timings["down"] < 2.0, timings  # the poll, not a wait for the reconnect
         started = time.monotonic()
         ended = await wait(first, 10)
         assert ended is not None and ended.final  # an ended job: no wait for the listener
         timings["ended_job_down"] = time.monotonic() - started
         assert not hub.listening.is_set(), "the listener came back too early for this test"
 
-        await until(hub.listening.is_set, 10, "the listener to reconnect")
+        await until(hub.listening.is_set, 20, "the listener to reconnect")
         timings["back"] = await latency_after_the_job_ends(after)
         await hub.close()
         return timings
 
     timings = asyncio.run(scenario())
     print(timings)
-    assert timings["up"] < 0.5
-    assert timings["down"] < 0.5  # the poll, not a 2 s wait for the listener
-    assert timings["ended_job_down"] < 0.3
-    assert timings["back"] < 0.5  # NOTIFY again: the safety re-read is 30 s away
+    assert timings["up"] < 5.0  # NOTIFY: the safety re-read is 30 s away
+    assert timings["down"] < 2.0  # the poll, not a wait for the reconnect (6 s)
+    assert timings["ended_job_down"] < 2.0  # an ended job is read at once
+    assert timings["back"] < 5.0  # NOTIFY again
 
 
 @pytest.mark.postgres
