@@ -159,6 +159,20 @@ def http_worker(
         out.put(exc)
 
 
+def lean_send(conn: http.client.HTTPConnection, path: str, body: bytes | None) -> bytes:
+    """One request on a kept-alive http.client connection: GET `path`, or POST `body` as
+    JSON; the answer's body, or RuntimeError unless it is a 200 or 201."""
+    if body is None:
+        conn.request("GET", path)
+    else:
+        conn.request("POST", path, body, {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    payload = response.read()
+    if response.status not in (200, 201):
+        raise RuntimeError(f"{path}: {response.status} {payload[:200]!r}")
+    return payload
+
+
 def lean_http_requests(
     url: str, body_kind: str, seconds: float, worker: int
 ) -> tuple[list[float], int]:
@@ -173,18 +187,13 @@ def lean_http_requests(
     try:
         while time.monotonic() < deadline:
             index += 1
-            started = time.perf_counter()
-            if body_kind == "health":
-                conn.request("GET", "/api/health/")
-            else:
+            body = None
+            if body_kind != "health":
                 user = f"user{(worker * 7919 + index) % 100}"
-                body = json.dumps({"user_id": user, "kind": "noop", "input": index})
-                conn.request("POST", "/api/jobs/", body, {"Content-Type": "application/json"})
-            response = conn.getresponse()
-            payload = response.read()
+                body = json.dumps({"user_id": user, "kind": "noop", "input": index}).encode()
+            started = time.perf_counter()
+            lean_send(conn, "/api/health/" if body is None else "/api/jobs/", body)
             latencies.append(time.perf_counter() - started)
-            if response.status not in (200, 201):
-                raise RuntimeError(f"{body_kind}: {response.status} {payload[:200]!r}")
     finally:
         conn.close()
     return latencies, 0 if body_kind == "health" else len(latencies)

@@ -54,7 +54,7 @@ import requests  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
-from bench.bench_core import http_load, reset_tables  # noqa: E402  (sets Django up)
+from bench.bench_core import http_load, lean_send, reset_tables  # noqa: E402  (sets Django up)
 from bench.common import RESULTS, log, print_table, subprocess_env, write_results  # noqa: E402
 from jobs.api.serializers import JobDetailSerializer  # noqa: E402
 from jobs.models import Job, User  # noqa: E402
@@ -144,16 +144,10 @@ def time_lean(base: str, count: int, path: str, body: Callable[[int], bytes] | N
     times = []
     try:
         for index in range(count):
+            data = None if body is None else body(index)
             started = time.perf_counter()
-            if body is None:
-                conn.request("GET", path)
-            else:
-                conn.request("POST", path, body(index), {"Content-Type": "application/json"})
-            response = conn.getresponse()
-            payload = response.read()
+            lean_send(conn, path, data)
             times.append(time.perf_counter() - started)
-            if response.status not in (200, 201):
-                raise RuntimeError(f"{path}: {response.status} {payload[:200]!r}")
     finally:
         conn.close()
     return times
