@@ -233,8 +233,10 @@ def submit_jobs(
     try:
         with transaction.atomic():
             user, active = _owner_row(owner)
-            if idempotency_key is not None and _key_used(user, idempotency_key, keys):
-                return _repeated(user, idempotency_key, keys), False
+            if idempotency_key is not None and (
+                repeated := _answer_for_key(user, idempotency_key, keys)
+            ):
+                return repeated, False
             if not active:
                 raise OwnerDeactivated(user.username)
             check_admission(user, len(specs))
@@ -255,10 +257,10 @@ def submit_jobs(
                 Job.objects.bulk_create(pool_jobs)
     except IntegrityError:
         # A concurrent retry with the same key won the race: answer with its jobs.
-        if idempotency_key is not None:
-            user = _owner_row(owner)[0]
-            if _key_used(user, idempotency_key, keys):
-                return _repeated(user, idempotency_key, keys), False
+        if idempotency_key is not None and (
+            repeated := _answer_for_key(_owner_row(owner)[0], idempotency_key, keys)
+        ):
+            return repeated, False
         raise
     return jobs, True
 
@@ -416,33 +418,39 @@ def other_request_keys(key: str, count: int) -> list[str]:
     return [f"{key}#0", f"{key}#1"] if count == 1 else [key, f"{key}#{count}"]
 
 
-def _key_used(owner: User, key: str, keys: list[str | None]) -> bool:
-    """Whether `key` was used before by `owner`, for this request or another one."""
-    owned = Job.objects.filter(owner=owner)
+def _answer_for_key(owner: User, key: str, keys: list[str | None]) -> list[Job] | None:
+    """What a used `key` answers, read in one query: None when neither this request nor one
+    of another size used it; else the jobs, one for each job sent, or IdempotencyKeyMismatch
+    when the key was another request's (answering with those jobs would hand back another
+    request as this one). A single job's own key found is its request (a batch under `key`
+    was refused while it existed; a single job keyed `key#0` is another key); a batch's
+    `key#0` and `key#1` without it are a batch's."""
     other = other_request_keys(key, len(keys))
-    if len(keys) == 1:
-        if owned.filter(idempotency_key__in=keys).exists():
-            return True
-        return owned.filter(idempotency_key__in=other).count() == len(other)
-    return owned.filter(idempotency_key__in=[*keys, *other]).exists()
+    found = {
+        job.idempotency_key: job
+        for job in Job.objects.filter(
+            owner=owner, idempotency_key__in=[*keys, *other]
+        ).select_related("owner", "program")
+    }
+    if len(keys) == 1 and keys[0] not in found:
+        if all(probed in found for probed in other):
+            raise IdempotencyKeyMismatch(key, 0, 1)
+        return None
+    if not found:
+        return None
+    jobs = [found[sent] for sent in keys if sent in found]
+    if len(jobs) != len(keys) or (len(keys) > 1 and len(found) != len(jobs)):
+        raise IdempotencyKeyMismatch(key, len(jobs), len(keys))
+    return jobs
 
 
 def _repeated(owner: User, key: str, keys: list[str | None]) -> list[Job]:
-    """The jobs a repeated `key` answers with: one for each job sent, and for a batch no
-    job of a request of another size under the same key (IdempotencyKeyMismatch: answering
-    with those would hand back another request as this one). A single job's own key found
-    is its request: a batch under `key` was refused while it existed, and a single job
-    keyed `key#0` is another key."""
-    probed = [*keys, *(other_request_keys(key, len(keys)) if len(keys) > 1 else [])]
-    found = {
-        job.idempotency_key: job
-        for job in Job.objects.filter(owner=owner, idempotency_key__in=probed).select_related(
-            "owner", "program"
-        )
-    }
-    jobs = [found[sent] for sent in keys if sent in found]
-    if len(jobs) != len(keys) or len(found) != len(jobs):
-        raise IdempotencyKeyMismatch(key, len(jobs), len(keys))
+    """The jobs a key zypher_submit found used answers with (`_answer_for_key`); none found
+    now (the user deleted since) is a mismatch, as for any key whose jobs are not all
+    there."""
+    jobs = _answer_for_key(owner, key, keys)
+    if jobs is None:
+        raise IdempotencyKeyMismatch(key, 0, len(keys))
     return jobs
 
 

@@ -226,8 +226,9 @@ class Fairness(TypedDict):
 def _without_parallel_workers() -> Iterator[None]:
     """Run the queries inside on one PostgreSQL backend. The queue's GROUP BY is planned as
     a parallel index-only scan, whose workers take longer to start than they save: with
-    100,000 queued jobs 49 against 23 ms on 2 cores (`bench/bench_dashboard.py`); no other
-    figure of the dashboard gets a parallel plan."""
+    100,000 queued jobs on 2 cores, 49 against 23 ms (a probe alternating the setting in
+    one session); `bench/bench_dashboard.py`'s queue depth went from 24 to 39 ms in three
+    runs before to 17 ms after. No other figure of the dashboard gets a parallel plan."""
     if connection.vendor != "postgresql":
         yield
         return
