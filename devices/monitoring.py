@@ -3,18 +3,33 @@ and its state, handed to `jobs.monitoring.stats` at start-up (`devices.apps`).""
 
 from __future__ import annotations
 
-from django.db import DatabaseError, transaction
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Count, Max, Q
 
 from devices.models import Device
 from jobs.monitoring.stats import MAX_RUNNING_LISTED, DeviceState
 
 
+@contextmanager
+def _savepoint_in_a_transaction() -> Iterator[None]:
+    """A savepoint inside a transaction, where a missing table (the devices migration has
+    not run yet) must not end it; nothing outside one, where a failed query ends nothing
+    and BEGIN and COMMIT would be two more round trips on every job detail read."""
+    if connection.in_atomic_block:
+        with transaction.atomic():
+            yield
+    else:
+        yield
+
+
 def device_states(limit: int | None = MAX_RUNNING_LISTED) -> list[DeviceState]:
     """Registered devices by pool and name (at most `limit`, None: all), each with its
     state and current job."""
     try:
-        with transaction.atomic():  # a savepoint: a missing table must not end the transaction
+        with _savepoint_in_a_transaction():
             rows = list(
                 Device.objects.order_by("device_type", "name").values_list(
                     "name", "device_type", "kind", "state", "current_job__public_id", "last_seen"
@@ -39,7 +54,7 @@ def pool_capacity(device_type: str) -> tuple[int, int | None]:
     """The pool's registered devices and their largest size (None: a local worker, which
     takes any size), for `jobs.queue.wait_reason`."""
     try:
-        with transaction.atomic():
+        with _savepoint_in_a_transaction():
             found = Device.objects.filter(device_type=device_type).aggregate(
                 devices=Count("id"),
                 largest=Max("size"),

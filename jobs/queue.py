@@ -32,7 +32,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Q, Sum
+from django.db.models import F, Func, Q, Subquery, Sum
 from django.utils import timezone
 
 from jobs import postgres
@@ -1147,35 +1147,44 @@ def queue_position(job: Job) -> int | None:
 
     The owner's jobs ahead of it are exact; each other backlogged user is expected to
     get the dispatches it needs to catch up with the virtual time at which this job
-    starts, at most its queued count.
+    starts, at most its queued count. Two queries: the owner's account with its pool,
+    weight and count of jobs ahead; then the other backlogged accounts (job detail
+    reads call this on every poll).
     """
     if job.status != JobStatus.QUEUED:
         return None
-    own_ahead = Job.objects.filter(
+    ahead = Job.objects.filter(
         Q(priority__gt=job.priority) | Q(priority=job.priority, id__lt=job.pk),
         owner_id=job.owner_id,
         device_type=job.device_type,
         status=JobStatus.QUEUED,
-    ).count()
-    pool = FairPool.objects.filter(device_type=job.device_type).first()
-    account = (
-        FairShareAccount.objects.filter(pool=pool, user_id=job.owner_id)
-        .select_related("user")
+    )
+    # COUNT as a plain function, not an aggregate: no GROUP BY, one row, as a subquery.
+    counted = ahead.order_by().annotate(n=Func(F("id"), function="COUNT")).values("n")
+    mine = (
+        FairShareAccount.objects.filter(pool__device_type=job.device_type, user_id=job.owner_id)
+        .annotate(own_ahead=Subquery(counted))
+        .values_list(
+            "id", "pool_id", "virtual_time", "pool__cost_estimate", "user__weight", "own_ahead"
+        )
         .first()
     )
-    if pool is None or account is None:
-        return own_ahead
-    cost = max(pool.cost_estimate, 1e-9)
-    start = account.virtual_time + own_ahead * cost / account.user.weight
+    if mine is None:  # no account (yet): only the owner's own jobs are known to be ahead
+        return ahead.count()
+    account_id, pool_id, account_time, cost_estimate, weight, own_ahead = mine
+    cost = max(cost_estimate, 1e-9)
+    start = account_time + own_ahead * cost / weight
     others = (
-        FairShareAccount.objects.filter(pool=pool, queued_count__gt=0, virtual_time__lte=start)
-        .exclude(pk=account.pk)
+        FairShareAccount.objects.filter(
+            pool_id=pool_id, queued_count__gt=0, virtual_time__lte=start
+        )
+        .exclude(pk=account_id)
         .values_list("id", "virtual_time", "queued_count", "user__weight")
     )
-    ahead = own_ahead
-    for other_id, virtual_time, queued, weight in others:
-        dispatches = math.ceil((start - virtual_time) * weight / cost)
-        if other_id < account.pk:  # wins a tie on virtual time
+    position = own_ahead
+    for other_id, virtual_time, queued, other_weight in others:
+        dispatches = math.ceil((start - virtual_time) * other_weight / cost)
+        if other_id < account_id:  # wins a tie on virtual time
             dispatches = max(dispatches, 1)
-        ahead += min(queued, dispatches)
-    return ahead
+        position += min(queued, dispatches)
+    return position
