@@ -253,6 +253,10 @@ ZYPHER_SHUTDOWN_GRACE_SECONDS = float(os.environ.get("ZYPHER_SHUTDOWN_GRACE_SECO
 # Tests only: "task=count,...": that many crashes injected at the start of a dispatcher's
 # supervised background task (devices.dispatcher.supervisor), to prove the restarts.
 ZYPHER_TEST_TASK_FAULTS = os.environ.get("ZYPHER_TEST_TASK_FAULTS", "")
+# A dispatcher's database call pending this long is logged, and again every such interval
+# it goes on: a claim waiting for a lock that an open transaction holds (an operator's
+# session, say) would otherwise stall its pool without a word.
+ZYPHER_SLOW_CALL_SECONDS = float(os.environ.get("ZYPHER_SLOW_CALL_SECONDS", "10"))
 # Fallback poll interval of an idle dispatcher (LISTEN/NOTIFY wakes it sooner on PostgreSQL).
 # SQLite has no NOTIFY, so it polls more often.
 ZYPHER_IDLE_POLL_SECONDS = float(

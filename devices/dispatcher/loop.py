@@ -45,7 +45,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
+from functools import partial, wraps
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -126,6 +126,7 @@ def _claiming(function: Callable[..., R], empty: Callable[[R], bool]) -> Callabl
     if not _TEST_CLAIM_GATE:
         return function
 
+    @wraps(function)
     def gated(*args: Any, **kwargs: Any) -> R:
         answer = function(*args, **kwargs)
         if empty(answer):
@@ -145,6 +146,7 @@ _GAP_TRACE = os.environ.get("ZYPHER_BENCH_GAP_TRACE", "")
 
 
 def _stamped(function: Callable[..., R], stamps: list[float]) -> Callable[..., R]:
+    @wraps(function)
     def stamped(*args: Any, **kwargs: Any) -> R:
         stamps.append(time.time())
         try:
@@ -153,6 +155,55 @@ def _stamped(function: Callable[..., R], stamps: list[float]) -> Callable[..., R
             stamps.append(time.time())
 
     return stamped
+
+
+class CallSession:
+    """The PostgreSQL session a database call runs in, noted by its thread for the loop."""
+
+    def __init__(self) -> None:
+        self.backend_pid: int | None = None
+
+    def note_backend(self) -> None:
+        """In the database thread: open the connection (as the call would) and note its pid."""
+        if connection.vendor == "postgresql":
+            connection.ensure_connection()
+            self.backend_pid = connection.connection.info.backend_pid
+
+
+def describe_call(function: Callable[..., Any], args: tuple[Any, ...]) -> str:
+    """`claim_next('cpu', 'cpu-0', None)`: the function and its plain arguments."""
+    shown = [repr(arg) for arg in args if arg is None or isinstance(arg, str | int | float)]
+    return f"{getattr(function, '__name__', 'a database call')}({', '.join(shown)})"
+
+
+async def watched(call: Awaitable[R], what: str, session: CallSession) -> R:
+    """`await call`, with a warning each ZYPHER_SLOW_CALL_SECONDS it is still pending: a
+    call waiting for a lock held by an open transaction elsewhere says so, naming its
+    session, instead of stalling its devices without a word (0: no warnings)."""
+    every = settings.ZYPHER_SLOW_CALL_SECONDS
+    if every <= 0:
+        return await call
+    loop = asyncio.get_running_loop()
+    started = time.monotonic()
+
+    def warn() -> None:
+        pid = session.backend_pid
+        log.warning(
+            "%s has waited %.0fs for the database%s",
+            what,
+            time.monotonic() - started,
+            f" (its session: pid {pid}; SELECT pg_blocking_pids({pid}) names the sessions "
+            "it waits for)"
+            if pid is not None
+            else "",
+        )
+        timer[0] = loop.call_later(every, warn)
+
+    timer = [loop.call_later(every, warn)]  # the next warning's, replaced by each warning
+    try:
+        return await call
+    finally:
+        timer[0].cancel()
 
 
 # After the grace period, this long to give back what is still running; then the process
@@ -232,9 +283,14 @@ class Dispatcher:
         deadline; with `retry=False` not at all, and a `claim` (useful only while running)
         not after a stop was asked."""
         loop = asyncio.get_running_loop()
+        session = CallSession()
         return await self._retrying(
-            lambda: loop.run_in_executor(
-                executor or self.db_thread, self._in_db_thread, function, args
+            lambda: watched(
+                loop.run_in_executor(
+                    executor or self.db_thread, self._in_db_thread, function, args, session
+                ),
+                describe_call(function, args),
+                session,
             ),
             retry=retry,
             claim=claim,
@@ -286,9 +342,10 @@ class Dispatcher:
             return None
 
     @staticmethod
-    def _in_db_thread(function: Callable[..., R], args: tuple[Any, ...]) -> R:
+    def _in_db_thread(function: Callable[..., R], args: tuple[Any, ...], session: CallSession) -> R:
         close_old_connections()
         try:
+            session.note_backend()
             return function(*args)
         except DatabaseError as exc:
             if database_unavailable(exc):
@@ -693,7 +750,12 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
 
         async def run(function: Callable[..., R], *args: Any) -> R:
-            return await loop.run_in_executor(pruner, self._in_db_thread, function, args)
+            session = CallSession()
+            return await watched(
+                loop.run_in_executor(pruner, self._in_db_thread, function, args, session),
+                describe_call(function, args),
+                session,
+            )
 
         try:
             while True:

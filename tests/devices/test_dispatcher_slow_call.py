@@ -1,0 +1,57 @@
+"""A claim that waits for a lock held by an open transaction elsewhere is not silent: the
+dispatcher logs it every ZYPHER_SLOW_CALL_SECONDS, naming its session, whose blocker is
+the transaction holding the pool's row; the job runs once that transaction ends."""
+
+from __future__ import annotations
+
+import re
+
+import psycopg
+import pytest
+from django.db import connection
+
+from jobs.models import Job, JobStatus, User
+from jobs.notifications import listener_conninfo
+from jobs.queue import JobSpec, submit_jobs
+from tests.support.processes import wait_until
+
+pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
+
+WAITED = re.compile(r"(\w+)\(.*\) has waited (\d+)s for the database \(its session: pid (\d+);")
+
+
+def blockers_of(pid: int) -> list[int]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_blocking_pids(%s)", [pid])
+        row = cursor.fetchone()
+    assert row is not None
+    return list(row[0])
+
+
+def test_a_claim_stalled_by_an_open_transaction_is_logged_with_its_session(start_dispatcher):
+    [job], _ = submit_jobs(User.objects.create(username="held"), [JobSpec("sleep", {"seconds": 0})])
+    operator = psycopg.connect(**listener_conninfo())  # an operator's session, left open
+    try:
+        operator.execute("SELECT 1 FROM jobs_fairpool WHERE device_type = 'cpu' FOR UPDATE")
+        operator_pid = operator.info.backend_pid
+        dispatcher = start_dispatcher(devices=1, ZYPHER_SLOW_CALL_SECONDS="1")
+
+        wait_until(lambda: WAITED.search(dispatcher.log_text()), 30, "the stalled call's warning")
+        name, _waited, pid = WAITED.search(dispatcher.log_text()).groups()  # type: ignore[union-attr]
+        assert name == "claim_next"
+        assert operator_pid in blockers_of(int(pid))
+        # Again while it goes on, with the time it has waited.
+        wait_until(
+            lambda: any(int(found[1]) >= 2 for found in WAITED.findall(dispatcher.log_text())),
+            30,
+            "a second warning",
+        )
+        assert Job.objects.get(pk=job.pk).status == JobStatus.QUEUED
+    finally:
+        operator.rollback()
+        operator.close()
+    wait_until(
+        lambda: Job.objects.get(pk=job.pk).status == JobStatus.SUCCEEDED,
+        30,
+        "the job to run once the transaction ended",
+    )
