@@ -164,15 +164,35 @@ class CallSession:
         self.backend_pid: int | None = None
 
     def note_backend(self) -> None:
-        """In the database thread: open the connection (as the call would) and note its pid."""
+        """In the database thread: open the connection as the call's first query would
+        (the health check of a persistent connection first, which replaces one the server
+        ended: noting its pid before that would name a dead session) and note its pid."""
+        self.backend_pid = None  # not a previous attempt's session, if this one cannot connect
         if connection.vendor == "postgresql":
+            connection.close_if_health_check_failed()
             connection.ensure_connection()
             self.backend_pid = connection.connection.info.backend_pid
 
 
+# An argument's text in a slow call's warning is cut to this many characters (a reason
+# string can hold a device's whole answer).
+DESCRIBED_ARGUMENT_CHARS = 60
+
+
 def describe_call(function: Callable[..., Any], args: tuple[Any, ...]) -> str:
-    """`claim_next('cpu', 'cpu-0', None)`: the function and its plain arguments."""
-    shown = [repr(arg) for arg in args if arg is None or isinstance(arg, str | int | float)]
+    """`claim_next('cpu', 'cpu-0', None)`: the function and its plain arguments (a
+    partial's included, a long string's beginning)."""
+    while isinstance(function, partial):
+        args = (*function.args, *args)
+        function = function.func
+    shown = [
+        repr(arg[:DESCRIBED_ARGUMENT_CHARS])
+        + ("..." if len(arg) > DESCRIBED_ARGUMENT_CHARS else "")
+        if isinstance(arg, str)
+        else repr(arg)
+        for arg in args
+        if arg is None or isinstance(arg, str | int | float)
+    ]
     return f"{getattr(function, '__name__', 'a database call')}({', '.join(shown)})"
 
 
