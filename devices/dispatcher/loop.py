@@ -54,6 +54,7 @@ from django.db import DatabaseError, close_old_connections, connection
 from devices import pool
 from devices.dispatcher.remote import RemoteDevices
 from devices.dispatcher.settler import LoopSettler
+from devices.dispatcher.slow_calls import CallSession, describe_call, watched
 from devices.dispatcher.supervisor import supervise
 from devices.dispatcher.worker import (
     JobOrder,
@@ -155,75 +156,6 @@ def _stamped(function: Callable[..., R], stamps: list[float]) -> Callable[..., R
             stamps.append(time.time())
 
     return stamped
-
-
-class CallSession:
-    """The PostgreSQL session a database call runs in, noted by its thread for the loop."""
-
-    def __init__(self) -> None:
-        self.backend_pid: int | None = None
-
-    def note_backend(self) -> None:
-        """In the database thread: open the connection as the call's first query would
-        (the health check of a persistent connection first, which replaces one the server
-        ended: noting its pid before that would name a dead session) and note its pid."""
-        self.backend_pid = None  # not a previous attempt's session, if this one cannot connect
-        if connection.vendor == "postgresql":
-            connection.close_if_health_check_failed()
-            connection.ensure_connection()
-            self.backend_pid = connection.connection.info.backend_pid
-
-
-# An argument's text in a slow call's warning is cut to this many characters (a reason
-# string can hold a device's whole answer).
-DESCRIBED_ARGUMENT_CHARS = 60
-
-
-def describe_call(function: Callable[..., Any], args: tuple[Any, ...]) -> str:
-    """`claim_next('cpu', 'cpu-0', None)`: the function and its plain arguments (a
-    partial's included, a long string's beginning)."""
-    while isinstance(function, partial):
-        args = (*function.args, *args)
-        function = function.func
-    shown = [
-        repr(arg[:DESCRIBED_ARGUMENT_CHARS])
-        + ("..." if len(arg) > DESCRIBED_ARGUMENT_CHARS else "")
-        if isinstance(arg, str)
-        else repr(arg)
-        for arg in args
-        if arg is None or isinstance(arg, str | int | float)
-    ]
-    return f"{getattr(function, '__name__', 'a database call')}({', '.join(shown)})"
-
-
-async def watched(call: Awaitable[R], what: str, session: CallSession) -> R:
-    """`await call`, with a warning each ZYPHER_SLOW_CALL_SECONDS it is still pending: a
-    call waiting for a lock held by an open transaction elsewhere says so, naming its
-    session, instead of stalling its devices without a word (0: no warnings)."""
-    every = settings.ZYPHER_SLOW_CALL_SECONDS
-    if every <= 0:
-        return await call
-    loop = asyncio.get_running_loop()
-    started = time.monotonic()
-
-    def warn() -> None:
-        pid = session.backend_pid
-        log.warning(
-            "%s has waited %.0fs for the database%s",
-            what,
-            time.monotonic() - started,
-            f" (its session: pid {pid}; SELECT pg_blocking_pids({pid}) names the sessions "
-            "it waits for)"
-            if pid is not None
-            else "",
-        )
-        timer[0] = loop.call_later(every, warn)
-
-    timer = [loop.call_later(every, warn)]  # the next warning's, replaced by each warning
-    try:
-        return await call
-    finally:
-        timer[0].cancel()
 
 
 # After the grace period, this long to give back what is still running; then the process

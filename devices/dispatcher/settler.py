@@ -35,6 +35,7 @@ import psycopg
 from django.db import DataError, IntegrityError, connection
 from psycopg.types.string import TextLoader
 
+from devices.dispatcher.slow_calls import CallSession, watched
 from jobs.notifications import listener_conninfo
 from jobs.queue import ClaimedJob, finish_and_claim_answer, finish_and_claim_statement
 
@@ -76,11 +77,12 @@ class LoopSettler:
             result=result,
             error=error,
         )
-        rows = await self.execute(sql, params, gate_if_empty=True)
+        described = f"finish_and_claim_next({claim.public_id!r}, {device_name!r})"
+        rows = await self.execute(sql, params, described, gate_if_empty=True)
         return finish_and_claim_answer(rows, claim.device_type)
 
     async def execute(
-        self, sql: str, params: dict[str, Any], gate_if_empty: bool = False
+        self, sql: str, params: dict[str, Any], describe: str, gate_if_empty: bool = False
     ) -> list[tuple[Any, ...]]:
         conn = await self.free.get()
         try:
@@ -97,7 +99,9 @@ class LoopSettler:
                     for json_type in ("json", "jsonb"):
                         conn.adapters.register_loader(json_type, TextLoader)
                     self.open.add(conn)
-                rows = await self._answer(conn, sql, params)
+                session = CallSession()
+                session.backend_pid = conn.info.backend_pid
+                rows = await watched(self._answer(conn, sql, params), describe, session)
                 if gate_if_empty and _TEST_CLAIM_GATE and rows and rows[0][1] is None:
                     key = int(_TEST_CLAIM_GATE)
                     await conn.execute("SELECT pg_advisory_lock_shared(%s)", [key])

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from devices.dispatcher.loop import CallSession, Dispatcher, describe_call
+from devices.dispatcher.loop import Dispatcher
+from devices.dispatcher.slow_calls import CallSession, describe_call
 
 
 def in_a_thread(body: Any) -> Any:
@@ -42,9 +43,6 @@ def backend_pid() -> int:
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_the_noted_session_is_the_calls_after_the_server_ended_the_last_one() -> None:
-    if connection.vendor != "postgresql":
-        pytest.skip("PostgreSQL sessions")
-
     def calls() -> tuple[int, int | None, int]:
         session = CallSession()
         first = Dispatcher._in_db_thread(backend_pid, (), session)

@@ -1,6 +1,6 @@
-"""A claim that waits for a lock held by an open transaction elsewhere is not silent: the
-dispatcher logs it every ZYPHER_SLOW_CALL_SECONDS, naming its session, whose blocker is
-the transaction holding the pool's row; the job runs once that transaction ends."""
+"""A claim or a settle that waits for a lock held by an open transaction elsewhere is not
+silent: the dispatcher logs it every ZYPHER_SLOW_CALL_SECONDS, naming its session, whose
+blocker is the transaction holding the pool's row; the work goes on once it ends."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from tests.support.processes import wait_until
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
 
 WAITED = re.compile(r"(\w+)\(.*\) has waited (\d+)s for the database \(its session: pid (\d+);")
+POOL_ROW = "SELECT 1 FROM jobs_fairpool WHERE device_type = 'cpu' FOR UPDATE"
 
 
 def blockers_of(pid: int) -> list[int]:
@@ -32,7 +33,7 @@ def test_a_claim_stalled_by_an_open_transaction_is_logged_with_its_session(start
     [job], _ = submit_jobs(User.objects.create(username="held"), [JobSpec("sleep", {"seconds": 0})])
     operator = psycopg.connect(**listener_conninfo())  # an operator's session, left open
     try:
-        operator.execute("SELECT 1 FROM jobs_fairpool WHERE device_type = 'cpu' FOR UPDATE")
+        operator.execute(POOL_ROW)
         operator_pid = operator.info.backend_pid
         dispatcher = start_dispatcher(devices=1, ZYPHER_SLOW_CALL_SECONDS="1")
 
@@ -54,4 +55,38 @@ def test_a_claim_stalled_by_an_open_transaction_is_logged_with_its_session(start
         lambda: Job.objects.get(pk=job.pk).status == JobStatus.SUCCEEDED,
         30,
         "the job to run once the transaction ended",
+    )
+
+
+def test_a_settle_stalled_by_an_open_transaction_is_logged_with_its_session(start_dispatcher):
+    """On PostgreSQL a device's settle-and-claim runs on the loop's own connections."""
+    user = User.objects.create(username="settled")
+    [job], _ = submit_jobs(user, [JobSpec("sleep", {"seconds": 1})])
+    # A lease well past the test's waits: the settle is not given up meanwhile.
+    dispatcher = start_dispatcher(
+        devices=1, ZYPHER_SLOW_CALL_SECONDS="1", ZYPHER_LEASE_SECONDS="60"
+    )
+    wait_until(
+        lambda: Job.objects.get(pk=job.pk).status == JobStatus.RUNNING, 30, "the job to start"
+    )
+    operator = psycopg.connect(**listener_conninfo())
+    try:
+        operator.execute(POOL_ROW)
+        operator_pid = operator.info.backend_pid
+
+        def settle_warned() -> list[tuple[str, str, str]]:
+            return [
+                w for w in WAITED.findall(dispatcher.log_text()) if w[0] == "finish_and_claim_next"
+            ]
+
+        wait_until(settle_warned, 30, "the stalled settle's warning")
+        assert operator_pid in blockers_of(int(settle_warned()[0][2]))
+        assert Job.objects.get(pk=job.pk).status == JobStatus.RUNNING
+    finally:
+        operator.rollback()
+        operator.close()
+    wait_until(
+        lambda: Job.objects.get(pk=job.pk).status == JobStatus.SUCCEEDED,
+        30,
+        "the settle to end once the transaction ended",
     )
