@@ -5,6 +5,8 @@ blocker is the transaction holding the pool's row; the work goes on once it ends
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 import pytest
@@ -21,6 +23,22 @@ WAITED = re.compile(r"(\w+)\(.*\) has waited (\d+)s for the database \(its sessi
 POOL_ROW = "SELECT 1 FROM jobs_fairpool WHERE device_type = 'cpu' FOR UPDATE"
 
 
+@contextmanager
+def pool_row_held() -> Iterator[int]:
+    """An operator's session holding the cpu pool's row in an open transaction: its pid."""
+    operator = psycopg.connect(**listener_conninfo())
+    try:
+        operator.execute(POOL_ROW)
+        yield operator.info.backend_pid
+    finally:
+        operator.rollback()
+        operator.close()
+
+
+def succeeds(job: Job, what: str) -> None:
+    wait_until(lambda: Job.objects.get(pk=job.pk).status == JobStatus.SUCCEEDED, 30, what)
+
+
 def blockers_of(pid: int) -> list[int]:
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_blocking_pids(%s)", [pid])
@@ -31,10 +49,7 @@ def blockers_of(pid: int) -> list[int]:
 
 def test_a_claim_stalled_by_an_open_transaction_is_logged_with_its_session(start_dispatcher):
     [job], _ = submit_jobs(User.objects.create(username="held"), [JobSpec("sleep", {"seconds": 0})])
-    operator = psycopg.connect(**listener_conninfo())  # an operator's session, left open
-    try:
-        operator.execute(POOL_ROW)
-        operator_pid = operator.info.backend_pid
+    with pool_row_held() as operator_pid:
         dispatcher = start_dispatcher(devices=1, ZYPHER_SLOW_CALL_SECONDS="1")
 
         wait_until(lambda: WAITED.search(dispatcher.log_text()), 30, "the stalled call's warning")
@@ -48,14 +63,7 @@ def test_a_claim_stalled_by_an_open_transaction_is_logged_with_its_session(start
             "a second warning",
         )
         assert Job.objects.get(pk=job.pk).status == JobStatus.QUEUED
-    finally:
-        operator.rollback()
-        operator.close()
-    wait_until(
-        lambda: Job.objects.get(pk=job.pk).status == JobStatus.SUCCEEDED,
-        30,
-        "the job to run once the transaction ended",
-    )
+    succeeds(job, "the job to run once the transaction ended")
 
 
 def test_a_settle_stalled_by_an_open_transaction_is_logged_with_its_session(start_dispatcher):
@@ -69,10 +77,7 @@ def test_a_settle_stalled_by_an_open_transaction_is_logged_with_its_session(star
     wait_until(
         lambda: Job.objects.get(pk=job.pk).status == JobStatus.RUNNING, 30, "the job to start"
     )
-    operator = psycopg.connect(**listener_conninfo())
-    try:
-        operator.execute(POOL_ROW)
-        operator_pid = operator.info.backend_pid
+    with pool_row_held() as operator_pid:
 
         def settle_warned() -> list[tuple[str, str, str]]:
             return [
@@ -82,11 +87,4 @@ def test_a_settle_stalled_by_an_open_transaction_is_logged_with_its_session(star
         wait_until(settle_warned, 30, "the stalled settle's warning")
         assert operator_pid in blockers_of(int(settle_warned()[0][2]))
         assert Job.objects.get(pk=job.pk).status == JobStatus.RUNNING
-    finally:
-        operator.rollback()
-        operator.close()
-    wait_until(
-        lambda: Job.objects.get(pk=job.pk).status == JobStatus.SUCCEEDED,
-        30,
-        "the settle to end once the transaction ended",
-    )
+    succeeds(job, "the settle to end once the transaction ended")
