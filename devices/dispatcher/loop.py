@@ -241,7 +241,7 @@ class Dispatcher:
                 loop.run_in_executor(
                     executor or self.db_thread, self._in_db_thread, function, args, session
                 ),
-                describe_call(function, args),
+                lambda: describe_call(function, args),
                 session,
             ),
             retry=retry,
@@ -705,7 +705,7 @@ class Dispatcher:
             session = CallSession()
             return await watched(
                 loop.run_in_executor(pruner, self._in_db_thread, function, args, session),
-                describe_call(function, args),
+                lambda: describe_call(function, args),
                 session,
             )
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -77,12 +78,20 @@ class LoopSettler:
             result=result,
             error=error,
         )
-        described = f"finish_and_claim_next({claim.public_id!r}, {device_name!r})"
-        rows = await self.execute(sql, params, described, gate_if_empty=True)
+        rows = await self.execute(
+            sql,
+            params,
+            lambda: f"finish_and_claim_next({claim.public_id!r}, {device_name!r})",
+            gate_if_empty=True,
+        )
         return finish_and_claim_answer(rows, claim.device_type)
 
     async def execute(
-        self, sql: str, params: dict[str, Any], describe: str, gate_if_empty: bool = False
+        self,
+        sql: str,
+        params: dict[str, Any],
+        describe: Callable[[], str],
+        gate_if_empty: bool = False,
     ) -> list[tuple[Any, ...]]:
         conn = await self.free.get()
         try:
@@ -99,8 +108,7 @@ class LoopSettler:
                     for json_type in ("json", "jsonb"):
                         conn.adapters.register_loader(json_type, TextLoader)
                     self.open.add(conn)
-                session = CallSession()
-                session.backend_pid = conn.info.backend_pid
+                session = CallSession(conn.info.backend_pid)
                 rows = await watched(self._answer(conn, sql, params), describe, session)
                 if gate_if_empty and _TEST_CLAIM_GATE and rows and rows[0][1] is None:
                     key = int(_TEST_CLAIM_GATE)

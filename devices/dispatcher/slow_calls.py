@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -27,8 +28,8 @@ R = TypeVar("R")
 class CallSession:
     """The PostgreSQL session a database call runs in, noted by its thread for the loop."""
 
-    def __init__(self) -> None:
-        self.backend_pid: int | None = None
+    def __init__(self, backend_pid: int | None = None) -> None:
+        self.backend_pid = backend_pid
 
     def note_backend(self) -> None:
         """In the database thread: open the connection as the call's first query would
@@ -63,12 +64,14 @@ def describe_call(function: Callable[..., Any], args: tuple[Any, ...]) -> str:
     return f"{getattr(function, '__name__', 'a database call')}({', '.join(shown)})"
 
 
-async def watched(call: Awaitable[R], what: str, session: CallSession) -> R:
+async def watched(call: Awaitable[R], what: Callable[[], str], session: CallSession) -> R:
     """`await call`, with a warning each ZYPHER_SLOW_CALL_SECONDS it is still pending: a
     call waiting for a lock held by an open transaction elsewhere says so, naming its
-    session, instead of stalling its devices without a word (0: no warnings)."""
+    session, instead of stalling its devices without a word (0, or not a finite number:
+    no warnings). `what()` describes the call, only when a warning is due: the claim and
+    the settle are the dispatcher's hottest calls."""
     every = settings.ZYPHER_SLOW_CALL_SECONDS
-    if every <= 0:
+    if not (0 < every < math.inf):  # NaN too
         return await call
     loop = asyncio.get_running_loop()
     started = time.monotonic()
@@ -77,7 +80,7 @@ async def watched(call: Awaitable[R], what: str, session: CallSession) -> R:
         pid = session.backend_pid
         log.warning(
             "%s has waited %.0fs for the database%s",
-            what,
+            what(),
             time.monotonic() - started,
             f" (its session: pid {pid}; SELECT pg_blocking_pids({pid}) names the sessions "
             "it waits for)"

@@ -3,35 +3,14 @@ shows a call readably and briefly."""
 
 from __future__ import annotations
 
-import threading
 from functools import partial
-from typing import Any
 
 import pytest
 from django.db import connection
 
 from devices.dispatcher.loop import Dispatcher
 from devices.dispatcher.slow_calls import CallSession, describe_call
-
-
-def in_a_thread(body: Any) -> Any:
-    """`body()` in a thread of its own (its own connection, outside any transaction)."""
-    answer: list[Any] = []
-
-    def run() -> None:
-        try:
-            answer.append(body())
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            answer.append(exc)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(30)
-    if isinstance(answer[0], BaseException):
-        raise answer[0]
-    return answer[0]
+from tests.support.sessions import run_at_once
 
 
 def backend_pid() -> int:
@@ -43,24 +22,22 @@ def backend_pid() -> int:
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_the_noted_session_is_the_calls_after_the_server_ended_the_last_one() -> None:
-    def calls() -> tuple[int, int | None, int]:
+    def calls() -> None:
         session = CallSession()
         first = Dispatcher._in_db_thread(backend_pid, (), session)
         # An operator (or a restart) ends the session the persistent connection holds.
-        ender = threading.Thread(target=end_backend, args=(first,))
-        ender.start()
-        ender.join()
+        assert not run_at_once([lambda: end_backend(first)])
         ran_in = Dispatcher._in_db_thread(backend_pid, (), session)
-        return first, session.backend_pid, ran_in
+        answer.append((first, session.backend_pid, ran_in))
 
     def end_backend(pid: int) -> None:
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
-        finally:
-            connection.close()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
 
-    first, noted, ran_in = in_a_thread(calls)
+    # In threads of their own: their own connections, outside any transaction.
+    answer: list[tuple[int, int | None, int]] = []
+    assert not run_at_once([calls])
+    [(first, noted, ran_in)] = answer
     assert ran_in != first  # the persistent connection was found dead and replaced ...
     assert noted == ran_in  # ... and the warning would name the session the call runs in
 
